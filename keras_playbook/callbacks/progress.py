@@ -1,0 +1,54 @@
+"""One progress bar over all the steps of a stage, however many epochs it uses."""
+
+import keras
+
+
+class StepProgress(keras.callbacks.Callback):
+    """Shows one `keras.utils.Progbar` across every epoch of a `fit`.
+
+    Keras's own `verbose=1` prints one bar per epoch; stages that train in
+    many short epochs (a pass over a small sample each) use this instead.
+
+    Args:
+        total_steps: Steps the bar counts up to (the stage's budget).
+        title: Printed once before the bar.
+
+    Example:
+
+    ```python
+    model.fit(x, y, epochs=50, verbose=0,
+              callbacks=[StepProgress(total_steps=50 * steps_per_epoch)])
+    ```
+    """
+
+    def __init__(self, total_steps, title=None):
+        super().__init__()
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(
+                "Argument `total_steps` must be a positive int. Received: "
+                f"total_steps={total_steps!r}."
+            )
+        self.total_steps = total_steps
+        self.title = title
+        self._progbar = None
+        self._seen = 0
+
+    def on_train_begin(self, logs=None):
+        if self.title:
+            print(self.title)
+        self._progbar = keras.utils.Progbar(
+            self.total_steps, unit_name="step", stateful_metrics=["loss"]
+        )
+        self._seen = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._seen += 1
+        values = [("loss", float(logs["loss"]))] if logs and "loss" in logs else None
+        self._progbar.update(min(self._seen, self.total_steps), values=values)
+
+    def on_train_end(self, logs=None):
+        if self._seen < self.total_steps:  # Stopped early: close the bar.
+            self._progbar.update(self._seen, finalize=True)
+
+    def get_config(self):
+        return {"total_steps": self.total_steps, "title": self.title}

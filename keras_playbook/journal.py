@@ -1,0 +1,223 @@
+"""Stage results and the journal that records them.
+
+Every stage returns a `Result`: a dataclass holding the numbers first, then a
+verdict `ok` and a `message` a person can act on. The `Journal` keeps results
+in order and, when it has a path, rewrites its JSON file after each append so a
+crashed run keeps what it had measured.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+
+JOURNAL_FILENAME = "journal.json"
+_FORMAT_VERSION = 1
+_RESULT_TYPES = {}
+
+
+def _to_builtin(value):
+    """Converts NumPy scalars/arrays (also nested) to JSON-ready builtins."""
+    if isinstance(value, dict):
+        return {str(key): _to_builtin(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_builtin(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return _to_builtin(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class Result:
+    """Base class of stage results (subclasses are dataclasses).
+
+    A subclass declares its numbers as dataclass fields, then `ok: bool` and
+    `message: str`, and sets the class attribute `kind` (the stage's name,
+    used to rebuild the right class from JSON).
+
+    Example:
+
+    ```python
+    @dataclasses.dataclass
+    class MyResult(Result):
+        kind = "my_stage"
+        value: float
+        ok: bool
+        message: str
+    ```
+    """
+
+    kind = "result"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.kind in _RESULT_TYPES and _RESULT_TYPES[cls.kind] is not cls:
+            raise ValueError(
+                f"Result kind {cls.kind!r} is already used by "
+                f"{_RESULT_TYPES[cls.kind].__name__}; give {cls.__name__} its "
+                "own `kind`."
+            )
+        _RESULT_TYPES[cls.kind] = cls
+
+    def to_dict(self):
+        """Returns a JSON-ready dict, with the result's `kind` under "kind"."""
+        fields = {
+            field.name: _to_builtin(getattr(self, field.name))
+            for field in dataclasses.fields(self)
+        }
+        return {"kind": self.kind, **fields}
+
+    @classmethod
+    def from_dict(cls, data):
+        """Rebuilds a result from `to_dict()` output.
+
+        Called on `Result` it dispatches on `data["kind"]`; called on a
+        subclass it checks the kind matches.
+        """
+        data = dict(data)
+        kind = data.pop("kind", None)
+        target = _RESULT_TYPES.get(kind)
+        if target is None:
+            raise ValueError(
+                f"Unknown result kind {kind!r}. Known kinds: "
+                f"{sorted(_RESULT_TYPES)}. Import the module that defines it "
+                "before loading the journal."
+            )
+        if cls is not Result and not issubclass(target, cls):
+            raise ValueError(
+                f"Cannot load a {kind!r} result as {cls.__name__}."
+            )
+        names = {field.name for field in dataclasses.fields(target)}
+        return target(**{key: value for key, value in data.items() if key in names})
+
+    def settles(self):
+        """Returns the hyperparameters this result settles for `Playbook.fit`.
+
+        Returns:
+            A dict such as `{"learning_rate": 3e-3}`; empty by default.
+        """
+        return {}
+
+    def plot(self):
+        """Returns a matplotlib Figure of this result.
+
+        Raises:
+            NotImplementedError: for results that have nothing to draw.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has nothing to plot; read its fields or "
+            "`message` instead."
+        )
+
+    def summary(self):
+        """Returns one line: the stage, its verdict and its message."""
+        verdict = "OK" if self.ok else "CHECK"
+        return f"{self.kind}: {verdict} - {self.message}"
+
+
+class Journal:
+    """The ordered record of a Playbook's stage results.
+
+    Args:
+        path: Optional file path. When set, the journal is written there as
+            JSON after every `append`, so what was measured survives a crash.
+
+    Example:
+
+    ```python
+    journal = Journal.load("runs/exp1/journal.json")
+    for result in journal:
+        print(result.summary())
+    ```
+    """
+
+    def __init__(self, path=None):
+        self.path = None if path is None else os.fspath(path)
+        self._results = []
+
+    def append(self, result):
+        """Adds a result and writes the journal to disk if it has a path."""
+        if not isinstance(result, Result):
+            raise TypeError(
+                "Journal entries must be `Result` instances. Received: "
+                f"{result!r} (of type {type(result).__name__})."
+            )
+        self._results.append(result)
+        if self.path is not None:
+            self.save(self.path)
+        return result
+
+    def settled(self):
+        """Returns the hyperparameters settled so far; later results win."""
+        hyperparameters = {}
+        for result in self._results:
+            hyperparameters.update(result.settles())
+        return hyperparameters
+
+    def latest(self, kind):
+        """Returns the most recent result of `kind`, or None."""
+        for result in reversed(self._results):
+            if result.kind == kind:
+                return result
+        return None
+
+    def to_dict(self):
+        return {
+            "version": _FORMAT_VERSION,
+            "results": [result.to_dict() for result in self._results],
+        }
+
+    def save(self, path):
+        """Writes the journal as JSON, atomically (write, then rename)."""
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as file:
+                json.dump(self.to_dict(), file, indent=2)
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+
+    @classmethod
+    def load(cls, path):
+        """Reads a journal written by `save`; the result keeps `path`."""
+        with open(path) as file:
+            data = json.load(file)
+        journal = cls(path)
+        journal._results = [Result.from_dict(entry) for entry in data["results"]]
+        return journal
+
+    def __len__(self):
+        return len(self._results)
+
+    def __getitem__(self, index):
+        return self._results[index]
+
+    def __iter__(self):
+        return iter(self._results)
+
+    def __str__(self):
+        if not self._results:
+            return "Journal (empty)"
+        lines = [f"Journal ({len(self)} results)"]
+        lines += [
+            f"  {number}. {result.summary()}"
+            for number, result in enumerate(self._results, start=1)
+        ]
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return f"<Journal path={self.path!r} results={len(self)}>"
+
+
+def is_finite_number(value):
+    """True for a real number that is neither NaN nor infinite."""
+    return value is not None and math.isfinite(value)

@@ -1,0 +1,352 @@
+"""The Playbook: a user's model and data, and the tuning procedure as methods.
+
+The Playbook validates everything up front, places the model in the
+strategy's scope, turns the data into one pipeline, and then runs stages:
+each stage method calls a stage function (`keras_playbook.stages`), appends the
+returned result to the journal, and returns it. Only `fit` changes the user's
+model.
+"""
+
+import math
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_playbook import data as data_module
+from keras_playbook import losses
+from keras_playbook.callbacks import StepProgress
+from keras_playbook.journal import JOURNAL_FILENAME, Journal
+from keras_playbook.records import FitRecord, SetupRecord
+from keras_playbook.session import Session, resolve_strategy
+from keras_playbook.stages import sanity
+
+FIT_OVERRIDES = ("learning_rate", "weight_decay", "batch_size")
+
+
+class Playbook:
+    """Runs the disciplined tuning procedure on a Keras model.
+
+    Args:
+        model: A `keras.Model` (compiled or not), or a builder: a function
+            taking no argument and returning a new model. With a builder,
+            trial models are built by calling it; with a model, by cloning.
+        train_data: `(x, y)` or `(x, y, sample_weight)` NumPy arrays, a
+            `tf.data.Dataset` (batched or not) or a `keras.utils.PyDataset`.
+        validation_data: Same forms as `train_data`, or None.
+        loss: Loss for `compile`; required when the model is not compiled.
+        optimizer: Optimizer for `compile`; defaults to the model's own, or
+            Adam for an uncompiled model (seed 004: Adam for initial testing).
+        metrics: Metrics for `compile`; defaults to the model's own.
+        batch_size: Examples per replica (the global batch is this times the
+            number of replicas). Defaults to 32, or to the data's own batch
+            size for batched data.
+        strategy: A `tf.distribute.Strategy`; None picks `MirroredStrategy`
+            when two or more GPUs are visible, else the default strategy.
+        directory: Folder for the journal (`journal.json`, rewritten after
+            every stage). None keeps the journal in memory only.
+        seed: Seed of shuffling and of the samples stages draw.
+        verbose: 1 shows progress bars for stages that train, 0 is silent.
+
+    Raises:
+        TypeError: for a model, data, strategy or batch size of the wrong type.
+        ValueError: for a model without loss, empty data, NaN or inf in the
+            first batches, labels that do not fit the model's output, or
+            validation data whose structure differs from the training data.
+            All are raised before any training.
+
+    Example:
+
+    ```python
+    pb = Playbook(model, (x_train, y_train), validation_data=(x_val, y_val),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  batch_size=64, directory="runs/exp1")
+    print(pb.check_initial_loss().message)
+    print(pb.overfit_small_sample().message)
+    history = pb.fit(epochs=20)
+    print(pb.journal)
+    ```
+    """
+
+    def __init__(
+        self,
+        model,
+        train_data,
+        validation_data=None,
+        *,
+        loss=None,
+        optimizer=None,
+        metrics=None,
+        batch_size=None,
+        strategy=None,
+        directory=None,
+        seed=0,
+        verbose=1,
+    ):
+        if batch_size is not None:
+            data_module.validate_batch_size(batch_size)
+        if directory is not None and not isinstance(directory, (str, os.PathLike)):
+            raise TypeError(
+                "Argument `directory` must be a path (str or os.PathLike) or "
+                f"None. Received: directory={directory!r}."
+            )
+        if verbose not in (0, 1):
+            raise ValueError(f"Argument `verbose` must be 0 or 1. Received: verbose={verbose!r}.")
+        if isinstance(model, keras.Model) and loss is None and not (
+            model.compiled and model.loss is not None
+        ):
+            raise ValueError(
+                f"The model {model.name!r} has no loss: it is not compiled with "
+                "one and no `loss=` was given. Pass e.g. "
+                "loss='sparse_categorical_crossentropy', or compile the model."
+            )
+        resolve_strategy(strategy)  # TypeError before the model is touched.
+        self.seed = seed
+        self.verbose = verbose
+        self.session = Session(model, strategy=strategy)
+        input_rank = _input_rank(self.session.model)
+        replicas = self.session.num_replicas
+        self.train_data = data_module.make_pipeline(
+            train_data, batch_size=batch_size, num_replicas=replicas, shuffle=True,
+            seed=seed, input_rank=input_rank, name="training data",
+        )
+        self.validation_data = None
+        if validation_data is not None:
+            self.validation_data = data_module.make_pipeline(
+                validation_data, batch_size=self.train_data.per_replica_batch_size,
+                num_replicas=replicas, shuffle=False, seed=seed,
+                input_rank=input_rank, name="validation data",
+            )
+            data_module.check_same_structure(self.train_data, self.validation_data)
+        data_module.check_finite(self.train_data, name="training data")
+        if self.validation_data is not None:
+            data_module.check_finite(self.validation_data, name="validation data")
+        self._check_labels(loss)
+        self.session.compile(loss=loss, optimizer=optimizer, metrics=metrics)
+        self.session.ensure_built(self.train_data.first_batches(1)[0][0])
+        path = None if directory is None else os.path.join(os.fspath(directory), JOURNAL_FILENAME)
+        self.journal = Journal(path)
+        self.journal.append(self._setup_record())
+
+    # Properties -------------------------------------------------------------
+
+    @property
+    def model(self):
+        """The model being trained: the user's, or its copy in the strategy's scope."""
+        return self.session.model
+
+    @property
+    def strategy(self):
+        return self.session.strategy
+
+    # Validation -----------------------------------------------------------
+
+    def _check_labels(self, loss):
+        model = self.session.model
+        loss = loss if loss is not None else model.loss
+        if isinstance(loss, (dict, list, tuple)):
+            return
+        first_x = self.train_data.first_batches(1)[0][0]
+        output_shape = _output_shape(model, first_x, self.session)
+        if output_shape is None:
+            return
+        info = losses.describe_loss(loss)
+        losses.check_labels_fit(info, data_module.labels_of(self.train_data), output_shape, "training data")
+        if self.validation_data is not None:
+            losses.check_labels_fit(
+                info, data_module.labels_of(self.validation_data), output_shape, "validation data"
+            )
+
+    def _setup_record(self):
+        session, train = self.session, self.train_data
+        validation_count = None if self.validation_data is None else self.validation_data.num_examples
+        loss = self.model.loss
+        loss_name = loss if isinstance(loss, str) else getattr(loss, "name", getattr(loss, "__name__", str(loss)))
+        strategy_name = type(session.strategy).__name__.lstrip("_").replace(
+            "DefaultDistributionStrategy", "DefaultStrategy"
+        )
+        return SetupRecord(
+            strategy=strategy_name,
+            num_replicas=session.num_replicas,
+            per_replica_batch_size=train.per_replica_batch_size,
+            global_batch_size=train.global_batch_size,
+            num_train_examples=train.num_examples,
+            num_validation_examples=validation_count,
+            model_name=self.model.name,
+            num_parameters=int(self.model.count_params()),
+            loss=str(loss_name),
+            optimizer=_jsonable(self.model.optimizer.get_config()),
+            ok=True,
+            message=(
+                f"Training on {session.num_replicas} replica(s) with "
+                f"{strategy_name}: batch {train.per_replica_batch_size} per "
+                f"replica = {train.global_batch_size} global."
+            ),
+        )
+
+    def _record(self, result):
+        return self.journal.append(result)
+
+    def _progress(self, total_steps, title):
+        return [StepProgress(total_steps, title)] if self.verbose else []
+
+    # Stages -----------------------------------------------------------------
+
+    def check_initial_loss(self, num_batches=10, tolerance=0.25):
+        """Checks the untrained model's loss against ln C (seed 003, step 1).
+
+        See `keras_playbook.stages.check_initial_loss` for the arguments.
+
+        Returns:
+            An `InitialLossResult`, also appended to the journal.
+        """
+        return self._record(
+            sanity.check_initial_loss(
+                self.session, self.train_data, num_batches=num_batches,
+                tolerance=tolerance, seed=self.seed,
+            )
+        )
+
+    def overfit_small_sample(self, num_batches=5, max_steps=500, learning_rate=None, target_loss=None):
+        """Memorizes a few batches with regularization off (seed 003, step 2).
+
+        Trains a copy; the model and its regularization are unchanged. See
+        `keras_playbook.stages.overfit_small_sample` for the arguments.
+
+        Returns:
+            An `OverfitResult`, also appended to the journal.
+        """
+        callbacks = self._progress(max_steps, "Overfitting a small sample")
+        return self._record(
+            sanity.overfit_small_sample(
+                self.session, self.train_data, num_batches=num_batches,
+                max_steps=max_steps, learning_rate=learning_rate,
+                target_loss=target_loss, seed=self.seed, callbacks=callbacks,
+            )
+        )
+
+    def fit(self, epochs, callbacks=None, verbose="auto", **overrides):
+        """Trains the model for real with the hyperparameters settled so far.
+
+        Values settled by earlier stages (the journal's `settled()`: a found
+        learning rate, a weight decay, ...) are applied to the optimizer
+        first, then `overrides`, which win.
+
+        Args:
+            epochs: Epochs to train.
+            callbacks: Keras callbacks for `model.fit`.
+            verbose: Passed to `model.fit`.
+            **overrides: Any of `learning_rate`, `weight_decay`, `batch_size`
+                (per replica).
+
+        Returns:
+            The Keras `History`. The learning curves are also recorded in the
+            journal as a `FitRecord`.
+
+        Example:
+
+        ```python
+        history = pb.fit(epochs=10, learning_rate=3e-3)
+        ```
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+            raise ValueError(f"fit: argument `epochs` must be an int >= 1. Received: epochs={epochs!r}.")
+        unknown = sorted(set(overrides) - set(FIT_OVERRIDES))
+        if unknown:
+            raise TypeError(
+                f"fit: unknown hyperparameter(s) {unknown}. Overridable: "
+                f"{list(FIT_OVERRIDES)}; pass other `model.fit` options by "
+                "calling `pb.model.fit` directly."
+            )
+        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+            raise TypeError(f"fit: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
+        hyperparameters = {**self.journal.settled(), **overrides}
+        _validate_hyperparameters(hyperparameters)
+        train, validation = self.train_data, self.validation_data
+        if "batch_size" in hyperparameters:
+            train = train.with_batch_size(hyperparameters["batch_size"])
+            validation = None if validation is None else validation.with_batch_size(hyperparameters["batch_size"])
+        self._apply_to_optimizer(hyperparameters)
+        history = self.model.fit(
+            train.dataset,
+            validation_data=None if validation is None else validation.dataset,
+            epochs=int(epochs),
+            callbacks=list(callbacks or []),
+            shuffle=False,  # The pipeline reshuffles arrays itself.
+            verbose=verbose,
+        )
+        self._record(FitRecord.from_history(history, hyperparameters))
+        return history
+
+    def _apply_to_optimizer(self, hyperparameters):
+        optimizer = self.model.optimizer
+        if "learning_rate" in hyperparameters:
+            optimizer.learning_rate = hyperparameters["learning_rate"]
+        if "weight_decay" in hyperparameters and optimizer.weight_decay != hyperparameters["weight_decay"]:
+            optimizer.weight_decay = hyperparameters["weight_decay"]
+            self.model.make_train_function(force=True)
+
+    def __repr__(self):
+        return (
+            f"<Playbook model={self.model.name!r} strategy="
+            f"{type(self.strategy).__name__} replicas={self.session.num_replicas} "
+            f"batch={self.train_data.global_batch_size} results={len(self.journal)}>"
+        )
+
+
+def _validate_hyperparameters(hyperparameters):
+    if "learning_rate" in hyperparameters:
+        value = hyperparameters["learning_rate"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise ValueError(
+                "fit: `learning_rate` must be a positive finite number. "
+                f"Received: learning_rate={value!r}."
+            )
+    if "weight_decay" in hyperparameters:
+        value = hyperparameters["weight_decay"]
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0)
+        ):
+            raise ValueError(
+                "fit: `weight_decay` must be a number >= 0 or None. "
+                f"Received: weight_decay={value!r}."
+            )
+    if "batch_size" in hyperparameters:
+        data_module.validate_batch_size(hyperparameters["batch_size"])
+
+
+def _input_rank(model):
+    inputs = getattr(model, "inputs", None)
+    if model.built and inputs and len(inputs) == 1:
+        return len(inputs[0].shape)
+    return None
+
+
+def _output_shape(model, x_batch, session):
+    """The model's output shape with a batch axis, or None for several outputs."""
+    outputs = getattr(model, "outputs", None) if model.built else None
+    if outputs:
+        return tuple(outputs[0].shape) if len(outputs) == 1 else None
+    one = tf.nest.map_structure(lambda array: array[:1], x_batch)
+    with session.scope():
+        prediction = model(one, training=False)
+    if isinstance(prediction, (list, tuple, dict)):
+        return None
+    return (None,) + tuple(prediction.shape[1:])
+
+
+def _jsonable(config):
+    def convert(value):
+        if isinstance(value, dict):
+            return {key: convert(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [convert(item) for item in value]
+        if isinstance(value, (np.generic,)):
+            return value.item()
+        if value is None or isinstance(value, (str, int, float, bool)):
+            return value
+        return str(value)
+
+    return convert(config)
+

@@ -1,0 +1,106 @@
+"""Journal records the Playbook writes itself: its set-up and each `fit`."""
+
+import dataclasses
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from keras_playbook.journal import Result
+
+
+@dataclasses.dataclass
+class SetupRecord(Result):
+    """How the Playbook runs: strategy, replicas, batch sizes, data, model.
+
+    Attributes:
+        strategy: Class name of the `tf.distribute` strategy.
+        num_replicas: Replicas in sync.
+        per_replica_batch_size: Examples per replica per step.
+        global_batch_size: Examples per step over all replicas.
+        num_train_examples: Training examples, or None when unknown.
+        num_validation_examples: Validation examples, None when unknown or absent.
+        model_name: The model's name.
+        num_parameters: Parameters of the model.
+        loss: Name of the compiled loss.
+        optimizer: Optimizer config, as `get_config()` returns it.
+    """
+
+    kind = "setup"
+    strategy: str
+    num_replicas: int
+    per_replica_batch_size: int
+    global_batch_size: int
+    num_train_examples: int | None
+    num_validation_examples: int | None
+    model_name: str
+    num_parameters: int
+    loss: str
+    optimizer: dict
+    ok: bool
+    message: str
+
+
+@dataclasses.dataclass
+class FitRecord(Result):
+    """One real training run of the user's model through `Playbook.fit`.
+
+    Attributes:
+        epochs: Epochs run.
+        hyperparameters: Settled values and overrides applied to this run.
+        history: `History.history`: a list of per-epoch values per metric.
+        monitor: Metric used to pick `best_epoch` ("val_loss" or "loss").
+        best_epoch: 1-based epoch with the lowest `monitor`.
+    """
+
+    kind = "fit"
+    epochs: int
+    hyperparameters: dict
+    history: dict
+    monitor: str
+    best_epoch: int
+    ok: bool
+    message: str
+
+    @classmethod
+    def from_history(cls, history, hyperparameters):
+        """Builds the record of a finished `model.fit` from its History."""
+        curves = {name: [float(value) for value in values] for name, values in history.history.items()}
+        monitor = "val_loss" if "val_loss" in curves else "loss"
+        values = np.asarray(curves.get(monitor, []), dtype=float)
+        epochs = len(values)
+        finite = bool(epochs) and bool(np.all(np.isfinite(values)))
+        best_epoch = int(np.nanargmin(values)) + 1 if np.isfinite(values).any() else 0
+        if not finite:
+            message = (
+                f"Training produced a non-finite {monitor}: lower the learning rate "
+                "(seed 003, step 2: loss explodes means learning rate too high)."
+            )
+        else:
+            settled = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+                                for key, value in sorted(hyperparameters.items()))
+            message = (
+                f"Trained {epochs} epochs ({settled or 'model defaults'}); final "
+                f"{monitor} {values[-1]:.4g}, best {values.min():.4g} at epoch "
+                f"{best_epoch}."
+            )
+        return cls(
+            epochs=epochs, hyperparameters=dict(hyperparameters), history=curves,
+            monitor=monitor, best_epoch=best_epoch, ok=finite, message=message,
+        )
+
+    def plot(self):
+        """Learning curves: one panel per metric, training and validation together."""
+        names = [name for name in self.history if not name.startswith("val_")]
+        figure = Figure(figsize=(5 * max(len(names), 1), 4))
+        for index, name in enumerate(names, start=1):
+            axes = figure.add_subplot(1, len(names), index)
+            epochs = range(1, len(self.history[name]) + 1)
+            axes.plot(epochs, self.history[name], label=f"training {name}")
+            if f"val_{name}" in self.history:
+                axes.plot(epochs, self.history[f"val_{name}"], label=f"validation {name}")
+            axes.set_xlabel("epoch")
+            axes.set_title(name)
+            axes.legend()
+        return figure
+
+

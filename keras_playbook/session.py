@@ -1,0 +1,302 @@
+"""The strategy, the model placed in its scope, and snapshots of its state.
+
+A `Session` owns what every stage needs to train under `tf.distribute`: the
+strategy, the user's model living in that strategy's scope (rebuilt there with
+the same weights when it was built outside), the model's initial weights, and
+the means to measure without leaving a trace: `preserved()` snapshots weights
+and optimizer state and restores them in a `finally`, and `trial_model()`
+makes a separate copy that starts from the initial weights.
+"""
+
+import contextlib
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+_auto_mirrored_strategy = None
+
+
+def resolve_strategy(strategy=None):
+    """Returns the strategy to train under.
+
+    Args:
+        strategy: A `tf.distribute.Strategy`, or None to pick one: the
+            strategy whose scope is active, else a `MirroredStrategy` when two
+            or more GPUs are visible (created once per process and reused:
+            TensorFlow does not support two in one process), else the default
+            strategy.
+
+    Raises:
+        TypeError: if `strategy` is not a `tf.distribute.Strategy`.
+    """
+    global _auto_mirrored_strategy
+    if strategy is not None:
+        if not isinstance(strategy, tf.distribute.Strategy):
+            raise TypeError(
+                "Argument `strategy` must be a `tf.distribute.Strategy` (e.g. "
+                "`tf.distribute.MirroredStrategy()`) or None to choose "
+                f"automatically. Received: strategy={strategy!r} (of type "
+                f"{type(strategy).__name__})."
+            )
+        return strategy
+    if tf.distribute.has_strategy():
+        return tf.distribute.get_strategy()
+    if len(tf.config.list_logical_devices("GPU")) >= 2:
+        if _auto_mirrored_strategy is None:
+            _auto_mirrored_strategy = tf.distribute.MirroredStrategy()
+        return _auto_mirrored_strategy
+    return tf.distribute.get_strategy()
+
+
+def read_value(variable):
+    """Reads a (possibly mirrored) variable as NumPy; `float()` fails on those."""
+    return keras.ops.convert_to_numpy(variable)
+
+
+@dataclasses.dataclass
+class ModelState:
+    """Values of every model variable and optimizer variable, as NumPy."""
+
+    model: list
+    optimizer: list
+
+
+class Session:
+    """A model placed in a strategy's scope, with its initial weights.
+
+    Args:
+        model: A `keras.Model` (compiled or not) or a builder: a callable
+            taking no argument and returning one. Builders are called inside
+            the strategy's scope, and again for every trial model.
+        strategy: A `tf.distribute.Strategy` or None (see `resolve_strategy`).
+
+    Raises:
+        TypeError: for a model that is neither a `keras.Model` nor a callable
+            returning one, or for a `strategy` that is not a Strategy.
+
+    Example:
+
+    ```python
+    session = Session(build_model, strategy=tf.distribute.MirroredStrategy())
+    session.compile(loss="sparse_categorical_crossentropy")
+    ```
+    """
+
+    def __init__(self, model, *, strategy=None):
+        self.strategy = resolve_strategy(strategy)
+        self.builder = None
+        if not isinstance(model, keras.Model):
+            if not callable(model):
+                raise TypeError(
+                    "Argument `model` must be a `keras.Model` or a callable "
+                    f"returning one. Received: model={model!r} (of type "
+                    f"{type(model).__name__})."
+                )
+            self.builder = model
+            model = self._call_builder()
+        self.source_model = model
+        self.model = self._placed(model)
+        self.initial_weights = None
+        self._build_input = None
+
+    @property
+    def num_replicas(self):
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def is_mirrored(self):
+        return self.num_replicas > 1
+
+    def scope(self):
+        return self.strategy.scope()
+
+    # Construction ---------------------------------------------------------
+
+    def _call_builder(self):
+        with self.scope():
+            model = self.builder()
+        if not isinstance(model, keras.Model):
+            raise TypeError(
+                "The model builder must return a `keras.Model`. Received: "
+                f"{model!r} (of type {type(model).__name__}) from "
+                f"{getattr(self.builder, '__name__', self.builder)!r}."
+            )
+        return model
+
+    def _in_scope(self, variables):
+        return all(
+            self.strategy.extended.variable_created_in_scope(getattr(v, "value", v))
+            for v in variables
+        )
+
+    def _placed(self, model):
+        """Returns `model` if its variables live in the scope, else a copy that does."""
+        if self._in_scope(model.variables):
+            return model
+        with self.scope():
+            clone = _clone(model)
+            clone.set_weights(model.get_weights())
+        return clone
+
+    def compile(self, *, loss=None, optimizer=None, metrics=None):
+        """Compiles the placed model in the strategy's scope.
+
+        Keeps the model's own compile arguments (and, when the model was not
+        rebuilt, its optimizer object and state) unless overridden. A rebuilt
+        model gets a copy of the optimizer with its state.
+
+        Raises:
+            ValueError: when no loss is known (not compiled with one, no `loss`).
+        """
+        model, source = self.model, self.source_model
+        if loss is None and not (source.compiled and source.loss is not None):
+            raise ValueError(
+                "The model has no loss: it is not compiled with one and no "
+                "`loss=` was given. Pass e.g. "
+                "loss='sparse_categorical_crossentropy', or compile the model."
+            )
+        rebuilt = model is not source
+        overridden = loss is not None or optimizer is not None or metrics is not None
+        if source.compiled and not rebuilt and not overridden:
+            if not self._in_scope(model.optimizer.variables):
+                overridden = True
+            else:
+                return
+        arguments = {}
+        if source.compiled:
+            with self.scope():
+                arguments = keras.saving.deserialize_keras_object(
+                    source.get_compile_config()
+                )
+            if not rebuilt and self._in_scope(source.optimizer.variables):
+                arguments["optimizer"] = source.optimizer
+        if optimizer is not None:
+            arguments["optimizer"] = optimizer
+        arguments.setdefault("optimizer", "adam")
+        if loss is not None:
+            arguments["loss"] = loss
+        if metrics is not None:
+            arguments["metrics"] = metrics
+        with self.scope():
+            candidate = arguments["optimizer"]
+            if isinstance(candidate, keras.optimizers.Optimizer) and not self._in_scope(
+                candidate.variables
+            ):
+                arguments["optimizer"] = _copy_optimizer(candidate)
+            model.compile(**arguments)
+        if source.compiled and source.optimizer.built and model.optimizer is not source.optimizer:
+            self._copy_optimizer_state(source.optimizer, model)
+
+    def _copy_optimizer_state(self, source_optimizer, model):
+        with self.scope():
+            model.optimizer.build(model.trainable_variables)
+        values = [read_value(v) for v in source_optimizer.variables]
+        if len(values) == len(model.optimizer.variables):
+            for variable, value in zip(model.optimizer.variables, values):
+                variable.assign(value)
+
+    def ensure_built(self, x_batch):
+        """Builds the model on a batch of inputs if needed and takes the initial snapshot."""
+        self._build_input = tf.nest.map_structure(lambda array: array[:1], x_batch)
+        if not self.model.built or not self.model.weights:
+            with self.scope():
+                self.model(self._build_input)
+        if self.initial_weights is None:
+            self.initial_weights = self.model.get_weights()
+
+    # State ------------------------------------------------------------------
+
+    def _ensure_optimizer_built(self):
+        optimizer = self.model.optimizer
+        if not optimizer.built:
+            with self.scope():
+                optimizer.build(self.model.trainable_variables)
+
+    def snapshot(self):
+        """Returns the values of all model and optimizer variables."""
+        self._ensure_optimizer_built()
+        return ModelState(
+            model=[read_value(v) for v in self.model.variables],
+            optimizer=[read_value(v) for v in self.model.optimizer.variables],
+        )
+
+    def restore(self, state):
+        """Assigns back the values taken by `snapshot`."""
+        for variable, value in zip(self.model.variables, state.model):
+            variable.assign(value)
+        for variable, value in zip(self.model.optimizer.variables, state.optimizer):
+            variable.assign(value)
+
+    @contextlib.contextmanager
+    def preserved(self):
+        """Context in which the model may change; its state is restored on exit.
+
+        Restores weights and optimizer state element for element, also when the
+        block raises or is interrupted (KeyboardInterrupt).
+
+        Example:
+
+        ```python
+        with session.preserved():
+            session.model.fit(sample, epochs=3)   # measured, then undone
+        ```
+        """
+        state = self.snapshot()
+        try:
+            yield self.model
+        finally:
+            self.restore(state)
+
+    # Trial models ---------------------------------------------------------
+
+    def trial_model(self, weights=None):
+        """Returns an uncompiled copy of the model in the strategy's scope.
+
+        Args:
+            weights: Weights to start from (a `get_weights()` list); defaults
+                to the initial weights the session was created with.
+
+        Raises:
+            TypeError: if the model cannot be copied (a subclassed model
+                without `get_config`); pass a builder instead.
+        """
+        with self.scope():
+            model = self._call_builder() if self.builder is not None else _clone(self.model)
+            if (not model.built or not model.weights) and self._build_input is not None:
+                model(self._build_input)
+            model.set_weights(self.initial_weights if weights is None else weights)
+        return model
+
+    def fresh_optimizer(self, **changes):
+        """Returns a new optimizer like the model's, with `changes` to its config.
+
+        Example: `session.fresh_optimizer(weight_decay=None, learning_rate=0.1)`.
+        """
+        config = self.model.optimizer.get_config()
+        config.update(changes)
+        with self.scope():
+            return type(self.model.optimizer).from_config(config)
+
+
+def _clone(model):
+    try:
+        return keras.models.clone_model(model)
+    except (TypeError, ValueError, NotImplementedError) as error:
+        raise TypeError(
+            f"Cannot copy the model {model.name!r} ({type(model).__name__}): "
+            f"{error} Pass a builder instead, a function that returns a new "
+            "model (`Playbook(build_model, ...)`), or implement `get_config`."
+        ) from error
+
+
+def _copy_optimizer(optimizer):
+    return type(optimizer).from_config(optimizer.get_config())
+
+
+def weights_equal(first, second):
+    """True when two `get_weights()`-style lists are equal element for element."""
+    return len(first) == len(second) and all(
+        np.array_equal(a, b) for a, b in zip(first, second)
+    )

@@ -1,0 +1,515 @@
+"""Sanity stages: check the initial loss, overfit a small sample.
+
+Seed 003, steps 1 and 2 ("Choosing hyperparameters without tons of GPUs"):
+before tuning anything, check that an untrained classifier scores about ln C,
+and that the model can memorize ~5-10 mini-batches with regularization off.
+"If our model can't overfit a tiny sample, something is fundamentally broken."
+"""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from matplotlib.figure import Figure
+
+from keras_playbook import losses
+from keras_playbook.journal import Result, is_finite_number
+from keras_playbook.session import read_value
+
+_SEED_003_STEP_1 = "seed 003, step 1"
+_SEED_003_STEP_2 = "seed 003, step 2"
+
+
+@dataclasses.dataclass
+class InitialLossResult(Result):
+    """The untrained model's loss against the loss of uniform guessing.
+
+    Attributes:
+        loss: Mean loss of the model at its initial weights on the sample.
+        expected: ln C (softmax cross-entropy over C classes) or ln 2 (binary
+            cross-entropy); None when the loss has no such expectation.
+        tolerance: Accepted relative deviation from `expected`.
+        num_classes: Size of the model's output axis.
+        loss_name: The compiled loss's name.
+        from_logits: Whether the loss expects logits.
+        output_kind: "logits" or "probabilities", read off the outputs.
+        output_std: Standard deviation of the model's raw outputs.
+        num_examples: Examples evaluated.
+        per_example_losses: Loss of each example (for `plot`).
+    """
+
+    kind = "check_initial_loss"
+    loss: float
+    expected: float | None
+    tolerance: float
+    num_classes: int
+    loss_name: str
+    from_logits: bool
+    output_kind: str
+    output_std: float
+    num_examples: int
+    per_example_losses: list
+    ok: bool
+    message: str
+
+    def plot(self):
+        """Histogram of per-example initial losses, with ln C marked."""
+        figure = Figure(figsize=(6, 4))
+        axes = figure.add_subplot()
+        values = np.asarray(self.per_example_losses, dtype=float)
+        values = values[np.isfinite(values)]
+        axes.hist(values, bins=30, color="tab:blue", alpha=0.7)
+        axes.axvline(self.loss, color="tab:blue", label=f"mean = {self.loss:.3g}")
+        if self.expected is not None:
+            axes.axvline(
+                self.expected, color="tab:red", linestyle="--",
+                label=f"expected = {self.expected:.3g}",
+            )
+        axes.set_xlabel("initial loss per example")
+        axes.set_ylabel("examples")
+        axes.set_title("Initial loss (" + ("OK" if self.ok else "check") + ")")
+        axes.legend()
+        return figure
+
+
+@dataclasses.dataclass
+class OverfitResult(Result):
+    """How well the model memorized a small sample with regularization off.
+
+    Attributes:
+        verdict: "memorized", "not_decreasing", "diverged" or "too_slow".
+        num_examples: Size of the sample.
+        steps: Training steps run.
+        learning_rate: Learning rate used.
+        initial_loss: Loss on the sample before training.
+        final_loss: Loss on the sample after training (NaN if diverged).
+        final_accuracy: Accuracy on the sample after training, or None when
+            the loss is not a classification loss.
+        target_loss: Loss counted as "near zero".
+        losses: Training loss after each pass over the sample.
+        accuracies: Training accuracy after each pass (empty without one).
+        steps_per_pass: Steps in one pass over the sample.
+        regularization_disabled: What was turned off in the trial copy.
+    """
+
+    kind = "overfit_small_sample"
+    verdict: str
+    num_examples: int
+    steps: int
+    learning_rate: float
+    initial_loss: float
+    final_loss: float
+    final_accuracy: float | None
+    target_loss: float
+    losses: list
+    accuracies: list
+    steps_per_pass: int
+    regularization_disabled: list
+    ok: bool
+    message: str
+
+    def plot(self):
+        """Training loss (log scale) and accuracy against steps."""
+        figure = Figure(figsize=(6, 4))
+        axes = figure.add_subplot()
+        steps = [self.steps_per_pass * (index + 1) for index in range(len(self.losses))]
+        axes.plot([0] + steps, [self.initial_loss] + list(self.losses), marker=".", label="loss")
+        axes.axhline(self.target_loss, color="grey", linestyle=":", label="target loss")
+        axes.set_yscale("log")
+        axes.set_xlabel("step")
+        axes.set_ylabel("training loss on the sample")
+        if self.accuracies:
+            twin = axes.twinx()
+            twin.plot(steps, self.accuracies, color="tab:green", label="accuracy")
+            twin.set_ylim(0, 1.05)
+            twin.set_ylabel("accuracy")
+        axes.set_title(f"Overfit a small sample: {self.verdict}")
+        axes.legend(loc="upper right")
+        return figure
+
+
+def _validate_positive_int(value, name, stage, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(
+            f"{stage}: argument `{name}` must be an int >= {minimum}. "
+            f"Received: {name}={value!r}."
+        )
+
+
+def _validate_positive_float(value, name, stage):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise ValueError(
+            f"{stage}: argument `{name}` must be a positive finite number. "
+            f"Received: {name}={value!r}."
+        )
+
+
+def _output_kind(predictions, loss_kind):
+    in_unit_interval = predictions.min() >= 0.0 and predictions.max() <= 1.0
+    if loss_kind == losses.BINARY or predictions.shape[-1] == 1:
+        return "probabilities" if in_unit_interval else "logits"
+    sums_to_one = np.allclose(predictions.sum(axis=-1), 1.0, atol=1e-3)
+    return "probabilities" if in_unit_interval and sums_to_one else "logits"
+
+
+def _several_losses(loss):
+    return isinstance(loss, (dict, list, tuple))
+
+
+def _mean_loss(loss, y_true, y_pred):
+    function = keras.losses.get(loss) if isinstance(loss, str) else loss
+    return float(np.mean(keras.ops.convert_to_numpy(function(y_true, y_pred))))
+
+
+def check_initial_loss(session, pipeline, *, num_batches=10, tolerance=0.25, seed=0):
+    """Compares the untrained model's loss with the loss of uniform guessing.
+
+    A classifier at initialization should predict close to uniformly, so its
+    softmax cross-entropy over C classes is about ln C (binary cross-entropy:
+    ln 2). A loss far above it means outputs that are too confident from the
+    start (inputs not normalized, a last layer initialized too large); far
+    below it means the model already knows something (pretrained weights, or
+    labels leaking into the inputs). The outputs are also inspected for a
+    mismatch between `from_logits` and the model's last activation.
+
+    The model is evaluated at the weights the Playbook started from, in
+    inference mode (BatchNormalization uses its moving statistics); its
+    current weights and optimizer state are restored afterwards.
+
+    Args:
+        session: The `Session` holding the model.
+        pipeline: The training `DataPipeline`.
+        num_batches: Global batches to evaluate.
+        tolerance: Accepted relative deviation from the expected loss.
+        seed: Seed of the sample drawn from the data.
+
+    Returns:
+        An `InitialLossResult`.
+
+    References:
+        Seed 003, step 1: check initial loss (expect log C).
+    """
+    stage = "check_initial_loss"
+    _validate_positive_int(num_batches, "num_batches", stage)
+    _validate_positive_float(tolerance, "tolerance", stage)
+    x, y = pipeline.sample(num_batches, seed=seed)[:2]
+    model = session.model
+    with session.preserved():
+        model.set_weights(session.initial_weights)
+        predictions = model.predict(x, batch_size=pipeline.global_batch_size, verbose=0)
+    if isinstance(predictions, (list, tuple, dict)) or _several_losses(model.loss):
+        return InitialLossResult(
+            loss=math.nan, expected=None, tolerance=tolerance, num_classes=0,
+            loss_name=str(model.loss), from_logits=False, output_kind="unknown",
+            output_std=math.nan, num_examples=len(tf.nest.flatten(y)[0]),
+            per_example_losses=[], ok=True,
+            message=(
+                "No initial-loss expectation for a model with several outputs "
+                "or losses; check each output's loss by hand "
+                f"({_SEED_003_STEP_1})."
+            ),
+        )
+    predictions = np.asarray(predictions, dtype=np.float64)
+    info = losses.describe_loss(model.loss)
+    num_classes = int(predictions.shape[-1])
+    expected = info.expected_initial_loss(num_classes)
+    if expected is None:
+        per_example = []
+        measured = _mean_loss(model.loss, y, predictions.astype(np.float32))
+    else:
+        per_example = info.per_example(y, predictions.astype(np.float32))
+        measured = float(np.mean(per_example))
+    output_kind = _output_kind(predictions, info.kind)
+    ok, message = _initial_loss_verdict(
+        info, measured, expected, tolerance, output_kind, float(predictions.std()),
+        num_classes,
+    )
+    return InitialLossResult(
+        loss=measured, expected=expected, tolerance=tolerance,
+        num_classes=num_classes, loss_name=info.name, from_logits=info.from_logits,
+        output_kind=output_kind, output_std=float(predictions.std()),
+        num_examples=len(predictions), per_example_losses=list(per_example),
+        ok=ok, message=message,
+    )
+
+
+def _initial_loss_verdict(info, measured, expected, tolerance, output_kind, output_std, num_classes):
+    if expected is None:
+        return True, (
+            f"Initial loss {measured:.4g}. No expectation exists for loss "
+            f"{info.name!r} (ln C applies to cross-entropy only), so nothing was "
+            f"checked ({_SEED_003_STEP_1})."
+        )
+    target = "ln 2" if info.kind == losses.BINARY else f"ln {num_classes}"
+    if output_kind == "logits" and not info.from_logits:
+        return False, (
+            f"The model outputs logits (values outside [0, 1] or rows not summing "
+            f"to 1) but the loss {info.name!r} has from_logits=False, so it "
+            "treats them as probabilities. Pass "
+            f"keras.losses.{_class_name(info.name)}(from_logits=True), or end "
+            f"the model with a softmax/sigmoid activation ({_SEED_003_STEP_1})."
+        )
+    if output_kind == "probabilities" and info.from_logits:
+        return False, (
+            f"The model ends in a softmax/sigmoid (outputs are probabilities) but "
+            f"the loss {info.name!r} has from_logits=True and applies it again: "
+            f"the loss sits near {target} by accident and its gradients are "
+            "squashed. Remove the final activation or set from_logits=False "
+            f"({_SEED_003_STEP_1})."
+        )
+    deviation = (measured - expected) / expected
+    if abs(deviation) <= tolerance:
+        return True, (
+            f"Initial loss {measured:.4g} is close to {target} = {expected:.4g} "
+            f"(within {tolerance:.0%}): the model starts by guessing uniformly, as "
+            f"an untrained classifier should ({_SEED_003_STEP_1})."
+        )
+    if deviation > 0:
+        return False, (
+            f"Initial loss {measured:.4g} is {deviation:.0%} above {target} = "
+            f"{expected:.4g}: the untrained model is confidently wrong (output "
+            f"std {output_std:.3g}). Likely causes: inputs not normalized (scale "
+            "them to mean 0, std 1 or to [0, 1]), or a last layer initialized "
+            "too large (use a smaller initializer or zero bias) "
+            f"({_SEED_003_STEP_1})."
+        )
+    return False, (
+        f"Initial loss {measured:.4g} is {-deviation:.0%} below {target} = "
+        f"{expected:.4g}, better than chance before any training: expected for "
+        "pretrained weights; otherwise suspect labels leaking into the inputs or "
+        f"a loss that does not match the labels ({_SEED_003_STEP_1})."
+    )
+
+
+def _class_name(function_name):
+    return "".join(part.capitalize() for part in function_name.split("_"))
+
+
+# Overfitting a small sample ------------------------------------------------
+
+_DROPOUT_LAYERS = (
+    keras.layers.Dropout,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
+)
+
+
+def disable_regularization(model):
+    """Turns off dropout, noise and weight/activity regularizers, in place.
+
+    Meant for a trial copy of a model (never the user's): sets dropout rates
+    and Gaussian noise to zero (including RNN cells' `dropout` and
+    `recurrent_dropout`), and removes kernel/bias/... regularizers from the
+    variables and activity regularizers from the layers. Losses a model adds
+    itself in `call()` (`add_loss`) cannot be told apart and stay on.
+
+    Args:
+        model: A `keras.Model` that has not been traced yet.
+
+    Returns:
+        A sorted list of what was turned off, e.g.
+        `["dropout: dropout (rate 0.5)", "kernel_regularizer: dense/kernel"]`.
+    """
+    disabled = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, _DROPOUT_LAYERS) and layer.rate:
+            disabled.append(f"dropout: {layer.name} (rate {layer.rate})")
+            layer.rate = 0.0
+        if isinstance(layer, keras.layers.GaussianNoise) and layer.stddev:
+            disabled.append(f"noise: {layer.name} (stddev {layer.stddev})")
+            layer.stddev = 0.0
+        for attribute in ("dropout", "recurrent_dropout"):
+            value = layer.__dict__.get(attribute)
+            if isinstance(value, float) and value > 0:
+                disabled.append(f"{attribute}: {layer.name} ({value})")
+                setattr(layer, attribute, 0.0)
+        if getattr(layer, "activity_regularizer", None) is not None:
+            disabled.append(f"activity_regularizer: {layer.name}")
+            layer.activity_regularizer = None
+    for variable in model.weights:
+        if getattr(variable, "regularizer", None) is not None:
+            disabled.append(f"regularizer: {variable.path}")
+            variable.regularizer = None
+    return sorted(set(disabled))
+
+
+class _StopWhenMemorized(keras.callbacks.Callback):
+    """Stops training once a pass over the sample is fully right or near-zero loss."""
+
+    def __init__(self, target_loss):
+        super().__init__()
+        self.target_loss = target_loss
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if logs.get("accuracy", 0.0) >= 1.0 or logs.get("loss", math.inf) <= self.target_loss:
+            self.model.stop_training = True
+
+
+def _memorized(loss, accuracy, target_loss):
+    return (accuracy is not None and accuracy >= 1.0) or (
+        is_finite_number(loss) and loss <= target_loss
+    )
+
+
+def overfit_small_sample(
+    session,
+    pipeline,
+    *,
+    num_batches=5,
+    max_steps=500,
+    learning_rate=None,
+    target_loss=None,
+    seed=0,
+    callbacks=None,
+):
+    """Trains a copy of the model to memorize a few batches, regularization off.
+
+    A copy starting from the Playbook's initial weights, with dropout, noise,
+    weight regularizers and the optimizer's weight decay turned off, trains on
+    `num_batches` global batches until the training accuracy reaches 100% or
+    the loss falls to `target_loss`, at most `max_steps` steps. The user's
+    model, its regularization and its optimizer are not touched.
+
+    Args:
+        session: The `Session` holding the model.
+        pipeline: The training `DataPipeline`.
+        num_batches: Global batches in the sample (the seed says 5-10).
+        max_steps: Step budget.
+        learning_rate: Learning rate, defaulting to the optimizer's current one.
+        target_loss: Loss counted as near zero; defaults to 1% of the initial
+            loss.
+        seed: Seed of the sample and its shuffling.
+        callbacks: Extra Keras callbacks for the trial's `fit` (a progress
+            bar, say); the stage itself prints nothing.
+
+    Returns:
+        An `OverfitResult`.
+
+    References:
+        Seed 003, step 2: overfit a small sample (~5-10 mini-batches) to 100%
+        training accuracy with regularization off.
+    """
+    stage = "overfit_small_sample"
+    _validate_positive_int(num_batches, "num_batches", stage)
+    _validate_positive_int(max_steps, "max_steps", stage)
+    if learning_rate is not None:
+        _validate_positive_float(learning_rate, "learning_rate", stage)
+    if target_loss is not None:
+        _validate_positive_float(target_loss, "target_loss", stage)
+    sample = pipeline.sample(num_batches, seed=seed)
+    num_examples = len(tf.nest.flatten(sample[0])[0])
+    steps_per_pass = math.ceil(num_examples / pipeline.global_batch_size)
+    classification = (
+        not _several_losses(session.model.loss)
+        and losses.describe_loss(session.model.loss).kind is not None
+    )
+
+    model = session.trial_model()
+    disabled = disable_regularization(model)
+    changes = {"weight_decay": None}
+    if learning_rate is not None:
+        changes["learning_rate"] = learning_rate
+    try:
+        optimizer = session.fresh_optimizer(**changes)
+    except ValueError:  # AdamW requires a float weight decay.
+        changes["weight_decay"] = 0.0
+        optimizer = session.fresh_optimizer(**changes)
+    if session.model.optimizer.get_config().get("weight_decay"):
+        disabled.append("optimizer weight_decay")
+    with session.scope():
+        model.compile(
+            optimizer=optimizer,
+            loss=session.model.loss,
+            metrics=["accuracy"] if classification else None,
+        )
+    used_learning_rate = float(read_value(optimizer.learning_rate))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(sample)
+        .shuffle(num_examples, seed=seed)
+        .batch(pipeline.global_batch_size)
+    )
+    initial = model.evaluate(dataset, verbose=0, return_dict=True)
+    target = target_loss if target_loss is not None else 0.01 * initial["loss"]
+    history = model.fit(
+        dataset,
+        epochs=math.ceil(max_steps / steps_per_pass),
+        callbacks=[keras.callbacks.TerminateOnNaN(), _StopWhenMemorized(target)]
+        + list(callbacks or []),
+        shuffle=False,  # The dataset reshuffles itself.
+        verbose=0,
+    )
+    train_losses = [float(value) for value in history.history.get("loss", [])]
+    accuracies = [float(value) for value in history.history.get("accuracy", [])]
+    final = model.evaluate(dataset, verbose=0, return_dict=True)
+    final_loss = float(final["loss"])
+    final_accuracy = float(final["accuracy"]) if classification else None
+    diverged = not all(math.isfinite(value) for value in train_losses + [final_loss])
+    if diverged:
+        verdict = "diverged"
+    elif _memorized(final_loss, final_accuracy, target):
+        verdict = "memorized"
+    elif min(train_losses + [final_loss]) > 0.9 * initial["loss"]:
+        verdict = "not_decreasing"
+    else:
+        verdict = "too_slow"
+    result = OverfitResult(
+        verdict=verdict,
+        num_examples=num_examples,
+        steps=len(train_losses) * steps_per_pass,
+        learning_rate=used_learning_rate,
+        initial_loss=float(initial["loss"]),
+        final_loss=final_loss,
+        final_accuracy=final_accuracy,
+        target_loss=float(target),
+        losses=train_losses,
+        accuracies=accuracies,
+        steps_per_pass=steps_per_pass,
+        regularization_disabled=sorted(disabled),
+        ok=verdict == "memorized",
+        message="",
+    )
+    result.message = _overfit_message(result)
+    return result
+
+
+def _overfit_message(result):
+    loss_path = f"loss {result.initial_loss:.3g} -> {result.final_loss:.3g}"
+    accuracy = (
+        "" if result.final_accuracy is None else f", accuracy {result.final_accuracy:.0%}"
+    )
+    lr = result.learning_rate
+    if result.verdict == "memorized":
+        return (
+            f"Memorized {result.num_examples} examples in {result.steps} steps "
+            f"({loss_path}{accuracy}) with regularization off: the model and the "
+            f"training loop can learn ({_SEED_003_STEP_2})."
+        )
+    if result.verdict == "diverged":
+        return (
+            f"The loss exploded to NaN/inf within {result.steps} steps at learning "
+            f"rate {lr:.3g}: the learning rate is too high or the initialization "
+            f"is bad ({_SEED_003_STEP_2}). Try learning_rate={lr / 10:.3g}, check "
+            "the initializers, and look for a bug in the model or the loss."
+        )
+    if result.verdict == "not_decreasing":
+        return (
+            f"The loss is not going down ({loss_path} in {result.steps} steps) at "
+            f"learning rate {lr:.3g}: the learning rate is too low or the "
+            f"initialization is bad ({_SEED_003_STEP_2}). Try "
+            f"learning_rate={lr * 10:.3g}, check the initializers, and check that "
+            "the labels belong to the inputs."
+        )
+    return (
+        f"The loss went down ({loss_path}{accuracy}) but the sample was not "
+        f"memorized within {result.steps} steps: raise `max_steps` or the "
+        "learning rate, or give the model more capacity; a model that cannot "
+        f"overfit a tiny sample has a problem ({_SEED_003_STEP_2})."
+    )
