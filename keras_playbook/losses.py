@@ -55,7 +55,11 @@ class LossInfo:
     def per_example(self, y_true, y_pred):
         """Returns the loss of each example as a NumPy vector."""
         function = _PER_EXAMPLE_FUNCTIONS[self.kind]
-        values = function(y_true, y_pred, from_logits=self.from_logits)
+        y_true = np.asarray(y_true)
+        if self.kind == BINARY and y_true.ndim == np.ndim(y_pred) - 1:
+            y_true = y_true[..., None]  # (batch,) labels for a (batch, 1) output.
+        values = function(y_true.astype(np.float32) if self.kind != SPARSE_CATEGORICAL else y_true,
+                          y_pred, from_logits=self.from_logits)
         values = keras.ops.convert_to_numpy(values)
         return values.reshape(len(values), -1).mean(axis=1)
 

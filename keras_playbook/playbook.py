@@ -193,7 +193,7 @@ class Playbook:
 
     # Stages -----------------------------------------------------------------
 
-    def check_initial_loss(self, num_batches=10, tolerance=0.25):
+    def check_initial_loss(self, num_batches=10, tolerance=0.5):
         """Checks the untrained model's loss against ln C (seed 003, step 1).
 
         See `keras_playbook.stages.check_initial_loss` for the arguments.

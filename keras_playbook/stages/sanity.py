@@ -84,8 +84,8 @@ class OverfitResult(Result):
         steps: Training steps run.
         learning_rate: Learning rate used.
         initial_loss: Loss on the sample before training.
-        final_loss: Loss on the sample after training (NaN if diverged).
-        final_accuracy: Accuracy on the sample after training, or None when
+        final_loss: Training loss of the last pass (NaN if diverged).
+        final_accuracy: Training accuracy of the last pass, or None when
             the loss is not a classification loss.
         target_loss: Loss counted as "near zero".
         losses: Training loss after each pass over the sample.
@@ -165,7 +165,7 @@ def _mean_loss(loss, y_true, y_pred):
     return float(np.mean(keras.ops.convert_to_numpy(function(y_true, y_pred))))
 
 
-def check_initial_loss(session, pipeline, *, num_batches=10, tolerance=0.25, seed=0):
+def check_initial_loss(session, pipeline, *, num_batches=10, tolerance=0.5, seed=0):
     """Compares the untrained model's loss with the loss of uniform guessing.
 
     A classifier at initialization should predict close to uniformly, so its
@@ -184,7 +184,11 @@ def check_initial_loss(session, pipeline, *, num_batches=10, tolerance=0.25, see
         session: The `Session` holding the model.
         pipeline: The training `DataPipeline`.
         num_batches: Global batches to evaluate.
-        tolerance: Accepted relative deviation from the expected loss.
+        tolerance: Accepted relative deviation from the expected loss. The
+            default, 50%, lets through what Keras's default initializers
+            give (random logits of scale s add about s**2/2 nats to ln C,
+            s**2/8 to ln 2: typically 10-40%) and flags the gross errors the
+            check exists for (unnormalized inputs give many times ln C).
         seed: Seed of the sample drawn from the data.
 
     Returns:
@@ -448,15 +452,13 @@ def overfit_small_sample(
     )
     train_losses = [float(value) for value in history.history.get("loss", [])]
     accuracies = [float(value) for value in history.history.get("accuracy", [])]
-    final = model.evaluate(dataset, verbose=0, return_dict=True)
-    final_loss = float(final["loss"])
-    final_accuracy = float(final["accuracy"]) if classification else None
-    diverged = not all(math.isfinite(value) for value in train_losses + [final_loss])
-    if diverged:
+    final_loss = train_losses[-1]
+    final_accuracy = accuracies[-1] if classification else None
+    if not all(math.isfinite(value) for value in train_losses):
         verdict = "diverged"
     elif _memorized(final_loss, final_accuracy, target):
         verdict = "memorized"
-    elif min(train_losses + [final_loss]) > 0.9 * initial["loss"]:
+    elif min(train_losses) > 0.9 * initial["loss"]:
         verdict = "not_decreasing"
     else:
         verdict = "too_slow"

@@ -1,0 +1,195 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from sklearn.datasets import load_breast_cancer
+
+from keras_playbook import Playbook
+from keras_playbook.stages import disable_regularization
+from tests import helpers
+
+
+def _playbook(digits, strategy=None, model=helpers.mlp, x=None, y=None, **kwargs):
+    kwargs.setdefault("loss", helpers.LOGITS_LOSS)
+    return Playbook(
+        model,
+        (digits["x_train"] if x is None else x, digits["y_train"] if y is None else y),
+        batch_size=32,
+        strategy=strategy,
+        verbose=0,
+        **kwargs,
+    )
+
+
+# check_initial_loss ----------------------------------------------------------
+
+
+def test_logits_model_starts_near_ln_c(strategy, digits):
+    result = _playbook(digits, strategy).check_initial_loss()
+    assert result.ok, result.message
+    assert result.expected == pytest.approx(math.log(10))
+    assert abs(result.loss - math.log(10)) < 0.25 * math.log(10)
+    assert result.output_kind == "logits"
+    assert result.num_examples == min(10 * 32 * strategy.num_replicas_in_sync, 512)
+    assert "ln 10" in result.message and "seed 003" in result.message
+    assert isinstance(result.plot(), Figure)
+
+
+def test_softmax_model_with_probability_loss_is_ok(digits):
+    result = _playbook(
+        digits, model=lambda: helpers.mlp(activation="softmax"), loss="sparse_categorical_crossentropy"
+    ).check_initial_loss()
+    assert result.ok and result.output_kind == "probabilities", result.message
+
+
+def test_one_hot_labels_use_categorical_crossentropy(digits):
+    one_hot = keras.utils.to_categorical(digits["y_train"], 10)
+    result = _playbook(
+        digits, y=one_hot, loss=keras.losses.CategoricalCrossentropy(from_logits=True)
+    ).check_initial_loss()
+    assert result.ok and result.expected == pytest.approx(math.log(10)), result.message
+
+
+def test_binary_crossentropy_expects_ln_2():
+    data = load_breast_cancer()
+    x = ((data.data - data.data.mean(0)) / data.data.std(0)).astype("float32")
+    pb = Playbook(
+        lambda: helpers.mlp(num_classes=1, input_dim=30, activation="sigmoid"),
+        (x, data.target.astype("float32")),
+        loss="binary_crossentropy",
+        verbose=0,
+    )
+    result = pb.check_initial_loss()
+    assert result.expected == pytest.approx(math.log(2))
+    assert result.ok, result.message
+
+
+def test_logits_with_probability_loss_is_flagged(digits):
+    result = _playbook(digits, loss="sparse_categorical_crossentropy").check_initial_loss()
+    assert not result.ok
+    assert "from_logits=True" in result.message and "outputs logits" in result.message
+
+
+def test_softmax_with_logits_loss_is_flagged(digits):
+    result = _playbook(digits, model=lambda: helpers.mlp(activation="softmax")).check_initial_loss()
+    assert not result.ok
+    assert "from_logits=True and applies it again" in result.message
+
+
+def test_unnormalized_inputs_give_a_loss_far_above_ln_c(strategy, digits):
+    result = _playbook(digits, strategy, x=digits["x_train"] * 100.0).check_initial_loss()
+    assert not result.ok
+    assert result.loss > 1.25 * math.log(10)
+    assert "normalized" in result.message
+
+
+def test_trained_model_scores_below_chance(digits):
+    model = helpers.mlp()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=helpers.LOGITS_LOSS)
+    model.fit(digits["x_train"], digits["y_train"], epochs=5, verbose=0)
+    result = _playbook(digits, model=model, loss=None).check_initial_loss()
+    assert not result.ok and result.loss < 0.75 * math.log(10)
+    assert "pretrained" in result.message
+
+
+def test_regression_loss_has_no_expectation(digits):
+    result = _playbook(
+        digits, model=lambda: helpers.mlp(num_classes=1), y=digits["y_train"].astype("float32"), loss="mse"
+    ).check_initial_loss()
+    assert result.expected is None and result.ok
+    assert "No expectation" in result.message and math.isfinite(result.loss)
+
+
+@pytest.mark.parametrize("arguments, match", [({"num_batches": 0}, "num_batches"), ({"tolerance": -0.1}, "tolerance")])
+def test_initial_loss_bad_arguments(digits, arguments, match):
+    with pytest.raises(ValueError, match=match):
+        _playbook(digits).check_initial_loss(**arguments)
+
+
+# overfit_small_sample ------------------------------------------------------------
+
+
+def test_overfit_memorizes_with_regularization_off(strategy, digits):
+    pb = _playbook(
+        digits, strategy, model=lambda: helpers.mlp(hidden=64, dropout=0.5, l2=1e-2),
+        optimizer=keras.optimizers.AdamW(1e-2, weight_decay=0.1),
+    )
+    before = helpers.variables_of(pb.model)
+    result = pb.overfit_small_sample(num_batches=4, max_steps=400)
+    assert result.verdict == "memorized" and result.ok, result.message
+    assert result.final_accuracy == 1.0
+    assert result.steps < 400
+    assert result.num_examples == 4 * 32 * strategy.num_replicas_in_sync
+    assert any(item.startswith("dropout") for item in result.regularization_disabled)
+    assert any(item.startswith("regularizer") for item in result.regularization_disabled)
+    assert "optimizer weight_decay" in result.regularization_disabled
+    # The user's model, its regularization and optimizer are untouched.
+    helpers.assert_same_values(before, helpers.variables_of(pb.model))
+    assert pb.model.layers[1].rate == 0.5
+    assert pb.model.optimizer.weight_decay == 0.1
+    assert pb.journal[-1] is result
+    assert isinstance(result.plot(), Figure)
+
+
+def test_overfit_with_huge_learning_rate_diverges(strategy, digits):
+    pb = _playbook(digits, strategy, optimizer=keras.optimizers.SGD(1.0))
+    result = pb.overfit_small_sample(num_batches=2, max_steps=60, learning_rate=1e12)
+    assert result.verdict == "diverged" and not result.ok
+    assert "too high" in result.message and "learning_rate=1e+11" in result.message
+
+
+def test_overfit_with_tiny_learning_rate_does_not_decrease(digits):
+    pb = _playbook(digits, optimizer=keras.optimizers.SGD(1e-9))
+    result = pb.overfit_small_sample(num_batches=2, max_steps=20)
+    assert result.verdict == "not_decreasing" and not result.ok
+    assert "too low" in result.message
+    assert result.learning_rate == pytest.approx(1e-9)
+
+
+def test_overfit_too_short_budget_says_so(digits):
+    result = _playbook(digits, optimizer=keras.optimizers.Adam(1e-2)).overfit_small_sample(num_batches=4, max_steps=8)
+    assert result.verdict == "too_slow" and not result.ok
+    assert "max_steps" in result.message
+
+
+def test_overfit_regression_uses_the_loss_target(digits):
+    rng = np.random.default_rng(0)
+    y = (digits["x_train"] @ rng.normal(size=64)).astype("float32")
+    result = _playbook(
+        digits, model=lambda: helpers.mlp(num_classes=1, hidden=64), y=y, loss="mse",
+        optimizer=keras.optimizers.Adam(1e-2),
+    ).overfit_small_sample(num_batches=2, max_steps=600)
+    assert result.final_accuracy is None
+    assert result.verdict == "memorized", result.message
+    assert result.final_loss <= result.target_loss
+
+
+@pytest.mark.parametrize(
+    "arguments, match",
+    [({"num_batches": 0}, "num_batches"), ({"max_steps": -5}, "max_steps"),
+     ({"learning_rate": 0.0}, "learning_rate"), ({"target_loss": float("nan")}, "target_loss")],
+)
+def test_overfit_bad_arguments(digits, arguments, match):
+    pb = _playbook(digits)
+    with pytest.raises(ValueError, match=match):
+        pb.overfit_small_sample(**arguments)
+    assert len(pb.journal) == 1
+
+
+def test_disable_regularization_turns_everything_off():
+    model = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(8, kernel_regularizer="l2", bias_regularizer="l1", activity_regularizer="l2"),
+        keras.layers.GaussianNoise(0.3),
+        keras.layers.Dropout(0.4),
+        keras.layers.Reshape((2, 4)),
+        keras.layers.LSTM(4, dropout=0.2, recurrent_dropout=0.1),
+    ])
+    disabled = disable_regularization(model)
+    assert len(model.losses) == 0 or all(float(loss) == 0 for loss in model.losses)
+    assert model.layers[2].rate == 0.0 and model.layers[1].stddev == 0.0
+    assert model.layers[4].cell.dropout == 0.0 and model.layers[4].cell.recurrent_dropout == 0.0
+    assert any("activity_regularizer" in item for item in disabled)
+    assert sum(item.startswith("regularizer") for item in disabled) == 2

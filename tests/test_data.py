@@ -1,0 +1,154 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_playbook import data as data_module
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, x, y, batch_size):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self):
+        return int(np.ceil(len(self.x) / self.batch_size))
+
+    def __getitem__(self, index):
+        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.x[part], self.y[part]
+
+
+def _count(pipeline):
+    return sum(len(batch[1]) for batch in pipeline.dataset.as_numpy_iterator())
+
+
+def test_arrays_are_batched_per_replica_times_replicas(strategy, digits):
+    replicas = strategy.num_replicas_in_sync
+    pipeline = data_module.make_pipeline(
+        (digits["x_train"], digits["y_train"]), batch_size=16,
+        num_replicas=replicas, shuffle=True, seed=1,
+    )
+    assert pipeline.global_batch_size == 16 * replicas
+    first = next(pipeline.dataset.as_numpy_iterator())
+    assert first[0].shape == (16 * replicas, 64)
+    assert _count(pipeline) == 512
+    assert pipeline.num_examples == 512
+
+
+def test_arrays_reshuffle_every_epoch(digits):
+    pipeline = data_module.make_pipeline(
+        (digits["x_train"], digits["y_train"]), batch_size=512, num_replicas=1, shuffle=True, seed=1,
+    )
+    first = next(pipeline.dataset.as_numpy_iterator())[1]
+    second = next(pipeline.dataset.as_numpy_iterator())[1]
+    assert sorted(first) == sorted(second) and not np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("form", ["batched", "unbatched", "py_dataset"])
+def test_datasets_and_py_datasets_give_the_same_examples(form, digits):
+    x, y = digits["x_train"], digits["y_train"]
+    if form == "batched":
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(20)
+    elif form == "unbatched":
+        data = tf.data.Dataset.from_tensor_slices((x, y))
+    else:
+        data = _Batches(x, y, 20)
+    pipeline = data_module.make_pipeline(
+        data, batch_size=8, num_replicas=2, shuffle=True, input_rank=2,
+    )
+    assert pipeline.global_batch_size == 16
+    batches = list(pipeline.dataset.as_numpy_iterator())
+    assert batches[0][0].shape == (16, 64)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y)
+
+
+def test_batch_size_defaults_to_the_data_batch(digits):
+    data = tf.data.Dataset.from_tensor_slices((digits["x_train"], digits["y_train"])).batch(40)
+    pipeline = data_module.make_pipeline(data, batch_size=None, num_replicas=2, shuffle=False)
+    assert (pipeline.per_replica_batch_size, pipeline.global_batch_size) == (20, 40)
+    arrays = data_module.make_pipeline(
+        (digits["x_train"], digits["y_train"]), batch_size=None, num_replicas=2, shuffle=False
+    )
+    assert arrays.per_replica_batch_size == data_module.DEFAULT_BATCH_SIZE
+
+
+def test_sample_is_fixed_by_seed(digits):
+    pipeline = data_module.make_pipeline(
+        (digits["x_train"], digits["y_train"]), batch_size=16, num_replicas=1, shuffle=True,
+    )
+    first = pipeline.sample(2, seed=3)
+    assert first[0].shape == (32, 64)
+    np.testing.assert_array_equal(first[1], pipeline.sample(2, seed=3)[1])
+    assert not np.array_equal(first[1], pipeline.sample(2, seed=4)[1])
+    unbatched = data_module.make_pipeline(
+        tf.data.Dataset.from_tensor_slices((digits["x_train"], digits["y_train"])),
+        batch_size=16, num_replicas=1, shuffle=False, input_rank=2,
+    )
+    np.testing.assert_array_equal(unbatched.sample(2, seed=3)[1], unbatched.sample(2, seed=3)[1])
+
+
+@pytest.mark.parametrize("batch_size, error", [(0, ValueError), (-4, ValueError), ("32", TypeError), (True, TypeError), (2.0, TypeError)])
+def test_bad_batch_size_raises(batch_size, error, digits):
+    with pytest.raises(error, match="batch_size"):
+        data_module.make_pipeline(
+            (digits["x_train"], digits["y_train"]), batch_size=batch_size, num_replicas=1, shuffle=False,
+        )
+
+
+def test_empty_data_raises():
+    with pytest.raises(ValueError, match="empty"):
+        data_module.make_pipeline(
+            (np.zeros((0, 4)), np.zeros((0,))), batch_size=4, num_replicas=1, shuffle=False
+        )
+    empty = tf.data.Dataset.from_tensor_slices((np.zeros((0, 4)), np.zeros((0,))))
+    with pytest.raises(ValueError, match="empty"):
+        data_module.make_pipeline(empty, batch_size=4, num_replicas=1, shuffle=False)
+
+
+def test_unequal_lengths_and_unsupported_types_raise(digits):
+    with pytest.raises(ValueError, match="same length"):
+        data_module.make_pipeline(
+            (digits["x_train"], digits["y_train"][:10]), batch_size=4, num_replicas=1, shuffle=False
+        )
+    with pytest.raises(TypeError, match="Unsupported training data: ndarray"):
+        data_module.make_pipeline(
+            digits["x_train"], batch_size=4, num_replicas=1, shuffle=False, name="training data"
+        )
+    with pytest.raises(ValueError, match=r"must yield `\(x, y\)`"):
+        data_module.make_pipeline(
+            tf.data.Dataset.from_tensor_slices(digits["x_train"]), batch_size=4, num_replicas=1, shuffle=False
+        )
+
+
+@pytest.mark.parametrize("component", ["x", "y"])
+def test_nan_or_inf_in_first_batches_raises(component, digits):
+    x, y = digits["x_train"].copy(), digits["y_train"].astype("float32")
+    if component == "x":
+        x[5, 3] = np.nan
+    else:
+        y[7] = np.inf
+    pipeline = data_module.make_pipeline((x, y), batch_size=16, num_replicas=1, shuffle=True)
+    with pytest.raises(ValueError, match=f"NaN or inf value.*`{component}`.*batch 0"):
+        data_module.check_finite(pipeline)
+
+
+def test_validation_structure_must_match(digits):
+    train = data_module.make_pipeline(
+        (digits["x_train"], digits["y_train"]), batch_size=8, num_replicas=1, shuffle=False
+    )
+    wrong_shape = data_module.make_pipeline(
+        (digits["x_val"][:, :32], digits["y_val"]), batch_size=8, num_replicas=1, shuffle=False
+    )
+    with pytest.raises(ValueError, match="same structure.*shape"):
+        data_module.check_same_structure(train, wrong_shape)
+    wrong_nesting = data_module.make_pipeline(
+        ({"pixels": digits["x_val"]}, digits["y_val"]), batch_size=8, num_replicas=1, shuffle=False
+    )
+    with pytest.raises(ValueError, match="same structure.*structures differ"):
+        data_module.check_same_structure(train, wrong_nesting)
+    with_weights = data_module.make_pipeline(
+        (digits["x_val"], digits["y_val"], np.ones(len(digits["y_val"]))), batch_size=8, num_replicas=1, shuffle=False
+    )
+    with pytest.raises(ValueError, match="same structure"):
+        data_module.check_same_structure(train, with_weights)
