@@ -78,17 +78,45 @@ class DataPipeline:
     def dataset(self):
         """The batched, prefetched `tf.data.Dataset` that `fit` consumes."""
         if self._dataset is None:
-            dataset = self.examples
-            if self.shuffle:
-                buffer_size = self.num_examples or 10 * self.global_batch_size
-                dataset = dataset.shuffle(
-                    buffer_size, seed=self.seed, reshuffle_each_iteration=True
-                )
-            dataset = dataset.batch(self.global_batch_size)
+            if self.arrays is not None:
+                dataset = self._batched_arrays()
+            else:
+                dataset = self._batched_examples()
             self._dataset = _with_distribute_options(dataset).prefetch(
                 tf.data.AUTOTUNE
             )
         return self._dataset
+
+    def _batched_arrays(self):
+        """Shuffles indices and gathers whole batches, as Keras's array adapter does.
+
+        The arrays enter the graph once through `from_tensors(...).repeat()`
+        rather than as constants, and one gather per batch replaces a
+        per-example shuffle buffer.
+        """
+        indices = tf.data.Dataset.range(self.num_examples)
+        if self.shuffle:
+            indices = indices.shuffle(
+                self.num_examples, seed=self.seed, reshuffle_each_iteration=True
+            )
+        indices = indices.batch(self.global_batch_size)
+        arrays = tf.data.Dataset.from_tensors(self.arrays).repeat()
+        return tf.data.Dataset.zip(indices, arrays).map(
+            lambda batch, tensors: tf.nest.map_structure(
+                lambda tensor: tf.gather(tensor, batch), tensors
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+
+    def _batched_examples(self):
+        dataset = self.examples
+        if self.shuffle:
+            buffer_size = self.num_examples or 10 * self.global_batch_size
+            dataset = dataset.shuffle(
+                buffer_size, seed=self.seed, reshuffle_each_iteration=True
+            )
+        return dataset.batch(self.global_batch_size)
 
     def with_batch_size(self, per_replica_batch_size):
         """Returns the same examples batched with another per-replica size."""

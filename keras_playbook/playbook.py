@@ -7,7 +7,6 @@ returned result to the journal, and returns it. Only `fit` changes the user's
 model.
 """
 
-import math
 import os
 
 import keras
@@ -15,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_playbook import data as data_module
-from keras_playbook import losses
+from keras_playbook import losses, validation
 from keras_playbook.callbacks import StepProgress
 from keras_playbook.journal import JOURNAL_FILENAME, Journal
 from keras_playbook.records import FitRecord, SetupRecord
@@ -250,8 +249,7 @@ class Playbook:
         history = pb.fit(epochs=10, learning_rate=3e-3)
         ```
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-            raise ValueError(f"fit: argument `epochs` must be an int >= 1. Received: epochs={epochs!r}.")
+        validation.check_int(epochs, "epochs", "fit")
         unknown = sorted(set(overrides) - set(FIT_OVERRIDES))
         if unknown:
             raise TypeError(
@@ -263,14 +261,15 @@ class Playbook:
             raise TypeError(f"fit: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
         hyperparameters = {**self.journal.settled(), **overrides}
         _validate_hyperparameters(hyperparameters)
-        train, validation = self.train_data, self.validation_data
+        train_data, validation_data = self.train_data, self.validation_data
         if "batch_size" in hyperparameters:
-            train = train.with_batch_size(hyperparameters["batch_size"])
-            validation = None if validation is None else validation.with_batch_size(hyperparameters["batch_size"])
+            train_data = train_data.with_batch_size(hyperparameters["batch_size"])
+            if validation_data is not None:
+                validation_data = validation_data.with_batch_size(hyperparameters["batch_size"])
         self._apply_to_optimizer(hyperparameters)
         history = self.model.fit(
-            train.dataset,
-            validation_data=None if validation is None else validation.dataset,
+            train_data.dataset,
+            validation_data=None if validation_data is None else validation_data.dataset,
             epochs=int(epochs),
             callbacks=list(callbacks or []),
             shuffle=False,  # The pipeline reshuffles arrays itself.
@@ -297,21 +296,9 @@ class Playbook:
 
 def _validate_hyperparameters(hyperparameters):
     if "learning_rate" in hyperparameters:
-        value = hyperparameters["learning_rate"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-            raise ValueError(
-                "fit: `learning_rate` must be a positive finite number. "
-                f"Received: learning_rate={value!r}."
-            )
-    if "weight_decay" in hyperparameters:
-        value = hyperparameters["weight_decay"]
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0)
-        ):
-            raise ValueError(
-                "fit: `weight_decay` must be a number >= 0 or None. "
-                f"Received: weight_decay={value!r}."
-            )
+        validation.check_number(hyperparameters["learning_rate"], "learning_rate", "fit")
+    if hyperparameters.get("weight_decay") is not None:
+        validation.check_number(hyperparameters["weight_decay"], "weight_decay", "fit", allow_zero=True)
     if "batch_size" in hyperparameters:
         data_module.validate_batch_size(hyperparameters["batch_size"])
 

@@ -186,13 +186,15 @@ class Session:
             ):
                 arguments["optimizer"] = _copy_optimizer(candidate)
             model.compile(**arguments)
-        if source.compiled and source.optimizer.built and model.optimizer is not source.optimizer:
+        carried_over = optimizer is None and source.compiled and source.optimizer.built
+        if carried_over and model.optimizer is not source.optimizer:
             self._copy_optimizer_state(source.optimizer, model)
 
     def _copy_optimizer_state(self, source_optimizer, model):
         with self.scope():
             model.optimizer.build(model.trainable_variables)
         values = [read_value(v) for v in source_optimizer.variables]
+        # Same class and same model structure give the same variables in order.
         if len(values) == len(model.optimizer.variables):
             for variable, value in zip(model.optimizer.variables, values):
                 variable.assign(value)

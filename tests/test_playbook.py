@@ -218,3 +218,14 @@ def test_validation_structure_differing_from_training_raises(digits):
         Playbook(helpers.mlp, (digits["x_train"], digits["y_train"]),
                  validation_data=({"features": digits["x_val"]}, digits["y_val"]),
                  loss=helpers.LOGITS_LOSS, verbose=0)
+
+
+def test_weight_decay_override_takes_effect_after_a_first_fit(digits):
+    def kernel_norm_after(weight_decay):
+        keras.utils.set_random_seed(0)
+        pb = _playbook(None, digits, optimizer=keras.optimizers.SGD(0.05))
+        pb.fit(epochs=1, verbose=0)  # Traces the train step without decay.
+        pb.fit(epochs=2, verbose=0, weight_decay=weight_decay)
+        return float(np.linalg.norm(keras.ops.convert_to_numpy(pb.model.layers[0].kernel)))
+
+    assert kernel_norm_after(weight_decay=2.0) < 0.9 * kernel_norm_after(weight_decay=0.0)

@@ -107,3 +107,15 @@ def test_builder_must_return_a_model():
         Session(lambda: "not a model")
     with pytest.raises(TypeError, match="`keras.Model` or a callable"):
         Session(42)
+
+
+def test_optimizer_override_starts_fresh_on_a_rebuilt_model(mirrored_strategy, digits):
+    user_model = helpers.mlp()
+    user_model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=helpers.LOGITS_LOSS)
+    user_model.fit(digits["x_train"], digits["y_train"], epochs=1, verbose=0)
+    session = Session(user_model, strategy=mirrored_strategy)
+    session.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    assert session.model.optimizer is not user_model.optimizer
+    assert not session.model.optimizer.built or int(
+        keras.ops.convert_to_numpy(session.model.optimizer.iterations)
+    ) == 0

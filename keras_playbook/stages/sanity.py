@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from matplotlib.figure import Figure
 
-from keras_playbook import losses
+from keras_playbook import losses, validation
 from keras_playbook.journal import Result, is_finite_number
 from keras_playbook.session import read_value
 
@@ -130,24 +130,6 @@ class OverfitResult(Result):
         return figure
 
 
-def _validate_positive_int(value, name, stage, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(
-            f"{stage}: argument `{name}` must be an int >= {minimum}. "
-            f"Received: {name}={value!r}."
-        )
-
-
-def _validate_positive_float(value, name, stage):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and value > 0
-    ):
-        raise ValueError(
-            f"{stage}: argument `{name}` must be a positive finite number. "
-            f"Received: {name}={value!r}."
-        )
-
-
 def _output_kind(predictions, loss_kind):
     in_unit_interval = predictions.min() >= 0.0 and predictions.max() <= 1.0
     if loss_kind == losses.BINARY or predictions.shape[-1] == 1:
@@ -198,8 +180,8 @@ def check_initial_loss(session, pipeline, *, num_batches=10, tolerance=0.5, seed
         Seed 003, step 1: check initial loss (expect log C).
     """
     stage = "check_initial_loss"
-    _validate_positive_int(num_batches, "num_batches", stage)
-    _validate_positive_float(tolerance, "tolerance", stage)
+    validation.check_int(num_batches, "num_batches", stage)
+    validation.check_number(tolerance, "tolerance", stage)
     x, y = pipeline.sample(num_batches, seed=seed)[:2]
     model = session.model
     with session.preserved():
@@ -402,12 +384,12 @@ def overfit_small_sample(
         training accuracy with regularization off.
     """
     stage = "overfit_small_sample"
-    _validate_positive_int(num_batches, "num_batches", stage)
-    _validate_positive_int(max_steps, "max_steps", stage)
+    validation.check_int(num_batches, "num_batches", stage)
+    validation.check_int(max_steps, "max_steps", stage)
     if learning_rate is not None:
-        _validate_positive_float(learning_rate, "learning_rate", stage)
+        validation.check_number(learning_rate, "learning_rate", stage)
     if target_loss is not None:
-        _validate_positive_float(target_loss, "target_loss", stage)
+        validation.check_number(target_loss, "target_loss", stage)
     sample = pipeline.sample(num_batches, seed=seed)
     num_examples = len(tf.nest.flatten(sample[0])[0])
     steps_per_pass = math.ceil(num_examples / pipeline.global_batch_size)
