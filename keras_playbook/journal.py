@@ -8,7 +8,6 @@ crashed run keeps what it had measured.
 
 import dataclasses
 import json
-import math
 import os
 import tempfile
 
@@ -216,8 +215,3 @@ class Journal:
 
     def __repr__(self):
         return f"<Journal path={self.path!r} results={len(self)}>"
-
-
-def is_finite_number(value):
-    """True for a real number that is neither NaN nor infinite."""
-    return value is not None and math.isfinite(value)

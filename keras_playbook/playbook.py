@@ -9,7 +9,6 @@ model.
 
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -92,18 +91,11 @@ class Playbook:
             )
         if verbose not in (0, 1):
             raise ValueError(f"Argument `verbose` must be 0 or 1. Received: verbose={verbose!r}.")
-        if isinstance(model, keras.Model) and loss is None and not (
-            model.compiled and model.loss is not None
-        ):
-            raise ValueError(
-                f"The model {model.name!r} has no loss: it is not compiled with "
-                "one and no `loss=` was given. Pass e.g. "
-                "loss='sparse_categorical_crossentropy', or compile the model."
-            )
-        resolve_strategy(strategy)  # TypeError before the model is touched.
+        resolve_strategy(strategy)  # TypeError before a builder is called.
         self.seed = seed
         self.verbose = verbose
-        self.session = Session(model, strategy=strategy)
+        self.session = Session(model, strategy=strategy)  # Places; changes nothing.
+        self.session.check_loss(loss)
         input_rank = _input_rank(self.session.model)
         replicas = self.session.num_replicas
         self.train_data = data_module.make_pipeline(

@@ -105,10 +105,6 @@ class Session:
     def num_replicas(self):
         return self.strategy.num_replicas_in_sync
 
-    @property
-    def is_mirrored(self):
-        return self.num_replicas > 1
-
     def scope(self):
         return self.strategy.scope()
 
@@ -140,6 +136,16 @@ class Session:
             clone.set_weights(model.get_weights())
         return clone
 
+    def check_loss(self, loss):
+        """Raises ValueError unless `loss` is given or the model is compiled with one."""
+        source = self.source_model
+        if loss is None and not (source.compiled and source.loss is not None):
+            raise ValueError(
+                f"The model {source.name!r} has no loss: it is not compiled with "
+                "one and no `loss=` was given. Pass e.g. "
+                "loss='sparse_categorical_crossentropy', or compile the model."
+            )
+
     def compile(self, *, loss=None, optimizer=None, metrics=None):
         """Compiles the placed model in the strategy's scope.
 
@@ -150,13 +156,8 @@ class Session:
         Raises:
             ValueError: when no loss is known (not compiled with one, no `loss`).
         """
+        self.check_loss(loss)
         model, source = self.model, self.source_model
-        if loss is None and not (source.compiled and source.loss is not None):
-            raise ValueError(
-                "The model has no loss: it is not compiled with one and no "
-                "`loss=` was given. Pass e.g. "
-                "loss='sparse_categorical_crossentropy', or compile the model."
-            )
         rebuilt = model is not source
         overridden = loss is not None or optimizer is not None or metrics is not None
         if source.compiled and not rebuilt and not overridden:

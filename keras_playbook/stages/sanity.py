@@ -15,7 +15,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 from keras_playbook import losses, validation
-from keras_playbook.journal import Result, is_finite_number
+from keras_playbook.journal import Result
 from keras_playbook.session import read_value
 
 _SEED_003_STEP_1 = "seed 003, step 1"
@@ -341,7 +341,7 @@ class _StopWhenMemorized(keras.callbacks.Callback):
 
 def _memorized(loss, accuracy, target_loss):
     return (accuracy is not None and accuracy >= 1.0) or (
-        is_finite_number(loss) and loss <= target_loss
+        math.isfinite(loss) and loss <= target_loss
     )
 
 
