@@ -250,9 +250,9 @@ def _as_arrays(data, name):
         tf.nest.map_structure(np.asarray, component) for component in data
     )
     lengths = {
-        f"{_COMPONENT_NAMES[index]}": len(leaf)
-        for index, component in enumerate(arrays)
-        for leaf in tf.nest.flatten(component)
+        path: len(leaf)
+        for component, component_name in zip(arrays, _COMPONENT_NAMES)
+        for path, leaf in _leaves_with_paths(component, component_name)
     }
     if len(set(lengths.values())) > 1:
         raise ValueError(

@@ -152,3 +152,9 @@ def test_validation_structure_must_match(digits):
     )
     with pytest.raises(ValueError, match="same structure"):
         data_module.check_same_structure(train, with_weights)
+
+
+def test_unequal_lengths_inside_a_dict_input_raise(digits):
+    x = {"left": digits["x_train"][:-1], "right": digits["x_train"]}
+    with pytest.raises(ValueError, match=r"same length.*\"x\['left'\]\": 511"):
+        data_module.make_pipeline((x, digits["y_train"]), batch_size=4, num_replicas=1, shuffle=False)
