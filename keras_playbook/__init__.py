@@ -10,17 +10,25 @@ from keras_playbook.playbook import Playbook as Playbook  # noqa: E402
 from keras_playbook.records import FitRecord as FitRecord  # noqa: E402
 from keras_playbook.records import SetupRecord as SetupRecord  # noqa: E402
 from keras_playbook.session import Session as Session  # noqa: E402
+from keras_playbook.stages import BatchSizeResult as BatchSizeResult  # noqa: E402
 from keras_playbook.stages import InitialLossResult as InitialLossResult  # noqa: E402
+from keras_playbook.stages import LRRangeResult as LRRangeResult  # noqa: E402
+from keras_playbook.stages import MomentumResult as MomentumResult  # noqa: E402
 from keras_playbook.stages import OverfitResult as OverfitResult  # noqa: E402
+from keras_playbook.stages import ProbeResult as ProbeResult  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchSizeResult",
     "FitRecord",
     "InitialLossResult",
     "Journal",
+    "LRRangeResult",
+    "MomentumResult",
     "OverfitResult",
     "Playbook",
+    "ProbeResult",
     "Result",
     "Session",
     "SetupRecord",

@@ -101,6 +101,16 @@ class Result:
         """
         return {}
 
+    def depends_on(self):
+        """Returns the settings this result's measurement holds for.
+
+        Returns:
+            A dict such as `{"batch_size": 32}`: a learning rate found at one
+            batch size is stale once another batch size is settled. Empty by
+            default.
+        """
+        return {}
+
     def plot(self):
         """Returns a matplotlib Figure of this result.
 
@@ -157,6 +167,38 @@ class Journal:
             hyperparameters.update(result.settles())
         return hyperparameters
 
+    def stale(self, current=None):
+        """Returns the settled values whose measurement no longer holds.
+
+        A value is stale when the result that settled it was measured under a
+        setting (its `depends_on()`) that differs from the current one, e.g. a
+        learning rate found at batch size 32 after batch size 64 was settled.
+
+        Args:
+            current: The settings in force; defaults to `settled()`. Pass the
+                values a run will actually use (settled plus overrides).
+
+        Returns:
+            A dict mapping each stale hyperparameter to the `Result` that
+            settled it and a sentence saying why, as `(result, reason)`.
+        """
+        current = self.settled() if current is None else current
+        sources = {}
+        for result in self._results:
+            for name in result.settles():
+                sources[name] = result
+        stale = {}
+        for name, result in sources.items():
+            for setting, measured in result.depends_on().items():
+                if setting in current and current[setting] != measured:
+                    value = result.settles()[name]
+                    shown = f"{value:.3g}" if isinstance(value, float) else repr(value)
+                    stale[name] = (result, (
+                        f"{name}={shown} from {result.kind} was measured at "
+                        f"{setting}={measured}, but {setting} is now {current[setting]}"
+                    ))
+        return stale
+
     def latest(self, kind):
         """Returns the most recent result of `kind`, or None."""
         for result in reversed(self._results):
@@ -211,6 +253,7 @@ class Journal:
             f"  {number}. {result.summary()}"
             for number, result in enumerate(self._results, start=1)
         ]
+        lines += [f"  STALE: {reason}; run {result.kind} again." for result, reason in self.stale().values()]
         return "\n".join(lines)
 
     def __repr__(self):

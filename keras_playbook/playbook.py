@@ -9,6 +9,7 @@ model.
 
 import os
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -18,9 +19,11 @@ from keras_playbook.callbacks import StepProgress
 from keras_playbook.journal import JOURNAL_FILENAME, Journal
 from keras_playbook.records import FitRecord, SetupRecord
 from keras_playbook.session import Session, resolve_strategy
-from keras_playbook.stages import sanity
+from keras_playbook.stages import batch_size as batch_size_stage
+from keras_playbook.stages import lr_range, probes, sanity
 
-FIT_OVERRIDES = ("learning_rate", "weight_decay", "batch_size")
+FIT_OVERRIDES = ("learning_rate", "weight_decay", "batch_size", "momentum", "beta_1")
+_OPTIMIZER_SETTINGS = ("weight_decay", "momentum", "beta_1")
 
 
 class Playbook:
@@ -179,6 +182,24 @@ class Playbook:
     def _record(self, result):
         return self.journal.append(result)
 
+    def _stage_pipelines(self):
+        """Training and validation pipelines at the settled batch size."""
+        batch_size = self.journal.settled().get("batch_size", self.train_data.per_replica_batch_size)
+        return self._pipelines(batch_size)
+
+    def _optimizer_changes(self):
+        """Settled optimizer settings (momentum, beta_1, weight decay) for trial copies."""
+        settled = self.journal.settled()
+        return {name: settled[name] for name in _OPTIMIZER_SETTINGS if name in settled}
+
+    def _pipelines(self, batch_size):
+        train, validation_data = self.train_data, self.validation_data
+        if batch_size != train.per_replica_batch_size:
+            train = train.with_batch_size(batch_size)
+            if validation_data is not None:
+                validation_data = validation_data.with_batch_size(batch_size)
+        return train, validation_data
+
     def _progress(self, total_steps, title):
         return [StepProgress(total_steps, title)] if self.verbose else []
 
@@ -214,6 +235,139 @@ class Playbook:
                 self.session, self.train_data, num_batches=num_batches,
                 max_steps=max_steps, learning_rate=learning_rate,
                 target_loss=target_loss, seed=self.seed, callbacks=callbacks,
+            )
+        )
+
+    def find_lr(
+        self,
+        min_lr=1e-7,
+        max_lr=10.0,
+        num_steps=100,
+        mode="exponential",
+        on="train",
+        stop_factor=4.0,
+        smoothing=0.9,
+        rule=lr_range.DEFAULT_RULE,
+        num_validation_batches=4,
+        allow_repeat=True,
+    ):
+        """Runs the learning-rate range test (seed 001, §3-1).
+
+        A copy of the model trains while the learning rate rises from
+        `min_lr` to `max_lr`; the loss of each step gives the suggested
+        learning rate and the bounds for cyclic schedules. The model and its
+        optimizer are untouched; the suggestion is settled in the journal, so
+        `fit` and later stages use it unless told otherwise. It holds for the
+        batch size it was measured at. See `keras_playbook.stages.find_lr`
+        for the arguments.
+
+        Returns:
+            An `LRRangeResult`, also appended to the journal.
+
+        Example:
+
+        ```python
+        result = pb.find_lr()
+        print(result.suggested_lr, result.lr_bounds)
+        pb.fit(epochs=10)   # trains at result.suggested_lr
+        ```
+        """
+        train, validation_data = self._stage_pipelines()
+        return self._record(
+            lr_range.find_lr(
+                self.session, train, validation_pipeline=validation_data,
+                min_lr=min_lr, max_lr=max_lr, num_steps=num_steps, mode=mode, on=on,
+                stop_factor=stop_factor, smoothing=smoothing, rule=rule,
+                num_validation_batches=num_validation_batches,
+                allow_repeat=allow_repeat, optimizer_changes=self._optimizer_changes(),
+                seed=self.seed,
+                callbacks=self._progress(num_steps, "Learning-rate range test"),
+            )
+        )
+
+    def probe_lrs(self, learning_rates=probes.DEFAULT_PROBE_LRS, num_steps=100, min_drop=0.1):
+        """Short runs at a few learning rates: which one makes the loss go down? (seed 003, step 3)
+
+        Each rate trains its own copy from the same weights on the full
+        training data; the result names the largest rate whose loss drops
+        significantly without diverging, and compares it with `find_lr`'s
+        suggestion when there is one. It settles nothing. See
+        `keras_playbook.stages.probe_lrs` for the arguments.
+
+        Returns:
+            A `ProbeResult`, also appended to the journal.
+        """
+        train, _ = self._stage_pipelines()
+        found = self.journal.latest("find_lr")
+        compare_with = found.suggested_lr if found is not None else None
+        total = num_steps * len(learning_rates) if isinstance(learning_rates, (list, tuple)) else 1
+        return self._record(
+            probes.probe_lrs(
+                self.session, train, learning_rates=learning_rates, num_steps=num_steps,
+                min_drop=min_drop, compare_with=compare_with,
+                optimizer_changes=self._optimizer_changes(), seed=self.seed,
+                callbacks=self._progress(max(total, 1), "Probing learning rates"),
+            )
+        )
+
+    def find_batch_size(
+        self,
+        mode="power",
+        criterion="largest",
+        initial_batch_size=8,
+        max_batch_size=None,
+        steps_per_size=3,
+        max_trials=25,
+        memory_limit=None,
+    ):
+        """Finds the largest batch size that fits in memory, with the throughput of each size.
+
+        The chosen per-replica size is settled in the journal: `fit` and the
+        later stages use it, and a learning rate found at another batch size
+        becomes stale (`fit` refuses it until `find_lr` runs again). See
+        `keras_playbook.stages.find_batch_size` for the arguments.
+
+        Returns:
+            A `BatchSizeResult`, also appended to the journal.
+
+        Example:
+
+        ```python
+        result = pb.find_batch_size(mode="binsearch")
+        print(result.table())
+        pb.find_lr()    # the learning rate must be found again at the new size
+        ```
+        """
+        return self._record(
+            batch_size_stage.find_batch_size(
+                self.session, self.train_data, mode=mode, criterion=criterion,
+                initial_batch_size=initial_batch_size, max_batch_size=max_batch_size,
+                steps_per_size=steps_per_size, max_trials=max_trials,
+                memory_limit=memory_limit,
+            )
+        )
+
+    def sweep_momentum(self, values=probes.DEFAULT_MOMENTUMS, num_steps=200, learning_rate=None):
+        """Short runs at momentum 0.99, 0.97, 0.95, 0.9: the best by validation loss (seed 001, §3).
+
+        Sweeps `momentum` for SGD and RMSprop, `beta_1` for the Adam family,
+        at the settled learning rate (found by `find_lr`) unless
+        `learning_rate` is given. The best value is settled for `fit`. See
+        `keras_playbook.stages.sweep_momentum` for the arguments.
+
+        Returns:
+            A `MomentumResult`, also appended to the journal.
+        """
+        train, validation_data = self._stage_pipelines()
+        if learning_rate is None:
+            learning_rate = self.journal.settled().get("learning_rate")
+        total = num_steps * len(values) if isinstance(values, (list, tuple)) else 1
+        return self._record(
+            probes.sweep_momentum(
+                self.session, train, validation_data, values=values,
+                learning_rate=learning_rate, num_steps=num_steps,
+                optimizer_changes=self._optimizer_changes(),
+                callbacks=self._progress(max(total, 1), "Sweeping momentum"),
             )
         )
 
@@ -253,11 +407,21 @@ class Playbook:
             raise TypeError(f"fit: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
         hyperparameters = {**self.journal.settled(), **overrides}
         _validate_hyperparameters(hyperparameters)
-        train_data, validation_data = self.train_data, self.validation_data
-        if "batch_size" in hyperparameters:
-            train_data = train_data.with_batch_size(hyperparameters["batch_size"])
-            if validation_data is not None:
-                validation_data = validation_data.with_batch_size(hyperparameters["batch_size"])
+        stale = {
+            name: found for name, found in self.journal.stale(hyperparameters).items()
+            if name not in overrides
+        }
+        if stale:
+            reasons = "; ".join(reason for _, reason in stale.values())
+            stages = ", ".join(sorted({f"pb.{result.kind}()" for result, _ in stale.values()}))
+            names = ", ".join(f"{name}=..." for name in stale)
+            raise ValueError(
+                f"fit: {reasons}. Hyperparameters tuned at one batch size do not "
+                f"carry over to another (seed 002). Run {stages} again, or pass "
+                f"{names} to fit."
+            )
+        batch_size = hyperparameters.get("batch_size", self.train_data.per_replica_batch_size)
+        train_data, validation_data = self._pipelines(batch_size)
         self._apply_to_optimizer(hyperparameters)
         history = self.model.fit(
             train_data.dataset,
@@ -273,10 +437,39 @@ class Playbook:
     def _apply_to_optimizer(self, hyperparameters):
         optimizer = self.model.optimizer
         if "learning_rate" in hyperparameters:
+            if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+                raise ValueError(
+                    f"fit: cannot apply learning_rate={hyperparameters['learning_rate']!r}: "
+                    f"the model's {type(optimizer).__name__} follows a "
+                    "LearningRateSchedule. Compile the model with a float learning "
+                    "rate and drive the schedule with a callback, or pass the "
+                    "optimizer you want as `Playbook(optimizer=...)`."
+                )
             optimizer.learning_rate = hyperparameters["learning_rate"]
-        if "weight_decay" in hyperparameters and optimizer.weight_decay != hyperparameters["weight_decay"]:
-            optimizer.weight_decay = hyperparameters["weight_decay"]
-            self.model.make_train_function(force=True)
+        changes = {}
+        for name in _OPTIMIZER_SETTINGS:
+            if name not in hyperparameters:
+                continue
+            if name != "weight_decay" and not hasattr(optimizer, name):
+                raise ValueError(
+                    f"fit: the model's optimizer {type(optimizer).__name__} has no "
+                    f"`{name}`. Received: {name}={hyperparameters[name]!r}."
+                )
+            if getattr(optimizer, name) != hyperparameters[name]:
+                changes[name] = hyperparameters[name]
+        if not changes:
+            return
+        if getattr(optimizer, "momentum", None) == 0 and changes.get("momentum") and optimizer.built:
+            # SGD built without momentum has no buffers for it: a new optimizer
+            # (SGD without momentum holds no state but its step count).
+            learning_rate = keras.ops.convert_to_numpy(optimizer.learning_rate).item()
+            self.session.compile(
+                optimizer=self.session.fresh_optimizer(learning_rate=learning_rate, **changes)
+            )
+            return
+        for name, value in changes.items():
+            setattr(optimizer, name, value)
+        self.model.make_train_function(force=True)
 
     def __repr__(self):
         return (
@@ -293,6 +486,10 @@ def _validate_hyperparameters(hyperparameters):
         validation.check_number(hyperparameters["weight_decay"], "weight_decay", "fit", allow_zero=True)
     if "batch_size" in hyperparameters:
         data_module.validate_batch_size(hyperparameters["batch_size"])
+    for name in ("momentum", "beta_1"):
+        value = hyperparameters.get(name)
+        if value is not None and not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise ValueError(f"fit: argument `{name}` must be in [0, 1). Received: {name}={value!r}.")
 
 
 def _input_rank(model):

@@ -39,6 +39,9 @@ class SetupRecord(Result):
     ok: bool
     message: str
 
+    def settles(self):
+        return {"batch_size": self.per_replica_batch_size}
+
 
 @dataclasses.dataclass
 class FitRecord(Result):

@@ -1,0 +1,469 @@
+"""The learning-rate range test (`find_lr`) and its suggestion rules.
+
+Seed 001, §3-1: "training starts with a small learning rate which is slowly
+increased throughout a pre-training run. [...] as the learning rate increases,
+it eventually becomes too large and causes the loss to increase. The learning
+rate at this extremum is the largest value." The minimum bound of a cyclic
+schedule is that maximum divided by 3-4, or by 10-20 when only one cycle is
+used.
+
+The suggestion rules share one signature, `rule(learning_rates, smoothed)
+-> learning_rate`, over the finite part of the smoothed curve, and are
+swappable through `find_lr(rule=...)`; every rule's answer is kept on the
+result.
+
+References:
+    Smith, "Cyclical Learning Rates for Training Neural Networks", 2017.
+    Smith, "A disciplined approach to neural network hyper-parameters:
+    Part 1", 2018.
+"""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from matplotlib.figure import Figure
+
+from keras_playbook import validation
+from keras_playbook.journal import Result
+from keras_playbook.stages import trials
+
+_SEED = "seed 001, §3-1"
+MODES = ("exponential", "linear")
+MEASURED_ON = ("train", "validation")
+
+
+# Schedules and smoothing ---------------------------------------------------
+
+
+def range_learning_rates(min_lr, max_lr, num_steps, mode="exponential"):
+    """The learning rate of each step of a range test, from `min_lr` to `max_lr`.
+
+    Example: `range_learning_rates(1e-4, 1.0, 5)` is `[1e-4, 1e-3, 1e-2, 1e-1, 1]`.
+    """
+    if mode == "exponential":
+        return np.geomspace(min_lr, max_lr, num_steps)
+    return np.linspace(min_lr, max_lr, num_steps)
+
+
+class MovingAverage:
+    """Exponential moving average with bias correction (as in Adam).
+
+    `update(loss)` returns `average / (1 - smoothing ** step)` with
+    `average = smoothing * average + (1 - smoothing) * loss`, so the first
+    values are not pulled towards zero.
+    """
+
+    def __init__(self, smoothing):
+        self.smoothing = smoothing
+        self.step = 0
+        self.average = 0.0
+
+    def update(self, value):
+        self.step += 1
+        self.average = self.smoothing * self.average + (1.0 - self.smoothing) * value
+        return self.average / (1.0 - self.smoothing**self.step)
+
+
+def smooth(losses, smoothing):
+    """The bias-corrected moving average of `losses`; `smoothing=0` returns them."""
+    average = MovingAverage(smoothing)
+    return np.asarray([average.update(loss) for loss in losses], dtype=np.float64)
+
+
+# Suggestion rules: (learning_rates, smoothed) -> learning rate --------------
+
+
+def steepest(learning_rates, smoothed):
+    """Where the smoothed loss falls fastest per log-LR, before its minimum.
+
+    The slope at each point is taken over a centred window of 5% of the
+    points (at least 2 each side), and the first 10% of points are skipped:
+    step-to-step noise must not pass for a descent.
+    """
+    end = int(np.argmin(smoothed)) + 1
+    span = max(2, len(smoothed) // 20)
+    start = max(span, len(smoothed) // 10)
+    if end - span <= start:
+        return float(learning_rates[max(end - 1, 0)])
+    log_rates = np.log(learning_rates)
+    centres = np.arange(start, end - span)
+    slopes = (smoothed[centres + span] - smoothed[centres - span]) / (
+        log_rates[centres + span] - log_rates[centres - span]
+    )
+    return float(learning_rates[int(centres[np.argmin(slopes)])])
+
+
+def valley(learning_rates, smoothed):
+    """Halfway down the longest descending stretch of the curve (fastai's "valley").
+
+    The stretch ends at the point with the longest decreasing subsequence
+    before it, and starts that many points earlier.
+    """
+    count = len(smoothed)
+    longest = np.ones(count, dtype=int)
+    for index in range(1, count):
+        higher = smoothed[:index] > smoothed[index]
+        if higher.any():
+            longest[index] = longest[:index][higher].max() + 1
+    end = int(np.argmax(longest))
+    start = max(end - int(longest[end]), 0)
+    third = (end - start) / 3
+    return float(learning_rates[start + int(third) + int(third / 2)])
+
+
+def minimum_over_ten(learning_rates, smoothed):
+    """A tenth of the learning rate at the smoothed loss's minimum."""
+    return float(learning_rates[int(np.argmin(smoothed))]) / 10.0
+
+
+SUGGESTION_RULES = {
+    "steepest": steepest,
+    "valley": valley,
+    "minimum/10": minimum_over_ten,
+}
+DEFAULT_RULE = "valley"
+
+
+# Result ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LRRangeResult(Result):
+    """The loss at each learning rate of a range test, and what it suggests.
+
+    Attributes:
+        suggested_lr: The learning rate to train with (by `rule`), or None
+            when the curve gives no answer (see `message`).
+        lr_bounds: `(max_lr / 4, max_lr)` for cyclic schedules, where the
+            maximum is the LR at which the smoothed loss stops falling.
+        one_cycle_lr_bounds: `(max_lr / 10, max_lr)`, the bounds for a single
+            cycle (one-cycle policy).
+        suggestions: Every rule's suggestion, by rule name.
+        rule: The rule that gave `suggested_lr`.
+        learning_rates: The learning rate of each step run.
+        losses: The loss measured at each step (the step's own training loss,
+            or the validation loss after the step with `on="validation"`).
+        smoothed_losses: `losses` smoothed (bias-corrected moving average).
+        min_lr, max_lr, num_steps, mode, on, stop_factor, smoothing: The
+            test's settings.
+        steps_run: Steps actually run.
+        stop_reason: Why the test ended before `num_steps`, or None.
+        batch_size: Per-replica batch size the test ran with; the LR is only
+            valid for it.
+        global_batch_size: Examples per step over all replicas.
+        optimizer: Class name of the optimizer.
+    """
+
+    kind = "find_lr"
+    suggested_lr: float | None
+    lr_bounds: list | None
+    one_cycle_lr_bounds: list | None
+    suggestions: dict
+    rule: str
+    learning_rates: list
+    losses: list
+    smoothed_losses: list
+    min_lr: float
+    max_lr: float
+    num_steps: int
+    mode: str
+    on: str
+    stop_factor: float
+    smoothing: float
+    steps_run: int
+    stop_reason: str | None
+    batch_size: int
+    global_batch_size: int
+    optimizer: str
+    ok: bool
+    message: str
+
+    def settles(self):
+        return {"learning_rate": self.suggested_lr} if self.ok else {}
+
+    def depends_on(self):
+        return {"batch_size": self.batch_size}
+
+    def plot(self):
+        """Loss against learning rate (log x axis), suggestions and bounds marked."""
+        figure = Figure(figsize=(7, 4.5))
+        axes = figure.add_subplot()
+        rates = np.asarray(self.learning_rates)
+        axes.plot(rates, self.losses, color="tab:blue", alpha=0.3, label=f"{self.on} loss")
+        axes.plot(rates, self.smoothed_losses, color="tab:blue", label="smoothed")
+        if self.lr_bounds is not None:
+            axes.axvspan(*self.lr_bounds, color="tab:green", alpha=0.1, label="cyclic bounds")
+            axes.axvline(self.lr_bounds[1], color="tab:green", linestyle=":")
+        markers = iter("os^v")
+        for name, value in self.suggestions.items():
+            index = int(np.argmin(np.abs(np.log(rates) - math.log(value)))) if value else None
+            if index is None:
+                continue
+            style = "tab:red" if name == self.rule else "grey"
+            axes.plot(
+                value, self.smoothed_losses[index], next(markers), color=style,
+                label=f"{name}: {value:.2g}" + (" (suggested)" if name == self.rule else ""),
+            )
+        if self.mode == "exponential":
+            axes.set_xscale("log")
+        finite = [value for value in self.smoothed_losses if math.isfinite(value)]
+        if finite:
+            low, start = min(finite), finite[0]
+            axes.set_ylim(low - 0.1 * abs(start - low), start + 1.5 * abs(start - low) + 1e-8)
+        axes.set_xlabel("learning rate")
+        axes.set_ylabel("loss")
+        axes.set_title("Learning-rate range test")
+        axes.legend(fontsize="small")
+        return figure
+
+
+# The test -------------------------------------------------------------------
+
+
+class _RangeTest(keras.callbacks.Callback):
+    """Sets each step's learning rate, measures, smooths, and stops on divergence."""
+
+    def __init__(self, learning_rates, smoothing, stop_factor, validation_dataset=None):
+        super().__init__()
+        self.learning_rates = learning_rates
+        self.smoothing = smoothing
+        self.stop_factor = stop_factor
+        self.validation_dataset = validation_dataset
+        self.losses = []
+        self.smoothed = []
+        self.stop_reason = None
+        self._average = MovingAverage(smoothing)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # A Python float assigned to the optimizer's variable: no retracing.
+        self.model.optimizer.learning_rate = float(self.learning_rates[len(self.losses)])
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.validation_dataset is None:
+            loss = float((logs or {}).get("loss", math.nan))
+        else:
+            loss = float(self.model.evaluate(self.validation_dataset, verbose=0, return_dict=True)["loss"])
+        self.losses.append(loss)
+        step = len(self.losses)
+        smoothed = self._average.update(loss)
+        self.smoothed.append(smoothed)
+        if not math.isfinite(loss) or not math.isfinite(smoothed):
+            self.stop_reason = f"the loss became {loss} at learning rate {self.learning_rates[step - 1]:.3g}"
+        elif smoothed > self.stop_factor * min(self.smoothed):
+            self.stop_reason = (
+                f"the smoothed loss exceeded {self.stop_factor:g} x its minimum at "
+                f"learning rate {self.learning_rates[step - 1]:.3g}"
+            )
+        if self.stop_reason is not None or step == len(self.learning_rates):
+            self.model.stop_training = True
+
+
+def _check_arguments(pipeline, validation_pipeline, min_lr, max_lr, num_steps, mode, on,
+                     stop_factor, smoothing, rule, num_validation_batches, allow_repeat):
+    stage = "find_lr"
+    validation.check_number(min_lr, "min_lr", stage)
+    validation.check_number(max_lr, "max_lr", stage)
+    if min_lr >= max_lr:
+        raise ValueError(
+            f"{stage}: min_lr must be below max_lr. Received: min_lr={min_lr!r}, "
+            f"max_lr={max_lr!r}."
+        )
+    validation.check_int(num_steps, "num_steps", stage, minimum=10)
+    validation.check_int(num_validation_batches, "num_validation_batches", stage)
+    if mode not in MODES:
+        raise ValueError(f"{stage}: argument `mode` must be one of {MODES}. Received: mode={mode!r}.")
+    if on not in MEASURED_ON:
+        raise ValueError(f"{stage}: argument `on` must be one of {MEASURED_ON}. Received: on={on!r}.")
+    if on == "validation" and validation_pipeline is None:
+        raise ValueError(
+            f"{stage}: on='validation' needs validation data; pass `validation_data` "
+            "to the Playbook, or use on='train'."
+        )
+    validation.check_number(stop_factor, "stop_factor", stage)
+    if stop_factor <= 1:
+        raise ValueError(
+            f"{stage}: argument `stop_factor` must be > 1 (the test stops when the "
+            f"smoothed loss exceeds stop_factor x its minimum). Received: stop_factor={stop_factor!r}."
+        )
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+        raise ValueError(f"{stage}: argument `smoothing` must be in [0, 1). Received: smoothing={smoothing!r}.")
+    if rule not in SUGGESTION_RULES:
+        raise ValueError(
+            f"{stage}: argument `rule` must be one of {sorted(SUGGESTION_RULES)}. Received: rule={rule!r}."
+        )
+    if not allow_repeat and pipeline.num_examples is not None:
+        available = math.ceil(pipeline.num_examples / pipeline.global_batch_size)
+        if num_steps > available:
+            raise ValueError(
+                f"{stage}: num_steps={num_steps} needs more batches than the training "
+                f"data holds ({pipeline.num_examples} examples = {available} batches of "
+                f"{pipeline.global_batch_size}) and allow_repeat=False. Lower num_steps, "
+                "lower the batch size, or pass allow_repeat=True to go over the data again."
+            )
+
+
+def find_lr(
+    session,
+    pipeline,
+    *,
+    validation_pipeline=None,
+    min_lr=1e-7,
+    max_lr=10.0,
+    num_steps=100,
+    mode="exponential",
+    on="train",
+    stop_factor=4.0,
+    smoothing=0.9,
+    rule=DEFAULT_RULE,
+    num_validation_batches=4,
+    allow_repeat=True,
+    optimizer_changes=None,
+    seed=0,
+    callbacks=None,
+):
+    """Runs the learning-rate range test on a copy of the model.
+
+    A copy of the model, from its current weights and with a fresh optimizer
+    of the same kind and settings, trains `num_steps` steps while the learning
+    rate rises from `min_lr` to `max_lr`, set each step through the
+    optimizer's learning-rate variable (no retracing, works under any
+    strategy). Each step's own loss is recorded (not Keras's running mean),
+    smoothed, and the test stops early once the smoothed loss exceeds
+    `stop_factor` times its minimum or the loss is NaN/inf. The model and its
+    optimizer are not touched.
+
+    Args:
+        session: The `Session` holding the model.
+        pipeline: The training `DataPipeline` (its batch size is the one the
+            suggestion is valid for).
+        validation_pipeline: Validation `DataPipeline`, needed for
+            `on="validation"`.
+        min_lr: First learning rate.
+        max_lr: Last learning rate.
+        num_steps: Steps from `min_lr` to `max_lr` (at least 10).
+        mode: "exponential" (evenly spaced on a log scale) or "linear" (the
+            seed's original form; spends most steps at large rates).
+        on: "train" judges each LR by the step's training loss; "validation"
+            by the loss on `num_validation_batches` validation batches after
+            the step (slower, closer to the seed).
+        stop_factor: Stop once the smoothed loss exceeds this times its minimum.
+        smoothing: Weight of the past in the moving average (0 for none).
+        rule: Suggestion rule for `suggested_lr`: "valley" (default: best on
+            `benchmarks/lr_finder_quality.py`), "steepest" or "minimum/10".
+        num_validation_batches: Validation batches per measurement.
+        allow_repeat: Whether the test may go over the training data more
+            than once; if False, `num_steps` must fit in one pass.
+        optimizer_changes: Changes to the optimizer's config for the test
+            (settled momentum, weight decay).
+        seed: Seed of the validation sample.
+        callbacks: Extra callbacks for the trial's `fit` (a progress bar).
+
+    Returns:
+        An `LRRangeResult`.
+
+    Raises:
+        ValueError: before any training, for min_lr >= max_lr, non-positive
+            or non-finite rates, num_steps < 10, an unknown mode, rule or
+            `on`, or more steps than one pass holds with allow_repeat=False.
+
+    Example:
+
+    ```python
+    result = find_lr(session, pipeline, num_steps=200)
+    print(result.suggested_lr, result.lr_bounds)
+    result.plot().savefig("lr_range.png")
+    ```
+    """
+    _check_arguments(pipeline, validation_pipeline, min_lr, max_lr, num_steps, mode, on,
+                     stop_factor, smoothing, rule, num_validation_batches, allow_repeat)
+    learning_rates = range_learning_rates(min_lr, max_lr, num_steps, mode)
+    validation_dataset = None
+    if on == "validation":
+        sample = validation_pipeline.sample(num_validation_batches, seed=seed)
+        validation_dataset = _batched(sample, validation_pipeline.global_batch_size)
+    model = trials.trial_copy(session, **{**(optimizer_changes or {}), "learning_rate": float(min_lr)})
+    test = _RangeTest(learning_rates, float(smoothing), float(stop_factor), validation_dataset)
+    trials.train_steps(model, pipeline.dataset, num_steps, callbacks=[test, *(callbacks or [])])
+    del model
+    return _result(
+        test, learning_rates[: len(test.losses)], rule=rule, min_lr=min_lr, max_lr=max_lr,
+        num_steps=num_steps, mode=mode, on=on, stop_factor=stop_factor, smoothing=smoothing,
+        pipeline=pipeline, optimizer=type(session.model.optimizer).__name__,
+    )
+
+
+def _batched(sample, batch_size):
+    return tf.data.Dataset.from_tensor_slices(sample).batch(batch_size).cache()
+
+
+def _result(test, learning_rates, *, rule, pipeline, optimizer, **settings):
+    losses = np.asarray(test.losses, dtype=np.float64)
+    smoothed = np.asarray(test.smoothed, dtype=np.float64)
+    finite = int(np.argmax(~np.isfinite(smoothed))) if not np.isfinite(smoothed).all() else len(smoothed)
+    rates, curve = np.asarray(learning_rates[:finite]), smoothed[:finite]
+    suggestions, bounds, one_cycle, ok = {}, None, None, False
+    if finite >= 3:
+        suggestions = {name: function(rates, curve) for name, function in SUGGESTION_RULES.items()}
+        lowest = int(np.argmin(curve))
+        maximum = float(rates[lowest])
+        bounds, one_cycle = [maximum / 4.0, maximum], [maximum / 10.0, maximum]
+        fell = curve[lowest] < 0.95 * curve[0]
+        still_falling = test.stop_reason is None and lowest >= len(curve) - max(2, len(curve) // 20)
+        ok = bool(fell and not still_falling)
+        message = _message(ok, fell, suggestions[rule], rule, bounds, one_cycle, curve, settings)
+    else:
+        message = (
+            f"The loss diverged within {len(losses)} steps, at learning rates "
+            f"{settings['min_lr']:.2g}-{float(learning_rates[-1]):.2g}: lower min_lr, "
+            "check the model and the data (run check_initial_loss), then run "
+            f"find_lr again ({_SEED})."
+        )
+    return LRRangeResult(
+        suggested_lr=suggestions.get(rule) if ok else None,
+        lr_bounds=bounds if ok else None,
+        one_cycle_lr_bounds=one_cycle if ok else None,
+        suggestions=suggestions,
+        rule=rule,
+        learning_rates=[float(value) for value in learning_rates],
+        losses=losses.tolist(),
+        smoothed_losses=smoothed.tolist(),
+        min_lr=float(settings["min_lr"]),
+        max_lr=float(settings["max_lr"]),
+        num_steps=int(settings["num_steps"]),
+        mode=settings["mode"],
+        on=settings["on"],
+        stop_factor=float(settings["stop_factor"]),
+        smoothing=float(settings["smoothing"]),
+        steps_run=len(losses),
+        stop_reason=test.stop_reason,
+        batch_size=pipeline.per_replica_batch_size,
+        global_batch_size=pipeline.global_batch_size,
+        optimizer=optimizer,
+        ok=ok,
+        message=message,
+    )
+
+
+def _message(ok, fell, suggested, rule, bounds, one_cycle, curve, settings):
+    if not fell:
+        return (
+            f"The loss never fell by 5% between learning rates {settings['min_lr']:.2g} "
+            f"and {settings['max_lr']:.2g} (smoothed {curve[0]:.3g} -> min {curve.min():.3g}): "
+            "no learning rate works. Check that the model can learn at all "
+            f"(overfit_small_sample), or widen the range ({_SEED})."
+        )
+    if not ok:
+        return (
+            f"The loss was still falling at max_lr={settings['max_lr']:.2g}: the "
+            "maximum bound lies above the tested range. Raise max_lr and run find_lr "
+            f"again ({_SEED})."
+        )
+    return (
+        f"Suggested learning rate {suggested:.2g} ({rule} of the loss curve). The loss "
+        f"stops falling at {bounds[1]:.2g}, the maximum bound: use ({bounds[0]:.2g}, "
+        f"{bounds[1]:.2g}) for cyclic schedules (max/4) and ({one_cycle[0]:.2g}, "
+        f"{one_cycle[1]:.2g}) for one cycle (max/10) ({_SEED})."
+    )

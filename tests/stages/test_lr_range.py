@@ -1,0 +1,228 @@
+"""The learning-rate range test, on real training of tiny models."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from matplotlib.figure import Figure
+
+from keras_playbook import LRRangeResult, Playbook, Result
+from keras_playbook.data import make_pipeline
+from keras_playbook.session import Session
+from keras_playbook.stages import lr_range
+from tests import helpers
+
+
+def _playbook(digits, optimizer=None, strategy=None, **kwargs):
+    return Playbook(
+        helpers.mlp(), (digits["x_train"], digits["y_train"]),
+        validation_data=(digits["x_val"], digits["y_val"]),
+        loss=helpers.LOGITS_LOSS, optimizer=optimizer or keras.optimizers.Adam(1e-3),
+        strategy=strategy, verbose=0, **kwargs,
+    )
+
+
+def _accuracy_after_training(digits, learning_rate, epochs=8):
+    keras.utils.set_random_seed(0)
+    model = helpers.mlp()
+    model.compile(keras.optimizers.Adam(learning_rate), helpers.LOGITS_LOSS, metrics=["accuracy"])
+    model.fit(digits["x_train"], digits["y_train"], batch_size=32, epochs=epochs, verbose=0)
+    return model.evaluate(digits["x_val"], digits["y_val"], verbose=0, return_dict=True)["accuracy"]
+
+
+def test_suggestion_lands_in_the_sweeps_good_band(digits):
+    sweep = {lr: _accuracy_after_training(digits, lr) for lr in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)}
+    best = max(sweep.values())
+    good = [lr for lr, accuracy in sweep.items() if accuracy >= best - 0.03]
+    assert 1e-4 not in good and 1.0 not in good  # The band is inside the range.
+    result = _playbook(digits).find_lr()
+    assert result.ok, result.message
+    # Within the band, allowing the half-decade between two sweep points.
+    assert min(good) / 3 <= result.suggested_lr <= max(good) * 3, (sweep, result.suggestions)
+    assert _accuracy_after_training(digits, result.suggested_lr) >= best - 0.03
+
+
+def test_records_each_steps_own_loss_not_the_running_mean(digits):
+    """Replays the test's learning rates in a hand-written SGD loop."""
+    keras.utils.set_random_seed(0)
+    model = helpers.mlp()
+    model.compile(keras.optimizers.SGD(0.1), helpers.LOGITS_LOSS)
+    session = Session(model)
+    session.compile()
+    session.ensure_built(digits["x_train"][:1])
+    pipeline = make_pipeline(
+        (digits["x_train"], digits["y_train"]), batch_size=32, num_replicas=1,
+        shuffle=False, seed=0, input_rank=2, name="training data",
+    )
+    result = lr_range.find_lr(session, pipeline, min_lr=1e-3, max_lr=1.0, num_steps=30, smoothing=0.5)
+    assert result.steps_run == 30
+
+    replay = keras.models.clone_model(model)
+    replay.set_weights(session.initial_weights)
+    manual = []
+    batches = list(pipeline.dataset.repeat().take(30).as_numpy_iterator())
+    for (x, y), learning_rate in zip(batches, result.learning_rates):
+        with tf.GradientTape() as tape:
+            loss = helpers.LOGITS_LOSS(y, replay(x, training=True))
+        gradients = tape.gradient(loss, replay.trainable_variables)
+        for variable, gradient in zip(replay.trainable_variables, gradients):
+            variable.assign_sub(learning_rate * gradient)
+        manual.append(float(loss))
+    np.testing.assert_allclose(result.losses, manual, rtol=1e-4, atol=1e-5)
+    running_mean = np.cumsum(manual) / np.arange(1, len(manual) + 1)
+    assert not np.allclose(result.losses, running_mean, rtol=1e-2)
+    assert result.learning_rates[0] == pytest.approx(1e-3) and result.learning_rates[-1] == pytest.approx(1.0)
+
+
+def test_leaves_model_and_optimizer_state_exactly(strategy, digits):
+    pb = _playbook(digits, strategy=strategy)
+    pb.fit(epochs=1, verbose=0)  # The optimizer has moments and a step count.
+    before = helpers.variables_of(pb.model)
+    learning_rate = keras.ops.convert_to_numpy(pb.model.optimizer.learning_rate)
+    result = pb.find_lr(num_steps=40)
+    assert result.steps_run > 10
+    helpers.assert_same_values(before, helpers.variables_of(pb.model))
+    assert keras.ops.convert_to_numpy(pb.model.optimizer.learning_rate) == learning_rate
+
+
+def test_runs_under_two_replicas_and_settles_the_learning_rate(strategy, digits):
+    pb = _playbook(digits, strategy=strategy)
+    result = pb.find_lr(num_steps=60)
+    assert result.ok, result.message
+    assert result.global_batch_size == 32 * strategy.num_replicas_in_sync
+    assert 1e-7 <= result.suggested_lr <= 10
+    pb.fit(epochs=1, verbose=0)
+    applied = keras.ops.convert_to_numpy(pb.model.optimizer.learning_rate)
+    assert applied == pytest.approx(result.suggested_lr, rel=1e-6)
+    assert pb.journal[-1].hyperparameters["learning_rate"] == result.suggested_lr
+
+
+def test_divergence_stops_the_test_early(strategy, digits):
+    pb = _playbook(digits, optimizer=keras.optimizers.SGD(0.01), strategy=strategy)
+    result = pb.find_lr(min_lr=1e-3, max_lr=1e4, num_steps=200)
+    assert result.steps_run < 200
+    assert result.stop_reason is not None
+    assert result.lr_bounds[1] < 1e4
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        keras.optimizers.SGD(0.01),
+        keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
+        keras.optimizers.RMSprop(1e-3),
+        keras.optimizers.Adam(1e-3),
+        keras.optimizers.AdamW(1e-3, weight_decay=1e-4),
+    ],
+    ids=lambda optimizer: type(optimizer).__name__ + ("+momentum" if getattr(optimizer, "momentum", 0) else ""),
+)
+def test_works_with_each_optimizer(digits, optimizer):
+    pb = _playbook(digits, optimizer=optimizer)
+    result = pb.find_lr(num_steps=60)
+    assert result.ok, result.message
+    assert result.optimizer == type(optimizer).__name__
+    assert result.lr_bounds[0] < result.lr_bounds[1]
+    assert result.one_cycle_lr_bounds[0] == pytest.approx(result.lr_bounds[1] / 10)
+
+
+def test_validation_mode_measures_the_validation_loss(digits):
+    pb = _playbook(digits)
+    # A range too low to learn anything: every measurement is the initial validation loss.
+    result = pb.find_lr(min_lr=1e-12, max_lr=1e-11, num_steps=10, on="validation", num_validation_batches=2)
+    sample = pb.validation_data.sample(2, seed=pb.seed)
+    expected = pb.model.evaluate(sample[0], sample[1], verbose=0)
+    assert result.on == "validation"
+    np.testing.assert_allclose(result.losses, expected, rtol=1e-4)
+    assert not result.ok and "never fell" in result.message
+    assert "learning_rate" not in pb.journal.settled()
+
+
+def test_loss_still_falling_says_to_raise_max_lr(digits):
+    result = _playbook(digits).find_lr(min_lr=1e-4, max_lr=1e-2, num_steps=60)
+    assert not result.ok
+    assert "Raise max_lr" in result.message
+
+
+def test_linear_mode_spaces_rates_evenly(digits):
+    result = _playbook(digits, optimizer=keras.optimizers.SGD(0.01)).find_lr(
+        min_lr=1e-3, max_lr=1.0, num_steps=20, mode="linear", stop_factor=100
+    )
+    np.testing.assert_allclose(np.diff(result.learning_rates), (1.0 - 1e-3) / 19, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "arguments, match",
+    [
+        ({"min_lr": 1.0, "max_lr": 0.1}, "min_lr must be below max_lr"),
+        ({"min_lr": 0.0}, "min_lr"),
+        ({"max_lr": -1.0}, "max_lr"),
+        ({"min_lr": float("nan")}, "min_lr"),
+        ({"num_steps": 5}, "num_steps"),
+        ({"num_steps": 100, "allow_repeat": False}, "more batches than the training data holds"),
+        ({"mode": "cosine"}, "mode"),
+        ({"rule": "magic"}, "rule"),
+        ({"stop_factor": 1.0}, "stop_factor"),
+        ({"smoothing": 1.0}, "smoothing"),
+    ],
+)
+def test_bad_arguments_fail_before_training(digits, arguments, match):
+    pb = _playbook(digits)
+    before = helpers.variables_of(pb.model)
+    with pytest.raises(ValueError, match=match):
+        pb.find_lr(**arguments)
+    assert len(pb.journal) == 1
+    helpers.assert_same_values(before, helpers.variables_of(pb.model))
+
+
+def test_validation_mode_needs_validation_data(digits):
+    pb = Playbook(helpers.mlp(), (digits["x_train"], digits["y_train"]), loss=helpers.LOGITS_LOSS, verbose=0)
+    with pytest.raises(ValueError, match="needs validation data"):
+        pb.find_lr(on="validation")
+
+
+def test_a_changed_batch_size_makes_the_learning_rate_stale(digits):
+    pb = _playbook(digits)
+    found = pb.find_lr(num_steps=40)
+    with pytest.raises(ValueError, match="measured at batch_size=32, but batch_size is now 64"):
+        pb.fit(epochs=1, batch_size=64, verbose=0)
+    pb.fit(epochs=1, batch_size=64, learning_rate=1e-3, verbose=0)  # An explicit LR is fine.
+    pb.fit(epochs=1, verbose=0)  # At the measured batch size, the found LR holds.
+    assert pb.journal[-1].hyperparameters["learning_rate"] == found.suggested_lr
+
+
+def test_result_round_trips_and_plots(digits):
+    result = _playbook(digits).find_lr(num_steps=40)
+    again = Result.from_dict(result.to_dict())
+    assert isinstance(again, LRRangeResult)
+    assert again.suggested_lr == result.suggested_lr
+    assert again.suggestions == result.suggestions
+    figure = result.plot()
+    assert isinstance(figure, Figure)
+    assert figure.axes[0].get_xscale() == "log"
+
+
+# Suggestion rules on a curve of known shape ------------------------------------
+
+
+def _synthetic_curve():
+    """Flat until 1e-4, falling until 1e-1 (fastest near 1e-2), then rising."""
+    rates = np.geomspace(1e-6, 1.0, 121)
+    x = np.log10(rates)
+    falling = 2.0 - 1.5 / (1 + np.exp(-3 * (x + 2)))  # Sigmoid centred at 1e-2.
+    rising = np.where(x > -1, 20 * (x + 1) ** 2, 0.0)
+    return rates, falling + rising
+
+
+def test_rules_on_a_known_curve():
+    rates, losses = _synthetic_curve()
+    minimum = rates[np.argmin(losses)]
+    assert 0.05 < minimum < 0.2
+    assert lr_range.steepest(rates, losses) == pytest.approx(1e-2, rel=0.15)
+    assert lr_range.minimum_over_ten(rates, losses) == pytest.approx(minimum / 10)
+    assert 1e-4 < lr_range.valley(rates, losses) < minimum
+
+
+def test_smoothing_is_bias_corrected():
+    smoothed = lr_range.smooth([2.0, 2.0, 2.0], 0.98)
+    np.testing.assert_allclose(smoothed, [2.0, 2.0, 2.0])
+    np.testing.assert_allclose(lr_range.smooth([1.0, 3.0], 0.0), [1.0, 3.0])
