@@ -18,6 +18,7 @@ Usage:
 
 import argparse
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -159,6 +160,7 @@ def run(problem, smoothing):
 
 
 def main():
+    sys.stdout.reconfigure(line_buffering=True)  # Progress shows when piped to a file.
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoothing", type=float, default=0.9)
     parser.add_argument("--quick", action="store_true", help="one problem only")

@@ -201,7 +201,9 @@ class Playbook:
         return train, validation_data
 
     def _progress(self, total_steps, title):
-        return [StepProgress(total_steps, title)] if self.verbose else []
+        # A bad step count gets no bar: the stage itself raises with its own name.
+        valid = isinstance(total_steps, int) and not isinstance(total_steps, bool) and total_steps > 0
+        return [StepProgress(total_steps, title)] if self.verbose and valid else []
 
     # Stages -----------------------------------------------------------------
 
@@ -300,13 +302,12 @@ class Playbook:
         train, _ = self._stage_pipelines()
         found = self.journal.latest("find_lr")
         compare_with = found.suggested_lr if found is not None else None
-        total = num_steps * len(learning_rates) if isinstance(learning_rates, (list, tuple)) else 1
         return self._record(
             probes.probe_lrs(
                 self.session, train, learning_rates=learning_rates, num_steps=num_steps,
                 min_drop=min_drop, compare_with=compare_with,
                 optimizer_changes=self._optimizer_changes(), seed=self.seed,
-                callbacks=self._progress(max(total, 1), "Probing learning rates"),
+                callbacks=self._progress(num_steps, "Probing a learning rate"),
             )
         )
 
@@ -361,13 +362,12 @@ class Playbook:
         train, validation_data = self._stage_pipelines()
         if learning_rate is None:
             learning_rate = self.journal.settled().get("learning_rate")
-        total = num_steps * len(values) if isinstance(values, (list, tuple)) else 1
         return self._record(
             probes.sweep_momentum(
                 self.session, train, validation_data, values=values,
                 learning_rate=learning_rate, num_steps=num_steps,
                 optimizer_changes=self._optimizer_changes(),
-                callbacks=self._progress(max(total, 1), "Sweeping momentum"),
+                callbacks=self._progress(num_steps, "Sweeping momentum: one run"),
             )
         )
 
@@ -488,7 +488,8 @@ def _validate_hyperparameters(hyperparameters):
         data_module.validate_batch_size(hyperparameters["batch_size"])
     for name in ("momentum", "beta_1"):
         value = hyperparameters.get(name)
-        if value is not None and not (isinstance(value, (int, float)) and 0 <= value < 1):
+        valid = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+        if value is not None and not valid:
             raise ValueError(f"fit: argument `{name}` must be in [0, 1). Received: {name}={value!r}.")
 
 

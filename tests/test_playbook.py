@@ -97,6 +97,10 @@ def test_fit_rejects_bad_arguments_before_training(digits):
         pb.fit(epochs=1, learning_rate=-0.1)
     with pytest.raises(ValueError, match="epochs=0"):
         pb.fit(epochs=0)
+    with pytest.raises(ValueError, match=r"momentum.*\[0, 1\)"):
+        pb.fit(epochs=1, momentum=1.5)
+    with pytest.raises(ValueError, match="has no `momentum`"):  # The default optimizer is Adam.
+        pb.fit(epochs=1, momentum=0.9)
     helpers.assert_same_values(before, helpers.variables_of(pb.model))
     assert len(pb.journal) == 1
 

@@ -22,7 +22,7 @@ def _playbook(digits, optimizer=None, strategy=None, **kwargs):
     )
 
 
-def _accuracy_after_training(digits, learning_rate, epochs=8):
+def _accuracy_after_training(digits, learning_rate, epochs=30):
     keras.utils.set_random_seed(0)
     model = helpers.mlp()
     model.compile(keras.optimizers.Adam(learning_rate), helpers.LOGITS_LOSS, metrics=["accuracy"])
@@ -30,16 +30,20 @@ def _accuracy_after_training(digits, learning_rate, epochs=8):
     return model.evaluate(digits["x_val"], digits["y_val"], verbose=0, return_dict=True)["accuracy"]
 
 
+@pytest.mark.slow
 def test_suggestion_lands_in_the_sweeps_good_band(digits):
-    sweep = {lr: _accuracy_after_training(digits, lr) for lr in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)}
+    grid = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 1.0)
+    sweep = {lr: _accuracy_after_training(digits, lr) for lr in grid}
     best = max(sweep.values())
-    good = [lr for lr, accuracy in sweep.items() if accuracy >= best - 0.03]
+    # Good: within 5 points of the best (the 128 validation examples move in 0.8-point steps).
+    good = [lr for lr, accuracy in sweep.items() if accuracy >= best - 0.05]
     assert 1e-4 not in good and 1.0 not in good  # The band is inside the range.
+    keras.utils.set_random_seed(0)
     result = _playbook(digits).find_lr()
     assert result.ok, result.message
-    # Within the band, allowing the half-decade between two sweep points.
-    assert min(good) / 3 <= result.suggested_lr <= max(good) * 3, (sweep, result.suggestions)
-    assert _accuracy_after_training(digits, result.suggested_lr) >= best - 0.03
+    # Inside the band, widened by half a grid step (x sqrt(3)) on each side.
+    assert min(good) / 3**0.5 <= result.suggested_lr <= max(good) * 3**0.5, (sweep, result.suggestions)
+    assert _accuracy_after_training(digits, result.suggested_lr) >= best - 0.05
 
 
 def test_records_each_steps_own_loss_not_the_running_mean(digits):
@@ -125,8 +129,8 @@ def test_works_with_each_optimizer(digits, optimizer):
     assert result.one_cycle_lr_bounds[0] == pytest.approx(result.lr_bounds[1] / 10)
 
 
-def test_validation_mode_measures_the_validation_loss(digits):
-    pb = _playbook(digits)
+def test_validation_mode_measures_the_validation_loss(strategy, digits):
+    pb = _playbook(digits, strategy=strategy)
     # A range too low to learn anything: every measurement is the initial validation loss.
     result = pb.find_lr(min_lr=1e-12, max_lr=1e-11, num_steps=10, on="validation", num_validation_batches=2)
     sample = pb.validation_data.sample(2, seed=pb.seed)
@@ -226,3 +230,13 @@ def test_smoothing_is_bias_corrected():
     smoothed = lr_range.smooth([2.0, 2.0, 2.0], 0.98)
     np.testing.assert_allclose(smoothed, [2.0, 2.0, 2.0])
     np.testing.assert_allclose(lr_range.smooth([1.0, 3.0], 0.0), [1.0, 3.0])
+
+
+def test_verbose_playbook_shows_one_bar_and_reports_bad_steps_by_name(digits, capsys):
+    pb = Playbook(
+        helpers.mlp(), (digits["x_train"], digits["y_train"]), loss=helpers.LOGITS_LOSS, verbose=1
+    )
+    with pytest.raises(ValueError, match="num_steps"):
+        pb.find_lr(num_steps=5)
+    pb.find_lr(num_steps=20)
+    assert "Learning-rate range test" in capsys.readouterr().out
