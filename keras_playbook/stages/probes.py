@@ -339,7 +339,7 @@ def sweep_momentum(
             "pass `validation_data` to the Playbook."
         )
     if learning_rate is None:
-        learning_rate = trials.optimizer_hyperparameter(session.model.optimizer, "learning_rate")
+        learning_rate = trials.current_learning_rate(session.model.optimizer)
     validation.check_number(learning_rate, "learning_rate", stage)
     values = sorted((float(value) for value in values), reverse=True)
     start = session.model.get_weights()

@@ -78,7 +78,6 @@ def train_steps(model, dataset, num_steps, callbacks=()):
     return recorder.losses
 
 
-def optimizer_hyperparameter(optimizer, name):
-    """Reads `learning_rate` (or another float hyperparameter) of an optimizer."""
-    value = optimizer.learning_rate if name == "learning_rate" else getattr(optimizer, name)
-    return float(read_value(value)) if not isinstance(value, (int, float)) else float(value)
+def current_learning_rate(optimizer):
+    """The optimizer's learning rate now, as a float (also for mirrored variables and schedules)."""
+    return float(read_value(optimizer.learning_rate))
