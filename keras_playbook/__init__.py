@@ -13,9 +13,13 @@ from keras_playbook.session import Session as Session  # noqa: E402
 from keras_playbook.stages import BatchSizeResult as BatchSizeResult  # noqa: E402
 from keras_playbook.stages import InitialLossResult as InitialLossResult  # noqa: E402
 from keras_playbook.stages import LRRangeResult as LRRangeResult  # noqa: E402
+from keras_playbook.stages import LRWeightDecayResult as LRWeightDecayResult  # noqa: E402
 from keras_playbook.stages import MomentumResult as MomentumResult  # noqa: E402
 from keras_playbook.stages import OverfitResult as OverfitResult  # noqa: E402
 from keras_playbook.stages import ProbeResult as ProbeResult  # noqa: E402
+from keras_playbook.stages import RoundResult as RoundResult  # noqa: E402
+from keras_playbook.stages import SeedComparisonResult as SeedComparisonResult  # noqa: E402
+from keras_playbook.stages import WeightDecayResult as WeightDecayResult  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -25,12 +29,16 @@ __all__ = [
     "InitialLossResult",
     "Journal",
     "LRRangeResult",
+    "LRWeightDecayResult",
     "MomentumResult",
     "OverfitResult",
     "Playbook",
     "ProbeResult",
     "Result",
+    "RoundResult",
+    "SeedComparisonResult",
     "Session",
     "SetupRecord",
+    "WeightDecayResult",
     "__version__",
 ]

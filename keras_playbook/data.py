@@ -118,15 +118,20 @@ class DataPipeline:
             )
         return dataset.batch(self.global_batch_size)
 
-    def with_batch_size(self, per_replica_batch_size):
-        """Returns the same examples batched with another per-replica size."""
+    def with_batch_size(self, per_replica_batch_size, *, seed=None):
+        """Returns the same examples batched with another per-replica size.
+
+        Args:
+            per_replica_batch_size: Examples per replica per step.
+            seed: Another shuffle seed (another data order); None keeps this one.
+        """
         return DataPipeline(
             self.examples,
             per_replica_batch_size=per_replica_batch_size,
             num_replicas=self.num_replicas,
             num_examples=self.num_examples,
             shuffle=self.shuffle,
-            seed=self.seed,
+            seed=self.seed if seed is None else seed,
             arrays=self.arrays,
         )
 

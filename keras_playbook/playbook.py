@@ -20,7 +20,7 @@ from keras_playbook.journal import JOURNAL_FILENAME, Journal
 from keras_playbook.records import FitRecord, SetupRecord
 from keras_playbook.session import Session, resolve_strategy
 from keras_playbook.stages import batch_size as batch_size_stage
-from keras_playbook.stages import lr_range, probes, sanity
+from keras_playbook.stages import experiments, lr_range, probes, sanity, search, trials
 
 FIT_OVERRIDES = ("learning_rate", "weight_decay", "batch_size", "momentum", "beta_1")
 _OPTIMIZER_SETTINGS = ("weight_decay", "momentum", "beta_1")
@@ -97,6 +97,7 @@ class Playbook:
         resolve_strategy(strategy)  # TypeError before a builder is called.
         self.seed = seed
         self.verbose = verbose
+        self.directory = None if directory is None else os.fspath(directory)
         self.session = Session(model, strategy=strategy)  # Places; changes nothing.
         self.session.check_loss(loss)
         input_rank = _input_rank(self.session.model)
@@ -191,6 +192,22 @@ class Playbook:
         """Settled optimizer settings (momentum, beta_1, weight decay) for trial copies."""
         settled = self.journal.settled()
         return {name: settled[name] for name in _OPTIMIZER_SETTINGS if name in settled}
+
+    def _check_not_stale(self, caller, hyperparameters, overrides=()):
+        """Refuses settled values measured at another batch size than the one in force."""
+        stale = {
+            name: found for name, found in self.journal.stale(hyperparameters).items()
+            if name not in overrides
+        }
+        if stale:
+            reasons = "; ".join(reason for _, reason in stale.values())
+            stages = ", ".join(sorted({f"pb.{result.kind}()" for result, _ in stale.values()}))
+            names = ", ".join(f"{name}=..." for name in stale)
+            raise ValueError(
+                f"{caller}: {reasons}. Hyperparameters tuned at one batch size do not "
+                f"carry over to another (seed 002). Run {stages} again, or pass "
+                f"{names} to {caller}."
+            )
 
     def _pipelines(self, batch_size):
         train, validation_data = self.train_data, self.validation_data
@@ -371,6 +388,233 @@ class Playbook:
             )
         )
 
+    # Searches (KerasTuner) -------------------------------------------------
+
+    def _search_settings(self, caller, searched=(), fixed=None):
+        """Fixed values for a search's trials: settled ones, refusing stale ones.
+
+        Returns:
+            A dict with the batch size, learning rate, and settled momentum /
+            beta_1 / weight decay, less the names the search sets itself.
+        """
+        settled = self.journal.settled()
+        current = {**settled, **(fixed or {})}
+        self._check_not_stale(caller, current, overrides=set(searched) | set(fixed or {}))
+        defaults = {
+            "batch_size": settled.get("batch_size", self.train_data.per_replica_batch_size),
+            "learning_rate": settled.get(
+                "learning_rate", trials.current_learning_rate(self.model.optimizer)
+            ),
+            **self._optimizer_changes(),
+        }
+        return {name: value for name, value in defaults.items() if name not in searched}
+
+    def _search_options(self, directory, callbacks, caller):
+        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+            raise TypeError(f"{caller}: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
+        if directory is None and self.directory is not None:
+            directory = os.path.join(self.directory, "tuning")
+        return {
+            "directory": directory,
+            "callbacks": list(callbacks or []),
+            "verbose": self.verbose,
+        }
+
+    def grid_weight_decay(
+        self,
+        values=search.DEFAULT_WEIGHT_DECAYS,
+        epochs=10,
+        weight_decay_mode="decoupled",
+        objective="val_loss",
+        directory=None,
+        project_name="grid_weight_decay",
+        overwrite=False,
+        callbacks=None,
+    ):
+        """Grid search of the weight decay, everything else fixed (seed 001 §3-2).
+
+        Runs on KerasTuner: one trial per value from the model's initial
+        weights, at the settled learning rate, batch size and momentum,
+        each scored at its best epoch. Results live in KerasTuner's project
+        folder (`directory`, by default `<Playbook directory>/tuning`, else a
+        temporary folder): running it again resumes. In decoupled mode the
+        best value is settled for `fit`. See
+        `keras_playbook.stages.grid_weight_decay` for the arguments.
+
+        Returns:
+            A `WeightDecayResult`, also appended to the journal: `best`,
+            `table()`, `plot()`.
+
+        Example:
+
+        ```python
+        result = pb.grid_weight_decay(epochs=10)
+        print(result.table())
+        pb.fit(epochs=30)    # with result.best["weight_decay"]
+        ```
+        """
+        options = self._search_options(directory, callbacks, "grid_weight_decay")
+        return self._record(
+            search.grid_weight_decay(
+                self.session, self.train_data, self.validation_data, values=values,
+                epochs=epochs, weight_decay_mode=weight_decay_mode, objective=objective,
+                defaults=self._search_settings("grid_weight_decay", searched=("weight_decay",)),
+                project_name=project_name, overwrite=overwrite, seed=self.seed, **options,
+            )
+        )
+
+    def tune_lr_wd(
+        self,
+        coarse_epochs=3,
+        fine_epochs=15,
+        learning_rate=None,
+        learning_rates=None,
+        weight_decays=search.DEFAULT_COARSE_WEIGHT_DECAYS,
+        weight_decay_mode="decoupled",
+        objective="val_loss",
+        directory=None,
+        project_name="tune_lr_wd",
+        overwrite=False,
+        callbacks=None,
+    ):
+        """Coarse LR x weight-decay grid, then a refined one trained longer (seed 003 steps 4-5).
+
+        The coarse learning rates surround `learning_rate`, by default the one
+        `find_lr` settled (else the optimizer's). The best refined cell's
+        learning rate and (decoupled) weight decay are settled for `fit`. See
+        `keras_playbook.stages.tune_lr_wd` for the arguments.
+
+        Returns:
+            An `LRWeightDecayResult`, also appended to the journal; `plot()`
+            is an LR x WD heat map.
+
+        Example:
+
+        ```python
+        pb.find_lr()
+        result = pb.tune_lr_wd(coarse_epochs=3, fine_epochs=15)
+        print(result.best)
+        ```
+        """
+        options = self._search_options(directory, callbacks, "tune_lr_wd")
+        searched = ("weight_decay",) if learning_rate is None and learning_rates is None else ("weight_decay", "learning_rate")
+        defaults = self._search_settings("tune_lr_wd", searched=searched)
+        if learning_rate is None:
+            learning_rate = self.journal.settled().get(
+                "learning_rate", trials.current_learning_rate(self.model.optimizer)
+            )
+        defaults.pop("learning_rate", None)
+        return self._record(
+            search.tune_lr_wd(
+                self.session, self.train_data, self.validation_data,
+                learning_rate=learning_rate, learning_rates=learning_rates,
+                weight_decays=weight_decays, coarse_epochs=coarse_epochs,
+                fine_epochs=fine_epochs, weight_decay_mode=weight_decay_mode,
+                objective=objective, defaults=defaults, project_name=project_name,
+                overwrite=overwrite, seed=self.seed, **options,
+            )
+        )
+
+    def compare_seeds(
+        self,
+        configs,
+        seeds=5,
+        epochs=10,
+        alpha=0.05,
+        weight_decay_mode="decoupled",
+        objective="val_loss",
+        directory=None,
+        project_name="compare_seeds",
+        overwrite=False,
+        callbacks=None,
+    ):
+        """Re-runs configurations over seeds: is the difference more than seed-to-seed variation? (seed 002)
+
+        See `keras_playbook.stages.compare_seeds` for the arguments. Values a
+        configuration leaves out are the settled ones.
+
+        Returns:
+            A `SeedComparisonResult` (means, stds, Welch's t-tests, verdict),
+            also appended to the journal.
+
+        Example:
+
+        ```python
+        result = pb.compare_seeds({"wd=1e-4": {"weight_decay": 1e-4},
+                                   "wd=0": {"weight_decay": 0}}, seeds=5)
+        print(result.message)
+        ```
+        """
+        options = self._search_options(directory, callbacks, "compare_seeds")
+        searched = set().union(*(set(c) for c in configs.values())) if isinstance(configs, dict) and all(
+            isinstance(c, dict) for c in configs.values()) else set()
+        return self._record(
+            experiments.compare_seeds(
+                self.session, self.train_data, self.validation_data, configs, seeds=seeds,
+                epochs=epochs, alpha=alpha, weight_decay_mode=weight_decay_mode,
+                objective=objective, defaults=self._search_settings("compare_seeds", searched=searched),
+                project_name=project_name, overwrite=overwrite, **options,
+            )
+        )
+
+    def run_round(
+        self,
+        goal,
+        scientific,
+        nuisance=None,
+        fixed=None,
+        max_trials=12,
+        epochs=10,
+        seeds=None,
+        alpha=0.05,
+        oracle="random",
+        weight_decay_mode="decoupled",
+        objective="val_loss",
+        directory=None,
+        project_name=None,
+        overwrite=False,
+        callbacks=None,
+    ):
+        """One round of experiments with a goal: scientific, nuisance, fixed (seed 002).
+
+        Architecture hyperparameters (e.g. dropout) need a builder that takes
+        KerasTuner's `hp` and declares them. See
+        `keras_playbook.stages.run_round` for the arguments.
+
+        Returns:
+            A `RoundResult` (table, plot, verdict, nuisance values at the
+            best), also appended to the journal.
+
+        Example:
+
+        ```python
+        pb = Playbook(build_model, data, validation_data=val, loss=...)  # build_model(hp)
+        result = pb.run_round(goal="does dropout help?",
+                              scientific={"dropout": [0.0, 0.2, 0.5]},
+                              nuisance={"learning_rate": ("log", 1e-3, 1e-1)},
+                              max_trials=24, seeds=5)
+        print(result.table())
+        ```
+        """
+        options = self._search_options(directory, callbacks, "run_round")
+        names = [
+            name for mapping in (scientific, nuisance or {})
+            if isinstance(mapping, dict) for name in mapping
+        ]
+        fixed_values = fixed if isinstance(fixed, dict) else None
+        return self._record(
+            experiments.run_round(
+                self.session, self.train_data, self.validation_data, goal=goal,
+                scientific=scientific, nuisance=nuisance, fixed=fixed, max_trials=max_trials,
+                epochs=epochs, seeds=seeds, alpha=alpha, oracle=oracle,
+                weight_decay_mode=weight_decay_mode, objective=objective,
+                defaults=self._search_settings("run_round", searched=names, fixed=fixed_values),
+                project_name=project_name, overwrite=overwrite, seed=self.seed, **options,
+            )
+        )
+
+    # Training ---------------------------------------------------------------
+
     def fit(self, epochs, callbacks=None, verbose="auto", **overrides):
         """Trains the model for real with the hyperparameters settled so far.
 
@@ -407,19 +651,7 @@ class Playbook:
             raise TypeError(f"fit: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
         hyperparameters = {**self.journal.settled(), **overrides}
         _validate_hyperparameters(hyperparameters)
-        stale = {
-            name: found for name, found in self.journal.stale(hyperparameters).items()
-            if name not in overrides
-        }
-        if stale:
-            reasons = "; ".join(reason for _, reason in stale.values())
-            stages = ", ".join(sorted({f"pb.{result.kind}()" for result, _ in stale.values()}))
-            names = ", ".join(f"{name}=..." for name in stale)
-            raise ValueError(
-                f"fit: {reasons}. Hyperparameters tuned at one batch size do not "
-                f"carry over to another (seed 002). Run {stages} again, or pass "
-                f"{names} to fit."
-            )
+        self._check_not_stale("fit", hyperparameters, overrides)
         batch_size = hyperparameters.get("batch_size", self.train_data.per_replica_batch_size)
         train_data, validation_data = self._pipelines(batch_size)
         self._apply_to_optimizer(hyperparameters)

@@ -10,8 +10,10 @@ makes a separate copy that starts from the initial weights.
 
 import contextlib
 import dataclasses
+import inspect
 
 import keras
+import keras_tuner
 import numpy as np
 import tensorflow as tf
 
@@ -67,9 +69,13 @@ class Session:
     """A model placed in a strategy's scope, with its initial weights.
 
     Args:
-        model: A `keras.Model` (compiled or not) or a builder: a callable
-            taking no argument and returning one. Builders are called inside
-            the strategy's scope, and again for every trial model.
+        model: A `keras.Model` (compiled or not), a builder (a callable
+            returning one), or a `keras_tuner.HyperModel`. A builder takes no
+            argument, or one `keras_tuner.HyperParameters` as KerasTuner's
+            model-building functions do (the Playbook's own model is then
+            built with the hyperparameters' defaults, trial models with the
+            trial's values). Builders are called inside the strategy's scope,
+            and again for every trial model.
         strategy: A `tf.distribute.Strategy` or None (see `resolve_strategy`).
 
     Raises:
@@ -87,6 +93,10 @@ class Session:
     def __init__(self, model, *, strategy=None):
         self.strategy = resolve_strategy(strategy)
         self.builder = None
+        self.builder_takes_hyperparameters = False
+        self._declared = None
+        if isinstance(model, keras_tuner.HyperModel):
+            model = model.build
         if not isinstance(model, keras.Model):
             if not callable(model):
                 raise TypeError(
@@ -95,6 +105,7 @@ class Session:
                     f"{type(model).__name__})."
                 )
             self.builder = model
+            self.builder_takes_hyperparameters = _takes_one_argument(model)
             model = self._call_builder()
         self.source_model = model
         self.model = self._placed(model)
@@ -110,9 +121,14 @@ class Session:
 
     # Construction ---------------------------------------------------------
 
-    def _call_builder(self):
+    def _call_builder(self, hyperparameters=None):
         with self.scope():
-            model = self.builder()
+            if self.builder_takes_hyperparameters:
+                if hyperparameters is None:
+                    hyperparameters = keras_tuner.HyperParameters()
+                model = self.builder(hyperparameters)
+            else:
+                model = self.builder()
         if not isinstance(model, keras.Model):
             raise TypeError(
                 "The model builder must return a `keras.Model`. Received: "
@@ -254,22 +270,66 @@ class Session:
 
     # Trial models ---------------------------------------------------------
 
-    def trial_model(self, weights=None):
-        """Returns an uncompiled copy of the model in the strategy's scope.
+    def new_model(self, hyperparameters=None):
+        """Returns a freshly initialized, uncompiled copy of the model, built.
 
         Args:
-            weights: Weights to start from (a `get_weights()` list); defaults
-                to the initial weights the session was created with.
+            hyperparameters: A `keras_tuner.HyperParameters` for a builder that
+                takes one (ignored otherwise).
 
         Raises:
             TypeError: if the model cannot be copied (a subclassed model
                 without `get_config`); pass a builder instead.
         """
         with self.scope():
-            model = self._call_builder() if self.builder is not None else _clone(self.model)
+            if self.builder is not None:
+                model = self._call_builder(hyperparameters)
+            else:
+                model = _clone(self.model)
             if (not model.built or not model.weights) and self._build_input is not None:
                 model(self._build_input)
+        return model
+
+    def trial_model(self, weights=None, hyperparameters=None):
+        """Returns an uncompiled copy of the model in the strategy's scope.
+
+        Args:
+            weights: Weights to start from (a `get_weights()` list); defaults
+                to the initial weights the session was created with.
+            hyperparameters: For a builder that takes hyperparameters.
+
+        Raises:
+            TypeError: if the model cannot be copied (a subclassed model
+                without `get_config`); pass a builder instead.
+        """
+        model = self.new_model(hyperparameters)
+        with self.scope():
             model.set_weights(self.initial_weights if weights is None else weights)
+        return model
+
+    def declared_hyperparameters(self):
+        """The hyperparameters a builder declares, with their defaults (empty without one).
+
+        The builder is called once with empty `keras_tuner.HyperParameters`,
+        as KerasTuner does to learn a search space.
+
+        Returns:
+            A dict mapping each declared name to its default value.
+        """
+        if self._declared is None:
+            self._declared = {}
+            if self.builder_takes_hyperparameters:
+                hyperparameters = keras_tuner.HyperParameters()
+                self._call_builder(hyperparameters)
+                self._declared = dict(hyperparameters.values)
+        return dict(self._declared)
+
+    def compile_like(self, model, optimizer):
+        """Compiles `model` with the session model's loss and metrics and `optimizer`."""
+        with self.scope():
+            arguments = keras.saving.deserialize_keras_object(self.model.get_compile_config())
+            arguments["optimizer"] = optimizer
+            model.compile(**arguments)
         return model
 
     def fresh_optimizer(self, **changes):
@@ -281,6 +341,17 @@ class Session:
         config.update(changes)
         with self.scope():
             return type(self.model.optimizer).from_config(config)
+
+
+def _takes_one_argument(builder):
+    """True when `builder` needs one positional argument (KerasTuner's `build(hp)`)."""
+    try:
+        parameters = inspect.signature(builder).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in parameters if p.kind in positional and p.default is p.empty]
+    return len(required) == 1
 
 
 def _clone(model):

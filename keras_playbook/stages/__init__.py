@@ -2,6 +2,10 @@
 
 from keras_playbook.stages.batch_size import BatchSizeResult as BatchSizeResult
 from keras_playbook.stages.batch_size import find_batch_size as find_batch_size
+from keras_playbook.stages.experiments import RoundResult as RoundResult
+from keras_playbook.stages.experiments import SeedComparisonResult as SeedComparisonResult
+from keras_playbook.stages.experiments import compare_seeds as compare_seeds
+from keras_playbook.stages.experiments import run_round as run_round
 from keras_playbook.stages.lr_range import LRRangeResult as LRRangeResult
 from keras_playbook.stages.lr_range import SUGGESTION_RULES as SUGGESTION_RULES
 from keras_playbook.stages.lr_range import find_lr as find_lr
@@ -10,6 +14,10 @@ from keras_playbook.stages.probes import ProbeResult as ProbeResult
 from keras_playbook.stages.probes import probe_lrs as probe_lrs
 from keras_playbook.stages.probes import sweep_momentum as sweep_momentum
 from keras_playbook.stages.sanity import InitialLossResult as InitialLossResult
+from keras_playbook.stages.search import LRWeightDecayResult as LRWeightDecayResult
+from keras_playbook.stages.search import WeightDecayResult as WeightDecayResult
+from keras_playbook.stages.search import grid_weight_decay as grid_weight_decay
+from keras_playbook.stages.search import tune_lr_wd as tune_lr_wd
 from keras_playbook.stages.sanity import OverfitResult as OverfitResult
 from keras_playbook.stages.sanity import check_initial_loss as check_initial_loss
 from keras_playbook.stages.sanity import disable_regularization as disable_regularization
@@ -19,15 +27,23 @@ __all__ = [
     "BatchSizeResult",
     "InitialLossResult",
     "LRRangeResult",
+    "LRWeightDecayResult",
     "MomentumResult",
     "OverfitResult",
     "ProbeResult",
+    "RoundResult",
     "SUGGESTION_RULES",
+    "SeedComparisonResult",
+    "WeightDecayResult",
     "check_initial_loss",
+    "compare_seeds",
     "disable_regularization",
     "find_batch_size",
     "find_lr",
+    "grid_weight_decay",
     "overfit_small_sample",
     "probe_lrs",
+    "run_round",
     "sweep_momentum",
+    "tune_lr_wd",
 ]

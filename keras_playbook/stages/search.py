@@ -1,0 +1,585 @@
+"""Grids on KerasTuner: the weight-decay grid and the coarse-to-fine LR x WD grid.
+
+- `grid_weight_decay` (seed 001 §3-2): with learning rate, batch size and
+  momentum fixed, try weight decays 0, 1e-5, 1e-4, 1e-3 and keep the best.
+- `tune_lr_wd` (seed 003 steps 4-5): a coarse grid of learning rates around
+  the one found so far by weight decays, for a few epochs; then a refined grid
+  centred on the best coarse cell, trained longer at a constant learning rate.
+
+Every trial is a KerasTuner trial (`PlaybookTuner` + the Playbook's oracles),
+so results live in KerasTuner's project directory: an interrupted search
+resumes where it stopped, `tuner.results_summary()` and TensorBoard work, and
+KerasTuner's chief/worker mode spreads trials over processes. Each trial is
+scored at its best epoch (seed 002); the result reads the best-epoch advice
+and the borders of the ranges off the trials.
+"""
+
+import dataclasses
+import os
+import tempfile
+
+import keras_tuner
+import numpy as np
+from matplotlib.figure import Figure
+
+from keras_playbook import validation
+from keras_playbook.journal import Result
+from keras_playbook.tuning import analysis
+from keras_playbook.tuning.hypermodel import WEIGHT_DECAY_MODES, PlaybookHyperModel, PlaybookTuner
+from keras_playbook.tuning.oracles import STAGE, CoarseToFineOracle, GridOracle
+
+DEFAULT_WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3)
+DEFAULT_COARSE_WEIGHT_DECAYS = (0.0, 1e-5, 1e-4)
+DEFAULT_LR_FACTORS = (0.1, 0.3, 1.0, 3.0)
+
+_MODE_WORDS = {
+    "decoupled": "decoupled (the optimizer's weight_decay: w -= lr * wd * w each step)",
+    "l2": "L2 penalty on kernels (wd * sum(w**2) added to the loss; seed 000's 'weight decay')",
+}
+
+
+# Running a search ----------------------------------------------------------
+
+
+def tuning_role():
+    """"chief", "worker" or "single", from KerasTuner's `KERASTUNER_*` variables."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "single"
+    return "chief" if "chief" in os.environ.get("KERASTUNER_TUNER_ID", "") else "worker"
+
+
+def make_objective(objective, session, caller):
+    """Returns a `keras_tuner.Objective`, checked against the model's metrics.
+
+    Raises:
+        ValueError: for a metric the model does not compute or whose direction
+            cannot be inferred.
+    """
+    if isinstance(objective, keras_tuner.Objective):
+        return objective
+    if not isinstance(objective, str):
+        raise TypeError(
+            f"{caller}: `objective` must be a metric name such as 'val_loss' or a "
+            f"`keras_tuner.Objective`. Received: objective={objective!r}."
+        )
+    available = _metric_names(session)
+    if available is not None:
+        names = ["loss", "val_loss"] + [p + name for name in available for p in ("", "val_")]
+        if objective not in names:
+            raise ValueError(
+                f"{caller}: the model does not compute {objective!r}. Available: "
+                f"{names}. Compile the model (or the Playbook) with the metric, or "
+                "pass a `keras_tuner.Objective`."
+            )
+    try:
+        return keras_tuner.Oracle(objective=objective).objective
+    except ValueError as error:
+        raise ValueError(f"{caller}: {error}") from None
+
+
+def _metric_names(session):
+    metrics = session.model.get_compile_config().get("metrics")
+    if metrics is None:
+        return []
+    if not isinstance(metrics, (list, tuple)):
+        return None
+    names = []
+    for metric in metrics:
+        if isinstance(metric, str):
+            names.append(metric)
+        elif isinstance(metric, dict) and "name" in metric.get("config", {}):
+            names.append(metric["config"]["name"])
+        else:
+            return None
+    return names
+
+
+def check_search_inputs(caller, validation_pipeline, epochs, mode):
+    """The checks every search stage shares, before any trial."""
+    if validation_pipeline is None:
+        raise ValueError(
+            f"{caller}: trials are scored on validation data (seed 001: the "
+            "validation loss is where the clues are), and none was given. Pass "
+            "`validation_data=` to the Playbook."
+        )
+    validation.check_int(epochs, "epochs", caller)
+    if mode not in WEIGHT_DECAY_MODES:
+        raise ValueError(
+            f"{caller}: argument `weight_decay_mode` must be one of "
+            f"{WEIGHT_DECAY_MODES}. Received: weight_decay_mode={mode!r}."
+        )
+
+
+def check_weight_decays(values, caller, name="values"):
+    """Raises ValueError for an empty grid or a negative / non-finite weight decay."""
+    values = list(values) if isinstance(values, (list, tuple, np.ndarray)) else values
+    if not isinstance(values, list) or not values:
+        raise ValueError(
+            f"{caller}: `{name}` must be a non-empty list of weight decays such as "
+            f"[0, 1e-5, 1e-4, 1e-3]. Received: {name}={values!r}."
+        )
+    for value in values:
+        validation.check_number(value, name, caller, allow_zero=True)
+    return [float(value) for value in values]
+
+
+def fixed_space(values):
+    """A `HyperParameters` space holding `values` as `Fixed` entries."""
+    space = keras_tuner.HyperParameters()
+    for name, value in values.items():
+        space.Fixed(name, value.item() if isinstance(value, np.generic) else value)
+    return space
+
+
+def default_directory(directory):
+    """The KerasTuner directory: the one given, else a new temporary folder."""
+    if directory is not None:
+        return os.fspath(directory)
+    return tempfile.mkdtemp(prefix="keras_playbook_tuning_")
+
+
+def run_search(session, oracle, hypermodel, *, directory, project_name, overwrite, callbacks=(), verbose=0):
+    """Runs a KerasTuner search and reads its trials back.
+
+    Returns:
+        `(tuner, records, role)`: the `PlaybookTuner`, one record per trial
+        (see `analysis.trial_records`; on a worker, only the trials it ran),
+        and the process's role ("single", "chief" or "worker").
+    """
+    tuner = PlaybookTuner(
+        oracle,
+        hypermodel,
+        directory=directory,
+        project_name=project_name,
+        overwrite=overwrite,
+        distribution_strategy=session.strategy,
+    )
+    tuner.search(callbacks=list(callbacks), verbose=verbose)
+    role = tuning_role()
+    trial_ids = tuner.ran_trial_ids if role == "worker" else None
+    return tuner, analysis.trial_records(tuner, oracle.objective, trial_ids=trial_ids), role
+
+
+# Results ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SearchResult(Result):
+    """What a search on KerasTuner found.
+
+    Attributes:
+        objective: The metric trials are scored on, at their best epoch.
+        direction: "min" or "max".
+        weight_decay_mode: "decoupled" or "l2".
+        fixed: Values every trial shared (settled by earlier stages).
+        trials: One record per trial: `values`, `history` (per-epoch
+            metrics), `score`, `best_epoch` (1-based), `epochs`, `status`.
+        best: The best trial's values (empty when no trial finished).
+        best_score: Its score.
+        best_epoch: Its best epoch (1-based).
+        epochs_spent: Epochs trained over all trials.
+        advice: Best-epoch and border advice (seed 002).
+        project_dir: KerasTuner's project directory (resume, results_summary).
+        role: "single", "chief" or "worker" (a worker lists its own trials).
+    """
+
+    kind = "search"
+    objective: str
+    direction: str
+    weight_decay_mode: str
+    fixed: dict
+    trials: list
+    best: dict
+    best_score: float | None
+    best_epoch: int
+    epochs_spent: int
+    advice: list
+    project_dir: str
+    role: str
+    ok: bool
+    message: str
+
+    def depends_on(self):
+        return {"batch_size": self.fixed["batch_size"]} if "batch_size" in self.fixed else {}
+
+    def _settles_from_search(self, names):
+        if self.role == "worker" or not self.best:
+            return {}
+        settled = {name: self.best[name] for name in names if name in self.best}
+        if self.weight_decay_mode != "decoupled":
+            settled.pop("weight_decay", None)
+        return settled
+
+    def table(self, names=("learning_rate", "weight_decay")):
+        """The trials as text: values, score at the best epoch, best epoch / epochs."""
+        names = [name for name in names if any(name in t["values"] for t in self.trials)]
+        header = "  ".join(f"{name:>14}" for name in (*names, self.objective)) + "   best epoch"
+        lines = [header]
+        for trial in self.trials:
+            cells = [_format(trial["values"].get(name)) for name in names]
+            cells.append(_format(trial["score"]))
+            marker = "  <- best" if trial["values"] == self.best else ""
+            lines.append(
+                "  ".join(f"{cell:>14}" for cell in cells)
+                + f"   {trial['best_epoch']:>4} / {trial['epochs']}{marker}"
+            )
+        return "\n".join(lines)
+
+
+def _format(value):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@dataclasses.dataclass
+class WeightDecayResult(SearchResult):
+    """The weight-decay grid (seed 001 §3-2). `best["weight_decay"]` is settled (decoupled mode)."""
+
+    kind = "grid_weight_decay"
+
+    def settles(self):
+        return self._settles_from_search(["weight_decay"])
+
+    def plot(self):
+        """The score of each weight decay, and each trial's validation curve."""
+        figure = Figure(figsize=(11, 4))
+        bars, curves = figure.subplots(1, 2)
+        labels = [_format(trial["values"].get("weight_decay")) for trial in self.trials]
+        scores = [np.nan if trial["score"] is None else trial["score"] for trial in self.trials]
+        colors = ["tab:green" if trial["values"] == self.best else "tab:blue" for trial in self.trials]
+        bars.bar(labels, scores, color=colors)
+        bars.set_xlabel(f"weight decay ({self.weight_decay_mode})")
+        bars.set_ylabel(f"{self.objective} at the best epoch")
+        finite = [score for score in scores if np.isfinite(score)]
+        if finite:
+            low, high = min(finite), max(finite)
+            margin = (high - low) * 0.5 or abs(high) * 0.05 or 0.1
+            bars.set_ylim(low - margin, high + margin)
+        _plot_curves(curves, self.trials, self.objective, "weight_decay")
+        figure.suptitle("Weight-decay grid (seed 001)")
+        figure.tight_layout()
+        return figure
+
+
+@dataclasses.dataclass
+class LRWeightDecayResult(SearchResult):
+    """The coarse-to-fine LR x weight-decay search (seed 003 steps 4-5).
+
+    Attributes:
+        coarse_epochs: Epochs of each coarse trial.
+        fine_epochs: Epochs of each refined trial.
+    """
+
+    kind = "tune_lr_wd"
+    coarse_epochs: int
+    fine_epochs: int
+
+    def settles(self):
+        return self._settles_from_search(["learning_rate", "weight_decay"])
+
+    def stage_trials(self, stage):
+        return [trial for trial in self.trials if trial["values"].get(STAGE) == stage]
+
+    def plot(self):
+        """Heat maps of the score over learning rate x weight decay, coarse and fine."""
+        figure = Figure(figsize=(11, 4.5))
+        for axes, stage in zip(figure.subplots(1, 2), ("coarse", "fine")):
+            trials = self.stage_trials(stage)
+            if not trials:
+                axes.set_axis_off()
+                axes.set_title(f"{stage}: no trials")
+                continue
+            lrs = sorted({t["values"]["learning_rate"] for t in trials})
+            wds = sorted({t["values"]["weight_decay"] for t in trials})
+            grid = np.full((len(wds), len(lrs)), np.nan)
+            for t in trials:
+                if t["score"] is not None:
+                    grid[wds.index(t["values"]["weight_decay"]), lrs.index(t["values"]["learning_rate"])] = t["score"]
+            cmap = "viridis" if self.direction == "max" else "viridis_r"
+            image = axes.imshow(grid, cmap=cmap, aspect="auto", origin="lower")
+            for (row, column), value in np.ndenumerate(grid):
+                if np.isfinite(value):
+                    axes.text(column, row, f"{value:.3g}", ha="center", va="center", fontsize="small", color="w")
+            axes.set_xticks(range(len(lrs)), [f"{v:.2g}" for v in lrs])
+            axes.set_yticks(range(len(wds)), [f"{v:.2g}" for v in wds])
+            axes.set_xlabel("learning rate")
+            axes.set_ylabel(f"weight decay ({self.weight_decay_mode})")
+            epochs = self.coarse_epochs if stage == "coarse" else self.fine_epochs
+            axes.set_title(f"{stage} grid, {epochs} epochs: {self.objective}")
+            figure.colorbar(image, ax=axes)
+        figure.tight_layout()
+        return figure
+
+
+def _plot_curves(axes, trials, objective, label_name):
+    for trial in trials:
+        values = trial["history"].get(objective)
+        if values:
+            axes.plot(range(1, len(values) + 1), values, marker=".",
+                      label=f"{label_name}={_format(trial['values'].get(label_name))}")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(objective)
+    axes.legend(fontsize="small")
+
+
+def summarize(records, objective, role):
+    """Best record, epochs spent and the common part of a search message."""
+    best = analysis.best_record(records, objective.direction)
+    spent = int(sum(record["epochs"] for record in records))
+    if role == "worker":
+        head = f"This worker ran {len(records)} trial(s) ({spent} epochs); the chief's result holds the search."
+    elif best is None:
+        head = "No trial finished with a finite score: see KerasTuner's trial messages (tuner.results_summary())."
+    else:
+        head = ""
+    return best, spent, head
+
+
+def _result_fields(records, best, spent, objective, mode, fixed, advice, tuner, role, message):
+    return dict(
+        objective=objective.name,
+        direction=objective.direction,
+        weight_decay_mode=mode,
+        fixed=dict(fixed),
+        trials=records,
+        best={} if best is None else dict(best["values"]),
+        best_score=None if best is None else best["score"],
+        best_epoch=0 if best is None else best["best_epoch"],
+        epochs_spent=spent,
+        advice=advice,
+        project_dir=tuner.project_dir,
+        role=role,
+        ok=best is not None and not advice,
+        message=message,
+    )
+
+
+# Stages -------------------------------------------------------------------------
+
+
+def grid_weight_decay(
+    session,
+    train_pipeline,
+    validation_pipeline,
+    *,
+    values=DEFAULT_WEIGHT_DECAYS,
+    epochs=10,
+    weight_decay_mode="decoupled",
+    objective="val_loss",
+    defaults=None,
+    directory=None,
+    project_name="grid_weight_decay",
+    overwrite=False,
+    seed=0,
+    callbacks=(),
+    verbose=0,
+):
+    """Grid search of the weight decay with everything else fixed (seed 001 §3-2).
+
+    Each value trains a copy of the model from the Playbook's initial weights
+    for `epochs` epochs (one KerasTuner trial each, resumable); each is scored
+    at its best epoch.
+
+    Args:
+        session: The Playbook's `Session`.
+        train_pipeline: Training `DataPipeline`.
+        validation_pipeline: Validation `DataPipeline` (required).
+        values: Weight decays to try (>= 0; seed 001: 1e-3, 1e-4, 1e-5, 0).
+        epochs: Epochs per trial (not tuned; seed 002).
+        weight_decay_mode: "decoupled" (the optimizer's `weight_decay`) or
+            "l2" (an L2 penalty on the kernels of the trial's copy).
+        objective: Metric to score trials on ("val_loss", "val_accuracy", or
+            a `keras_tuner.Objective`).
+        defaults: Fixed values for every trial (learning rate, batch size,
+            momentum ... settled by earlier stages).
+        directory: KerasTuner's directory; a temporary folder when None.
+        project_name: KerasTuner's project name. Running again with the same
+            directory and name resumes the search.
+        overwrite: Start the project again instead of resuming.
+        seed: Seed of the trials (data order, dropout).
+        callbacks: Keras callbacks for every trial (deep-copied by KerasTuner;
+            a `TensorBoard` callback gets one log folder per trial).
+        verbose: KerasTuner's trial display (0: silent).
+
+    Returns:
+        A `WeightDecayResult`.
+
+    Raises:
+        ValueError: for no validation data, an empty grid, a negative weight
+            decay, bad epochs, mode or objective; before any trial runs.
+
+    Example:
+
+    ```python
+    result = grid_weight_decay(session, train, validation, values=[0, 1e-4], epochs=5)
+    print(result.table())
+    ```
+    """
+    caller = "grid_weight_decay"
+    check_search_inputs(caller, validation_pipeline, epochs, weight_decay_mode)
+    values = check_weight_decays(values, caller)
+    objective = make_objective(objective, session, caller)
+    fixed = {name: value for name, value in (defaults or {}).items() if name != "weight_decay"}
+    oracle = GridOracle(
+        [{"weight_decay": value} for value in values],
+        objective=objective,
+        hyperparameters=fixed_space(fixed),
+        seed=seed,
+    )
+    hypermodel = PlaybookHyperModel(
+        session, train_pipeline, validation_pipeline, defaults=fixed, epochs=epochs,
+        weight_decay_mode=weight_decay_mode, seed=seed,
+    )
+    tuner, records, role = run_search(
+        session, oracle, hypermodel, directory=default_directory(directory),
+        project_name=project_name, overwrite=overwrite, callbacks=callbacks, verbose=verbose,
+    )
+    best, spent, head = summarize(records, objective, role)
+    advice = []
+    if best is not None and role != "worker":
+        advice = analysis.border_advice({"weight_decay": values}, best["values"]) + analysis.epoch_advice(records)
+    message = head or _weight_decay_message(records, best, objective, weight_decay_mode, advice)
+    return WeightDecayResult(
+        **_result_fields(records, best, spent, objective, weight_decay_mode, fixed, advice, tuner, role, message)
+    )
+
+
+def _weight_decay_message(records, best, objective, mode, advice):
+    chosen = best["values"]["weight_decay"]
+    without = [r for r in analysis.scored(records) if r["values"].get("weight_decay") == 0]
+    comparison = ""
+    if without and chosen != 0:
+        comparison = f" ({_format(without[0]['score'])} without weight decay)"
+    text = (
+        f"Best weight decay {chosen:.3g}, {_MODE_WORDS[mode]}: {objective.name} "
+        f"{best['score']:.4g} at epoch {best['best_epoch']} of {best['epochs']}{comparison} "
+        "(seed 001 §3-2)."
+    )
+    if mode == "l2":
+        text += (
+            f" Not settled for fit: add kernel_regularizer=keras.regularizers.L2({chosen:.3g}) "
+            "to your layers, or search with weight_decay_mode='decoupled'."
+        )
+    return " ".join([text, *advice])
+
+
+def tune_lr_wd(
+    session,
+    train_pipeline,
+    validation_pipeline,
+    *,
+    learning_rate,
+    learning_rates=None,
+    weight_decays=DEFAULT_COARSE_WEIGHT_DECAYS,
+    coarse_epochs=3,
+    fine_epochs=15,
+    weight_decay_mode="decoupled",
+    objective="val_loss",
+    defaults=None,
+    directory=None,
+    project_name="tune_lr_wd",
+    overwrite=False,
+    seed=0,
+    callbacks=(),
+    verbose=0,
+):
+    """Coarse grid for a few epochs, then a refined grid trained longer (seed 003 steps 4-5).
+
+    The coarse grid crosses learning rates around the one that worked so far
+    (`learning_rate * (0.1, 0.3, 1, 3)` unless `learning_rates` is given)
+    with weight decays (seed 003: 1e-4, 1e-5, 0), `coarse_epochs` each. The
+    refined grid is centred on the best coarse cell (see
+    `CoarseToFineOracle`) and trains `fine_epochs` each at a constant
+    learning rate (no decay, as the seed says).
+
+    Args:
+        session: The Playbook's `Session`.
+        train_pipeline: Training `DataPipeline`.
+        validation_pipeline: Validation `DataPipeline` (required).
+        learning_rate: The learning rate found so far (`find_lr`); the centre
+            of the default coarse learning rates.
+        learning_rates: Coarse learning rates, overriding the default.
+        weight_decays: Coarse weight decays (>= 0).
+        coarse_epochs: Epochs per coarse trial (seed 003: ~1-5).
+        fine_epochs: Epochs per refined trial (seed 003: ~10-20).
+        weight_decay_mode, objective, defaults, directory, project_name,
+        overwrite, seed, callbacks, verbose: As for `grid_weight_decay`.
+
+    Returns:
+        An `LRWeightDecayResult`; `plot()` draws the two heat maps.
+
+    Raises:
+        ValueError: for bad grids, epochs or objective, before any trial.
+
+    Example:
+
+    ```python
+    result = tune_lr_wd(session, train, validation, learning_rate=3e-3)
+    print(result.best, result.table())
+    ```
+    """
+    caller = "tune_lr_wd"
+    check_search_inputs(caller, validation_pipeline, coarse_epochs, weight_decay_mode)
+    validation.check_int(fine_epochs, "fine_epochs", caller)
+    if learning_rates is None:
+        validation.check_number(learning_rate, "learning_rate", caller)
+        learning_rates = [float(f"{learning_rate * factor:.4g}") for factor in DEFAULT_LR_FACTORS]
+    if not isinstance(learning_rates, (list, tuple, np.ndarray)) or len(learning_rates) == 0:
+        raise ValueError(
+            f"{caller}: `learning_rates` must be a non-empty list of learning rates. "
+            f"Received: learning_rates={learning_rates!r}."
+        )
+    for value in learning_rates:
+        validation.check_number(value, "learning_rates", caller)
+    weight_decays = check_weight_decays(weight_decays, caller, "weight_decays")
+    objective = make_objective(objective, session, caller)
+    fixed = {
+        name: value for name, value in (defaults or {}).items()
+        if name not in ("learning_rate", "weight_decay")
+    }
+    oracle = CoarseToFineOracle(
+        learning_rates, weight_decays, coarse_epochs=coarse_epochs, fine_epochs=fine_epochs,
+        objective=objective, hyperparameters=fixed_space(fixed), seed=seed,
+    )
+    hypermodel = PlaybookHyperModel(
+        session, train_pipeline, validation_pipeline, defaults=fixed, epochs=fine_epochs,
+        weight_decay_mode=weight_decay_mode, seed=seed,
+    )
+    tuner, records, role = run_search(
+        session, oracle, hypermodel, directory=default_directory(directory),
+        project_name=project_name, overwrite=overwrite, callbacks=callbacks, verbose=verbose,
+    )
+    fine = [record for record in records if record["values"].get(STAGE) == "fine"]
+    coarse = [record for record in records if record["values"].get(STAGE) == "coarse"]
+    best, spent, head = summarize(fine or coarse, objective, role)
+    spent = int(sum(record["epochs"] for record in records))
+    advice = []
+    if best is not None and role != "worker":
+        coarse_best = analysis.best_record(coarse, objective.direction)
+        if coarse_best is not None:
+            advice += analysis.border_advice(
+                {"learning_rate": learning_rates, "weight_decay": weight_decays},
+                coarse_best["values"], "coarse grid",
+            )
+        advice += analysis.epoch_advice(fine)
+    if head:
+        message = head
+    else:
+        message = (
+            f"Best learning rate {best['values']['learning_rate']:.3g} with weight decay "
+            f"{best['values']['weight_decay']:.3g} ({_MODE_WORDS[weight_decay_mode]}): "
+            f"{objective.name} {best['score']:.4g} at epoch {best['best_epoch']} of "
+            f"{best['epochs']} ({len(coarse)} coarse trials x {coarse_epochs} epochs, "
+            f"{len(fine)} refined x {fine_epochs}; seed 003 steps 4-5)."
+        )
+        if weight_decay_mode == "l2":
+            message += " The learning rate is settled; the L2 weight decay is not (see grid_weight_decay)."
+        message = " ".join([message, *advice])
+    return LRWeightDecayResult(
+        **_result_fields(records, best, spent, objective, weight_decay_mode, fixed, advice, tuner, role, message),
+        coarse_epochs=coarse_epochs,
+        fine_epochs=fine_epochs,
+    )
