@@ -402,12 +402,17 @@ class Playbook:
         self._check_not_stale(caller, current, overrides=set(searched) | set(fixed or {}))
         defaults = {
             "batch_size": settled.get("batch_size", self.train_data.per_replica_batch_size),
-            "learning_rate": settled.get(
-                "learning_rate", trials.current_learning_rate(self.model.optimizer)
-            ),
+            "learning_rate": self._learning_rate_now(),
             **self._optimizer_changes(),
         }
         return {name: value for name, value in defaults.items() if name not in searched}
+
+    def _learning_rate_now(self):
+        """The settled learning rate, else the optimizer's (float32 digits dropped)."""
+        settled = self.journal.settled()
+        if "learning_rate" in settled:
+            return settled["learning_rate"]
+        return float(f"{trials.current_learning_rate(self.model.optimizer):.7g}")
 
     def _search_options(self, directory, callbacks, caller):
         if callbacks is not None and not isinstance(callbacks, (list, tuple)):
@@ -500,9 +505,7 @@ class Playbook:
         searched = ("weight_decay",) if learning_rate is None and learning_rates is None else ("weight_decay", "learning_rate")
         defaults = self._search_settings("tune_lr_wd", searched=searched)
         if learning_rate is None:
-            learning_rate = self.journal.settled().get(
-                "learning_rate", trials.current_learning_rate(self.model.optimizer)
-            )
+            learning_rate = self._learning_rate_now()
         defaults.pop("learning_rate", None)
         return self._record(
             search.tune_lr_wd(

@@ -194,12 +194,13 @@ class PlaybookHyperModel(keras_tuner.HyperModel):
             name: _plain(value) for name, value in values.items()
             if name in self._optimizer_names
         }
+        # "No decay" is None, except for optimizers that need a float (AdamW).
+        off = None if self.session.model.optimizer.get_config().get("weight_decay") is None else 0.0
         if self.weight_decay_mode == "l2":
-            coefficient = changes.pop("weight_decay", None)
-            changes["weight_decay"] = None
-            apply_l2_penalty(model, coefficient)
+            apply_l2_penalty(model, changes.pop("weight_decay", None))
+            changes["weight_decay"] = off
         elif changes.get("weight_decay") == 0:
-            changes["weight_decay"] = None
+            changes["weight_decay"] = off
         optimizer = self.session.fresh_optimizer(**changes)
         return self.session.compile_like(model, optimizer)
 

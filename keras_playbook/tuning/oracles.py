@@ -74,7 +74,9 @@ class GridOracle(keras_tuner.Oracle):
             e.g. `[{"weight_decay": 0.0}, {"weight_decay": 1e-4}]`.
         objective: As for `keras_tuner.Oracle` (e.g. `"val_loss"`).
         hyperparameters: Optional `HyperParameters` holding values shared by
-            every trial (declare them with `hp.Fixed`).
+            every trial (declare them with `hp.Fixed`). A name a cell leaves
+            out takes its default; hyperparameters a model builder declares
+            and the grid does not name keep their defaults.
         seed: Oracle seed.
         max_retries_per_trial: Reruns of a crashed trial.
         max_consecutive_failed_trials: Failures in a row that stop the search.
@@ -117,6 +119,9 @@ class GridOracle(keras_tuner.Oracle):
             objective=objective,
             max_trials=len(cells),
             hyperparameters=space,
+            # Hyperparameters a builder declares but the grid does not name
+            # keep their defaults in every trial.
+            tune_new_entries=False,
             seed=seed,
             max_retries_per_trial=max_retries_per_trial,
             max_consecutive_failed_trials=max_consecutive_failed_trials,
@@ -126,11 +131,26 @@ class GridOracle(keras_tuner.Oracle):
     def _next_untried(self, cells):
         for cell in cells:
             hyperparameters = self.get_space()
-            hyperparameters.values = dict(cell)
-            hyperparameters.ensure_active_values()
-            if not self._duplicate(hyperparameters.values):
-                return {"status": _RUNNING, "values": hyperparameters.values}
+            values = dict(cell)
+            for hp in hyperparameters.space:
+                # A name the cell leaves out takes its default, not a random sample.
+                if hp.name not in values and hyperparameters.is_active(hp):
+                    values[hp.name] = hp.default
+            if not self._tried(values):
+                return {"status": _RUNNING, "values": values}
         return None
+
+    def _tried(self, values):
+        """True when a recorded trial (of any status) ran these values.
+
+        Compared name by name rather than by KerasTuner's hash of all values:
+        a builder adds its own hyperparameters to a trial's values as it runs,
+        which changes that hash.
+        """
+        return any(
+            all(trial.hyperparameters.values.get(name) == value for name, value in values.items())
+            for trial in self.trials.values()
+        )
 
     def populate_space(self, trial_id):
         response = self._next_untried(self.cells)

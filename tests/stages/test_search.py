@@ -1,0 +1,145 @@
+"""grid_weight_decay and tune_lr_wd through the Playbook, on real KerasTuner searches."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from keras_playbook import Journal, LRWeightDecayResult, Playbook, Result, WeightDecayResult
+from tests import helpers
+
+
+def _playbook(digits, strategy=None, optimizer=None, validation=True, directory=None, model=None):
+    return Playbook(
+        model if model is not None else helpers.mlp(), (digits["x_train"], digits["y_train"]),
+        validation_data=(digits["x_val"], digits["y_val"]) if validation else None,
+        loss=helpers.LOGITS_LOSS, optimizer=optimizer or keras.optimizers.Adam(3e-3),
+        metrics=["accuracy"], batch_size=64, strategy=strategy, directory=directory, verbose=0,
+    )
+
+
+def test_weight_decay_grid(digits, strategy, tmp_path):
+    pb = _playbook(digits, strategy=strategy, directory=tmp_path)
+    before = helpers.variables_of(pb.model)
+    result = pb.grid_weight_decay(values=[0, 1e-4, 1e-2], epochs=2)
+    assert isinstance(result, WeightDecayResult) and pb.journal.latest("grid_weight_decay") is result
+    assert [t["values"]["weight_decay"] for t in result.trials] == [0.0, 1e-4, 1e-2]
+    for trial in result.trials:
+        assert trial["values"]["learning_rate"] == pytest.approx(3e-3)  # The fixed values ride along.
+        assert trial["values"]["batch_size"] == 64
+        curve = trial["history"]["val_loss"]
+        assert len(curve) == 2 and len(trial["history"]["val_accuracy"]) == 2
+        # Scored at the best epoch, not the last.
+        assert trial["score"] == pytest.approx(min(curve))
+        assert trial["best_epoch"] == int(np.argmin(curve)) + 1
+    best = min(result.trials, key=lambda t: t["score"])
+    assert result.best == best["values"] and result.best_score == best["score"]
+    assert pb.journal.settled()["weight_decay"] == best["values"]["weight_decay"]
+    assert result.epochs_spent == 6
+    assert "decoupled" in result.message and "seed 001" in result.message
+    assert result.project_dir == os.path.join(str(tmp_path), "tuning", "grid_weight_decay")
+    assert "<- best" in result.table()
+    assert isinstance(result.plot(), Figure)
+    helpers.assert_same_values(before, helpers.variables_of(pb.model))
+    again = Result.from_dict(result.to_dict())
+    assert again == result
+    assert Journal.load(tmp_path / "journal.json").latest("grid_weight_decay") == result
+
+
+def test_running_again_resumes_the_project(digits, tmp_path):
+    pb = _playbook(digits, directory=tmp_path)
+    first = pb.grid_weight_decay(values=[0, 1e-3], epochs=1)
+    second = pb.grid_weight_decay(values=[0, 1e-3], epochs=1)
+    # Nothing ran again: the same trials, read back from KerasTuner's project.
+    assert [t["history"] for t in second.trials] == [t["history"] for t in first.trials]
+    with pytest.raises(ValueError, match="overwrite=True"):
+        pb.grid_weight_decay(values=[0, 1e-4], epochs=1)
+
+
+def test_l2_mode_leaves_the_users_model_alone(digits):
+    pb = _playbook(digits)
+    before = helpers.variables_of(pb.model)
+    result = pb.grid_weight_decay(values=[0, 1e-3], epochs=1, weight_decay_mode="l2")
+    assert result.weight_decay_mode == "l2" and "L2 penalty" in result.message
+    assert "weight_decay" not in pb.journal.settled()  # fit cannot apply an L2 penalty by itself.
+    assert pb.model.losses == []
+    assert all(v.regularizer is None for v in pb.model.trainable_variables)
+    helpers.assert_same_values(before, helpers.variables_of(pb.model))
+
+
+def test_border_and_epoch_advice(digits):
+    pb = _playbook(digits, optimizer=keras.optimizers.SGD(1e-4))
+    # A tiny learning rate: the loss still falls at the last epoch, and the
+    # largest learning rate of the coarse grid wins.
+    result = pb.tune_lr_wd(learning_rates=[1e-5, 1e-4], weight_decays=[0.0], coarse_epochs=1, fine_epochs=3)
+    assert isinstance(result, LRWeightDecayResult)
+    assert any("largest value tried of the coarse grid" in advice for advice in result.advice)
+    assert any("train longer" in advice for advice in result.advice)
+    assert not result.ok
+
+
+def test_tune_lr_wd_centres_on_find_lr_and_settles(digits, tmp_path):
+    pb = _playbook(digits)
+    found = pb.find_lr(num_steps=40)
+    result = pb.tune_lr_wd(coarse_epochs=1, fine_epochs=2, weight_decays=[0.0, 1e-4])
+    coarse = result.stage_trials("coarse")
+    fine = result.stage_trials("fine")
+    lrs = sorted({t["values"]["learning_rate"] for t in coarse})
+    assert lrs == pytest.approx([found.suggested_lr * f for f in (0.1, 0.3, 1, 3)], rel=1e-3)
+    assert len(coarse) == 8 and all(t["epochs"] == 1 for t in coarse)
+    assert fine and all(t["epochs"] == 2 for t in fine)
+    assert result.best in [t["values"] for t in fine]
+    settled = pb.journal.settled()
+    assert settled["learning_rate"] == result.best["learning_rate"]
+    assert settled["weight_decay"] == result.best["weight_decay"]
+    assert result.epochs_spent == 8 + 2 * len(fine)
+    assert isinstance(result.plot(), Figure)
+    pb.fit(epochs=1)  # Trains with what the search settled.
+    assert pb.model.optimizer.learning_rate.numpy() == pytest.approx(result.best["learning_rate"])
+
+
+@pytest.mark.parametrize(
+    "arguments, match",
+    [
+        ({"values": []}, "non-empty list"),
+        ({"values": [0, -1e-4]}, "must be a finite number >= 0"),
+        ({"epochs": 0}, "`epochs` must be an int >= 1"),
+        ({"weight_decay_mode": "l1"}, "weight_decay_mode"),
+        ({"objective": "val_top5"}, "does not compute 'val_top5'"),
+    ],
+)
+def test_bad_grid_input_is_refused_before_any_trial(digits, tmp_path, arguments, match):
+    pb = _playbook(digits)
+    with pytest.raises(ValueError, match=match):
+        pb.grid_weight_decay(directory=tmp_path / "never", **arguments)
+    assert not (tmp_path / "never").exists()
+
+
+def test_searches_need_validation_data(digits, tmp_path):
+    pb = _playbook(digits, validation=False)
+    with pytest.raises(ValueError, match="validation_data"):
+        pb.grid_weight_decay(directory=tmp_path)
+    with pytest.raises(ValueError, match="validation_data"):
+        pb.tune_lr_wd(directory=tmp_path)
+
+
+def test_bad_lr_grid_is_refused(digits, tmp_path):
+    pb = _playbook(digits)
+    with pytest.raises(ValueError, match="learning_rates"):
+        pb.tune_lr_wd(learning_rates=[], directory=tmp_path)
+    with pytest.raises(ValueError, match="learning_rates"):
+        pb.tune_lr_wd(learning_rates=[1e-3, -1.0], directory=tmp_path)
+    with pytest.raises(ValueError, match="weight_decays"):
+        pb.tune_lr_wd(weight_decays=[-1e-4], directory=tmp_path)
+    with pytest.raises(ValueError, match="fine_epochs"):
+        pb.tune_lr_wd(fine_epochs=0, directory=tmp_path)
+
+
+def test_a_stale_learning_rate_is_refused(digits, tmp_path):
+    pb = _playbook(digits)
+    pb.find_lr(num_steps=20)
+    pb.find_batch_size(initial_batch_size=8, max_batch_size=16, steps_per_size=1)
+    with pytest.raises(ValueError, match="measured at batch_size=64.*pb.find_lr"):
+        pb.grid_weight_decay(directory=tmp_path)
