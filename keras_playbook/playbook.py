@@ -549,8 +549,7 @@ class Playbook:
         ```
         """
         options = self._search_options(directory, callbacks, "compare_seeds")
-        searched = set().union(*(set(c) for c in configs.values())) if isinstance(configs, dict) and all(
-            isinstance(c, dict) for c in configs.values()) else set()
+        searched = _names_in(configs.values() if isinstance(configs, dict) else [])
         return self._record(
             experiments.compare_seeds(
                 self.session, self.train_data, self.validation_data, configs, seeds=seeds,
@@ -600,10 +599,7 @@ class Playbook:
         ```
         """
         options = self._search_options(directory, callbacks, "run_round")
-        names = [
-            name for mapping in (scientific, nuisance or {})
-            if isinstance(mapping, dict) for name in mapping
-        ]
+        names = _names_in([scientific, nuisance])
         fixed_values = fixed if isinstance(fixed, dict) else None
         return self._record(
             experiments.run_round(
@@ -726,6 +722,11 @@ def _validate_hyperparameters(hyperparameters):
         valid = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
         if value is not None and not valid:
             raise ValueError(f"fit: argument `{name}` must be in [0, 1). Received: {name}={value!r}.")
+
+
+def _names_in(mappings):
+    """The keys of the dicts among `mappings` (other values are checked by the stage)."""
+    return {name for mapping in mappings if isinstance(mapping, dict) for name in mapping}
 
 
 def _input_rank(model):

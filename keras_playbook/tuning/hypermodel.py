@@ -128,7 +128,8 @@ class PlaybookHyperModel(keras_tuner.HyperModel):
     starts from a fresh initialization drawn with that seed and reads the
     data in that seed's order; without one, it starts from the Playbook's
     initial weights (every trial from the same point, the fairest comparison)
-    and the Playbook's data order.
+    and the Playbook's data order. `build` seeds Keras, NumPy and Python
+    (`keras.utils.set_random_seed`) so a trial is reproducible.
 
     Args:
         session: The Playbook's `Session`.

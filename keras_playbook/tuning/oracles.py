@@ -158,21 +158,31 @@ class GridOracle(keras_tuner.Oracle):
             return response
         return {"status": _IDLE if self.ongoing_trials else _STOPPED, "values": None}
 
+    def _fixed_values(self):
+        return {
+            hp.name: hp.value for hp in self.hyperparameters.space
+            if isinstance(hp, keras_tuner.engine.hyperparameters.Fixed)
+        }
+
     def get_state(self):
         state = super().get_state()
         state["cells"] = self.cells
+        state["fixed"] = self._fixed_values()
         return state
 
     def set_state(self, state):
-        saved = state.get("cells")
-        current = json.loads(json.dumps(self.cells))
-        if saved is not None and saved != current:
-            raise ValueError(
-                f"The KerasTuner project in {self._project_dir!r} was searched over "
-                f"other configurations ({len(saved)} cells, first {saved[:2]}) than "
-                f"these ({len(current)} cells, first {current[:2]}). Pass "
-                "`overwrite=True` to start it again, or another `project_name`."
-            )
+        # Resuming is only right when the trials on disk ran what this search
+        # would run: the same cells, with the same shared values.
+        saved = {"cells": state.get("cells"), "fixed": state.get("fixed")}
+        current = json.loads(json.dumps({"cells": self.cells, "fixed": self._fixed_values()}))
+        for key, words in (("cells", "configurations"), ("fixed", "shared values")):
+            if saved[key] is not None and saved[key] != current[key]:
+                raise ValueError(
+                    f"The KerasTuner project in {self._project_dir!r} was searched with "
+                    f"other {words} ({_short(saved[key])}) than these "
+                    f"({_short(current[key])}). Pass `overwrite=True` to start it again, "
+                    "or another `project_name`."
+                )
         super().set_state(state)
 
 
@@ -286,6 +296,11 @@ class CoarseToFineOracle(GridOracle):
         if response is not None:
             return response
         return {"status": _IDLE if self.ongoing_trials else _STOPPED, "values": None}
+
+
+def _short(value):
+    text = json.dumps(value)
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _tidy(value):

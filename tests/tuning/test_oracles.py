@@ -81,6 +81,11 @@ def test_reloading_a_project_with_another_grid_is_refused(digits, tmp_path):
     _tuner(GridOracle([{"weight_decay": 0.0}], objective="val_loss"), hypermodel, tmp_path).search(verbose=0)
     with pytest.raises(ValueError, match="other configurations.*overwrite=True"):
         _tuner(GridOracle([{"weight_decay": 1e-4}], objective="val_loss"), hypermodel, tmp_path)
+    # The same cells with another shared value (e.g. a new learning rate) are refused too.
+    shared = keras_tuner.HyperParameters()
+    shared.Fixed("learning_rate", 0.5)
+    with pytest.raises(ValueError, match="other shared values"):
+        _tuner(GridOracle([{"weight_decay": 0.0}], objective="val_loss", hyperparameters=shared), hypermodel, tmp_path)
     # overwrite=True starts again.
     oracle = GridOracle([{"weight_decay": 1e-4}], objective="val_loss")
     _tuner(oracle, hypermodel, tmp_path, overwrite=True).search(verbose=0)
