@@ -475,6 +475,7 @@ class Playbook:
         learning_rate=None,
         learning_rates=None,
         weight_decays=search.DEFAULT_COARSE_WEIGHT_DECAYS,
+        max_extensions=2,
         weight_decay_mode="decoupled",
         objective="val_loss",
         directory=None,
@@ -512,7 +513,8 @@ class Playbook:
                 self.session, self.train_data, self.validation_data,
                 learning_rate=learning_rate, learning_rates=learning_rates,
                 weight_decays=weight_decays, coarse_epochs=coarse_epochs,
-                fine_epochs=fine_epochs, weight_decay_mode=weight_decay_mode,
+                fine_epochs=fine_epochs, max_extensions=max_extensions,
+                weight_decay_mode=weight_decay_mode,
                 objective=objective, defaults=defaults, project_name=project_name,
                 overwrite=overwrite, seed=self.seed, **options,
             )

@@ -98,6 +98,8 @@ class SeedComparisonResult(Result):
             `first`, `second`, `difference`, `t`, `degrees_of_freedom`,
             `p_value`, `significant`.
         alpha: Significance level.
+        weight_decay_mode: "decoupled" or "l2": how `weight_decay` values
+            in the configurations were applied.
         trials: The runs (see `SearchResult.trials`).
         epochs_spent: Epochs trained over all runs.
         project_dir: KerasTuner's project directory.
@@ -115,6 +117,7 @@ class SeedComparisonResult(Result):
     best_config: str | None
     tests: list
     alpha: float
+    weight_decay_mode: str
     trials: list
     epochs_spent: int
     project_dir: str
@@ -232,11 +235,11 @@ def compare_seeds(
         project_name=project_name, overwrite=overwrite, callbacks=callbacks, verbose=verbose,
     )
     return _comparison_result(
-        records, objective, configs, seed_list, alpha, tuner.project_dir, role
+        records, objective, configs, seed_list, alpha, weight_decay_mode, tuner.project_dir, role
     )
 
 
-def _comparison_result(records, objective, configs, seed_list, alpha, project_dir, role):
+def _comparison_result(records, objective, configs, seed_list, alpha, mode, project_dir, role):
     grouped = analysis.scores_by(records, lambda record: record["values"].get(CONFIG))
     scores = {name: grouped.get(name, np.array([])).tolist() for name in configs}
     means = {name: float(np.mean(values)) if values else math.nan for name, values in scores.items()}
@@ -248,7 +251,7 @@ def _comparison_result(records, objective, configs, seed_list, alpha, project_di
     fields = dict(
         objective=objective.name, direction=objective.direction, configs=configs,
         seeds=seed_list, scores=scores, means=means, stds=stds, alpha=alpha,
-        trials=records, epochs_spent=spent, project_dir=project_dir, role=role,
+        weight_decay_mode=mode, trials=records, epochs_spent=spent, project_dir=project_dir, role=role,
     )
     complete = {name: values for name, values in scores.items() if len(values) >= 2}
     if role == "worker" or len(complete) < 2:

@@ -476,6 +476,7 @@ def tune_lr_wd(
     weight_decays=DEFAULT_COARSE_WEIGHT_DECAYS,
     coarse_epochs=3,
     fine_epochs=15,
+    max_extensions=2,
     weight_decay_mode="decoupled",
     objective="val_loss",
     defaults=None,
@@ -490,10 +491,11 @@ def tune_lr_wd(
 
     The coarse grid crosses learning rates around the one that worked so far
     (`learning_rate * (0.1, 0.3, 1, 3)` unless `learning_rates` is given)
-    with weight decays (seed 003: 1e-4, 1e-5, 0), `coarse_epochs` each. The
-    refined grid is centred on the best coarse cell (see
-    `CoarseToFineOracle`) and trains `fine_epochs` each at a constant
-    learning rate (no decay, as the seed says).
+    with weight decays (seed 003: 1e-4, 1e-5, 0), `coarse_epochs` each; when
+    its best cell sits on a border, the grid grows past it (up to
+    `max_extensions` times; seed 002). The refined grid is centred on the
+    best coarse cell (see `CoarseToFineOracle`) and trains `fine_epochs`
+    each at a constant learning rate (no decay, as the seed says).
 
     Args:
         session: The Playbook's `Session`.
@@ -505,6 +507,8 @@ def tune_lr_wd(
         weight_decays: Coarse weight decays (>= 0).
         coarse_epochs: Epochs per coarse trial (seed 003: ~1-5).
         fine_epochs: Epochs per refined trial (seed 003: ~10-20).
+        max_extensions: Times the coarse grid may grow past a border its
+            best cell sits on (0: never).
         weight_decay_mode, objective, defaults, directory, project_name,
         overwrite, seed, callbacks, verbose: As for `grid_weight_decay`.
 
@@ -524,6 +528,7 @@ def tune_lr_wd(
     caller = "tune_lr_wd"
     check_search_inputs(caller, validation_pipeline, coarse_epochs, weight_decay_mode)
     validation.check_int(fine_epochs, "fine_epochs", caller)
+    validation.check_int(max_extensions, "max_extensions", caller, minimum=0)
     if learning_rates is None:
         validation.check_number(learning_rate, "learning_rate", caller)
         learning_rates = [float(f"{learning_rate * factor:.4g}") for factor in DEFAULT_LR_FACTORS]
@@ -542,7 +547,7 @@ def tune_lr_wd(
     }
     oracle = CoarseToFineOracle(
         learning_rates, weight_decays, coarse_epochs=coarse_epochs, fine_epochs=fine_epochs,
-        objective=objective, hyperparameters=fixed_space(fixed), seed=seed,
+        max_extensions=max_extensions, objective=objective, hyperparameters=fixed_space(fixed), seed=seed,
     )
     hypermodel = PlaybookHyperModel(
         session, train_pipeline, validation_pipeline, defaults=fixed, epochs=fine_epochs,
@@ -556,12 +561,13 @@ def tune_lr_wd(
     coarse = [record for record in records if record["values"].get(STAGE) == "coarse"]
     best, spent, head = summarize(fine or coarse, objective, role)
     spent = int(sum(record["epochs"] for record in records))
-    advice = []
+    advice, grown = [], []
     if best is not None and role != "worker":
+        searched_lrs, searched_wds, grown = oracle.coarse_axes()
         coarse_best = analysis.best_record(coarse, objective.direction)
         if coarse_best is not None:
             advice += analysis.border_advice(
-                {"learning_rate": learning_rates, "weight_decay": weight_decays},
+                {"learning_rate": searched_lrs, "weight_decay": searched_wds},
                 coarse_best["values"], "coarse grid",
             )
         advice += analysis.epoch_advice(fine)
@@ -577,7 +583,7 @@ def tune_lr_wd(
         )
         if weight_decay_mode == "l2":
             message += " The learning rate is settled; the L2 weight decay is not (see grid_weight_decay)."
-        message = " ".join([message, *advice])
+        message = " ".join([message, *grown, *advice])
     return LRWeightDecayResult(
         **_result_fields(records, best, spent, objective, weight_decay_mode, fixed, advice, tuner, role, message),
         coarse_epochs=coarse_epochs,

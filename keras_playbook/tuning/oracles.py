@@ -147,10 +147,7 @@ class GridOracle(keras_tuner.Oracle):
         a builder adds its own hyperparameters to a trial's values as it runs,
         which changes that hash.
         """
-        return any(
-            all(trial.hyperparameters.values.get(name) == value for name, value in values.items())
-            for trial in self.trials.values()
-        )
+        return any(_runs(trial, values) for trial in self.trials.values())
 
     def populate_space(self, trial_id):
         response = self._next_untried(self.cells)
@@ -190,13 +187,18 @@ class CoarseToFineOracle(GridOracle):
     """Seed 003 steps 4-5: a coarse LR x weight-decay grid, then a refined one.
 
     Stage one runs every `(learning_rate, weight_decay)` cell of the coarse
-    grid for `coarse_epochs`. Stage two waits for all of them, takes the best
-    coarse cell and runs a grid centred on it: learning rates
-    `best_lr * lr_refine_factors` by weight decays `best_wd *
+    grid for `coarse_epochs`. When its best cell sits on the border of the
+    grid (the largest or smallest learning rate, the largest non-zero weight
+    decay), the grid grows one step past that border and the new cells run
+    too (seed 002: a best value on the border means the range was too
+    small), up to `max_extensions` times. Stage two waits for all coarse
+    trials, takes the best coarse cell and runs a grid centred on it:
+    learning rates `best_lr * lr_refine_factors` by weight decays `best_wd *
     wd_refine_factors` (when the best cell has no weight decay: 0 and the
     smallest non-zero coarse value times the smallest factor), each for
     `fine_epochs`. Trials carry `stage` ("coarse" or "fine") and `epochs`
-    among their values.
+    among their values. Every step is computed from the recorded trials, so
+    a resumed or distributed search takes the same path.
 
     Args:
         learning_rates: Coarse learning rates (> 0).
@@ -205,6 +207,8 @@ class CoarseToFineOracle(GridOracle):
         fine_epochs: Epochs per refined trial (seed 003: ~10-20).
         lr_refine_factors: Multipliers of the best learning rate.
         wd_refine_factors: Multipliers of the best weight decay.
+        max_extensions: How many times the coarse grid may grow past a
+            border (0 keeps it as given).
         **kwargs: As for `GridOracle` (`objective`, `hyperparameters`, ...).
 
     Example:
@@ -224,36 +228,80 @@ class CoarseToFineOracle(GridOracle):
         fine_epochs=15,
         lr_refine_factors=(10**-0.25, 1.0, 10**0.25),
         wd_refine_factors=(10**-0.5, 1.0, 10**0.5),
+        max_extensions=2,
         **kwargs,
     ):
-        self.learning_rates = [float(value) for value in learning_rates]
-        self.weight_decays = [float(value) for value in weight_decays]
+        self.learning_rates = sorted(float(value) for value in learning_rates)
+        self.weight_decays = sorted(float(value) for value in weight_decays)
         self.coarse_epochs = int(coarse_epochs)
         self.fine_epochs = int(fine_epochs)
         self.lr_refine_factors = [float(value) for value in lr_refine_factors]
         self.wd_refine_factors = [float(value) for value in wd_refine_factors]
-        coarse = [
-            {STAGE: "coarse", "epochs": self.coarse_epochs, "learning_rate": lr, "weight_decay": wd}
-            for lr in self.learning_rates
-            for wd in self.weight_decays
-        ]
+        self.max_extensions = int(max_extensions)
         hyperparameters = kwargs.pop("hyperparameters", None)
         space = hyperparameters.copy() if hyperparameters is not None else keras_tuner.HyperParameters()
-        low = min(self.learning_rates) * min(self.lr_refine_factors)
-        high = max(self.learning_rates) * max(self.lr_refine_factors)
-        space.Float("learning_rate", low, high, sampling="log")
-        space.Float("weight_decay", 0.0, max(max(self.weight_decays), 1e-12) * max(self.wd_refine_factors))
+        space.Float("learning_rate", 1e-12, 1e6, sampling="log")
+        space.Float("weight_decay", 0.0, 1e6)
         space.Choice(STAGE, ["coarse", "fine"], ordered=False)
         space.Choice("epochs", sorted({self.coarse_epochs, self.fine_epochs}))
-        super().__init__(coarse, hyperparameters=space, **kwargs)
-        self.max_trials = len(coarse) + len(self.lr_refine_factors) * len(self.wd_refine_factors)
+        super().__init__(self._coarse_cells(self.learning_rates, self.weight_decays), hyperparameters=space, **kwargs)
+        self.max_trials = None  # The grid grows with the results.
 
-    def best_coarse_trial(self):
-        """The best completed coarse trial, or None."""
+    def _coarse_cells(self, learning_rates, weight_decays):
+        return [
+            {STAGE: "coarse", "epochs": self.coarse_epochs, "learning_rate": lr, "weight_decay": wd}
+            for lr in learning_rates
+            for wd in weight_decays
+        ]
+
+    def _ended(self, cell):
+        running = {trial.trial_id for trial in self.ongoing_trials.values()}
+        return any(trial.trial_id not in running and _runs(trial, cell) for trial in self.trials.values())
+
+    def coarse_axes(self):
+        """The coarse learning rates and weight decays, grown past the borders the best cell hit.
+
+        Returns:
+            `(learning_rates, weight_decays, extensions)`: the sorted axes and
+            a list of sentences, one per extension.
+        """
+        lrs, wds, extensions = list(self.learning_rates), list(self.weight_decays), []
+        while len(extensions) < self.max_extensions:
+            cells = self._coarse_cells(lrs, wds)
+            if not all(self._ended(cell) for cell in cells):
+                break
+            best = self.best_coarse_trial(cells)
+            if best is None:
+                break
+            lr = best.hyperparameters.values["learning_rate"]
+            wd = best.hyperparameters.values["weight_decay"]
+            grown = []
+            if len(lrs) >= 2 and lr == lrs[-1]:
+                lrs.append(_tidy(lr * lrs[-1] / lrs[-2]))
+                grown.append(f"learning rate up to {lrs[-1]:.3g}")
+            elif len(lrs) >= 2 and lr == lrs[0]:
+                lrs.insert(0, _tidy(lr * lrs[0] / lrs[1]))
+                grown.append(f"learning rate down to {lrs[0]:.3g}")
+            if wd > 0 and wd == wds[-1]:
+                nonzero = [value for value in wds if value > 0]
+                step = nonzero[-1] / nonzero[-2] if len(nonzero) >= 2 else 10.0
+                wds.append(_tidy(wd * step))
+                grown.append(f"weight decay up to {wds[-1]:.3g}")
+            if not grown:
+                break
+            extensions.append(
+                f"The best coarse cell (lr {lr:.3g}, wd {wd:.3g}) sat on the border of the "
+                f"grid: it grew ({', '.join(grown)}; seed 002)."
+            )
+        return lrs, wds, extensions
+
+    def best_coarse_trial(self, cells=None):
+        """The best completed coarse trial (among those running `cells`, when given), or None."""
         completed = [
             trial for trial in self.trials.values()
             if trial.status == _COMPLETED and trial.hyperparameters.values.get(STAGE) == "coarse"
             and trial.score is not None and math.isfinite(trial.score)
+            and (cells is None or any(_runs(trial, cell) for cell in cells))
         ]
         if not completed:
             return None
@@ -291,11 +339,20 @@ class CoarseToFineOracle(GridOracle):
         )
         if coarse_running:
             return {"status": _IDLE, "values": None}
+        learning_rates, weight_decays, _ = self.coarse_axes()
+        response = self._next_untried(self._coarse_cells(learning_rates, weight_decays))
+        if response is not None:
+            return response
         fine = self.fine_cells()
         response = None if fine is None else self._next_untried(fine)
         if response is not None:
             return response
         return {"status": _IDLE if self.ongoing_trials else _STOPPED, "values": None}
+
+
+def _runs(trial, values):
+    """True when `trial`'s values hold every name of `values` with the same value."""
+    return all(trial.hyperparameters.values.get(name) == value for name, value in values.items())
 
 
 def _short(value):

@@ -3,6 +3,7 @@
 import os
 
 import keras
+import keras_tuner
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
@@ -56,6 +57,23 @@ def test_running_again_resumes_the_project(digits, tmp_path):
     assert [t["history"] for t in second.trials] == [t["history"] for t in first.trials]
     with pytest.raises(ValueError, match="overwrite=True"):
         pb.grid_weight_decay(values=[0, 1e-4], epochs=1)
+
+
+def test_keras_tuner_tools_read_the_project(digits, tmp_path, capsys):
+    pb = _playbook(digits)
+    logs = tmp_path / "logs"
+    result = pb.grid_weight_decay(
+        values=[0, 1e-3], epochs=1, directory=tmp_path,
+        callbacks=[keras.callbacks.TensorBoard(log_dir=str(logs))],
+    )
+    # KerasTuner gives the TensorBoard callback one folder per trial, with hparams.
+    assert sorted(os.listdir(logs)) == [t["trial_id"] for t in result.trials]
+    assert os.listdir(logs / result.trials[0]["trial_id"] / "execution0")
+    tuner = keras_tuner.GridSearch(
+        lambda hp: None, objective="val_loss", directory=str(tmp_path), project_name="grid_weight_decay",
+    )
+    tuner.results_summary()
+    assert "weight_decay" in capsys.readouterr().out
 
 
 def test_l2_mode_leaves_the_users_model_alone(digits):

@@ -95,7 +95,7 @@ def test_reloading_a_project_with_another_grid_is_refused(digits, tmp_path):
 def test_refined_grid_is_centred_on_the_coarse_winner(digits, tmp_path):
     oracle = CoarseToFineOracle(
         [1e-5, 1e-3, 3e-2], [0.0, 1e-3], coarse_epochs=1, fine_epochs=2,
-        objective="val_accuracy",
+        objective="val_accuracy", max_extensions=0,
     )
     tuner = _tuner(oracle, _hypermodel(digits), tmp_path)
     tuner.search(verbose=0)
@@ -132,3 +132,23 @@ def test_grid_values_must_share_a_type():
     assert isinstance(oracle.get_space().get_config(), dict)
     json.dumps(oracle.get_state())
     assert isinstance(oracle, keras_tuner.Oracle)
+
+
+def test_coarse_grid_grows_past_the_border_its_winner_sits_on(digits, tmp_path):
+    # Adam at 1e-6 / 1e-5 for one epoch: the larger rate wins, on the border.
+    oracle = CoarseToFineOracle(
+        [1e-6, 1e-5], [0.0], coarse_epochs=1, fine_epochs=1, objective="val_loss", max_extensions=2,
+    )
+    tuner = _tuner(oracle, _hypermodel(digits), tmp_path)
+    tuner.search(verbose=0)
+    learning_rates, weight_decays, extensions = oracle.coarse_axes()
+    assert learning_rates == pytest.approx([1e-6, 1e-5, 1e-4, 1e-3])  # Two steps of x10.
+    assert weight_decays == [0.0] and len(extensions) == 2
+    assert "up to 0.0001" in extensions[0] and "seed 002" in extensions[0]
+    coarse = [t for t in oracle.trials.values() if t.hyperparameters.values["stage"] == "coarse"]
+    assert sorted(t.hyperparameters.values["learning_rate"] for t in coarse) == pytest.approx(learning_rates)
+    winner = oracle.best_coarse_trial().hyperparameters.values["learning_rate"]
+    assert winner == pytest.approx(1e-3)
+    fine = [t.hyperparameters.values["learning_rate"] for t in oracle.trials.values()
+            if t.hyperparameters.values["stage"] == "fine"]
+    assert sorted(fine)[1] == pytest.approx(winner)
