@@ -92,7 +92,8 @@ def base_values(session, train_pipeline, defaults, names):
         elif name == "weight_decay":
             values[name] = float(config.get("weight_decay") or 0.0)
         elif name == "learning_rate":
-            values[name] = float(keras.ops.convert_to_numpy(session.model.optimizer.learning_rate))
+            rate = float(keras.ops.convert_to_numpy(session.model.optimizer.learning_rate))
+            values[name] = float(f"{rate:.7g}")  # Without float32's trailing digits.
         elif name in config:
             values[name] = config[name]
         elif name in declared:
