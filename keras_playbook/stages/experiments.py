@@ -571,6 +571,7 @@ def run_round(
             else keras_tuner.oracles.BayesianOptimizationOracle
         )
         cell_oracle = oracle_class(
+            # KerasTuner draws a random oracle seed for seed=0: shift by one.
             objective=objective, max_trials=per_cell, hyperparameters=space, seed=seed + 1,
             tune_new_entries=False,
         )
