@@ -1,5 +1,6 @@
 """Keras callbacks usable on their own in any `model.fit`."""
 
 from keras_playbook.callbacks.progress import StepProgress as StepProgress
+from keras_playbook.callbacks.schedules import StepDownLR as StepDownLR
 
-__all__ = ["StepProgress"]
+__all__ = ["StepDownLR", "StepProgress"]
