@@ -1,6 +1,7 @@
 """Keras callbacks usable on their own in any `model.fit`."""
 
+from keras_playbook.callbacks.monitors import UpdateRatioMonitor as UpdateRatioMonitor
 from keras_playbook.callbacks.progress import StepProgress as StepProgress
 from keras_playbook.callbacks.schedules import StepDownLR as StepDownLR
 
-__all__ = ["StepDownLR", "StepProgress"]
+__all__ = ["StepDownLR", "StepProgress", "UpdateRatioMonitor"]

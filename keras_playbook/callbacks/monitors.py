@@ -1,0 +1,129 @@
+"""Callbacks that watch training from inside: update ratios.
+
+`UpdateRatioMonitor` is seed 003's check of weight update / weight magnitude:
+for each layer, the norm of one step's change of its weights over the norm of
+the weights should be around 1e-3. Much smaller: the learning rate is too low
+or the layer is dead; much larger: training is unstable.
+"""
+
+import keras
+import numpy as np
+
+from keras_playbook.session import read_value
+
+
+class UpdateRatioMonitor(keras.callbacks.Callback):
+    """Every `frequency` steps, per layer, ||Δw|| / ||w|| of one step (seed 003: about 1e-3).
+
+    Reads the layer's trainable weights before and after one training step
+    (every `frequency`-th), so it costs two reads of the weights per
+    `frequency` steps. Layers whose ratio is below `target / tolerance` or
+    above `target * tolerance` are flagged once each, with the seed's advice.
+    At each epoch end the median ratio over layers of the last measured step
+    is written to the logs as `update_ratio`.
+
+    Args:
+        frequency: Measure one step in every `frequency` steps (>= 1).
+        target: The expected ratio (seed 003: 1e-3).
+        tolerance: Factor around `target` within which a ratio is fine (> 1).
+        verbose: 1 prints each flag when it is raised.
+
+    Attributes:
+        history: One dict per measured step: `step` (0-based, over the whole
+            run) and `ratios` (layer name -> ratio).
+        findings: Sentences, one per flagged layer and direction.
+
+    Example:
+
+    ```python
+    monitor = UpdateRatioMonitor(frequency=100)
+    model.fit(x, y, epochs=5, callbacks=[monitor])
+    print(monitor.findings)
+    ```
+    """
+
+    def __init__(self, frequency=100, target=1e-3, tolerance=10.0, verbose=0):
+        super().__init__()
+        if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+            raise ValueError(f"Argument `frequency` must be an int >= 1. Received: frequency={frequency!r}.")
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not target > 0:
+            raise ValueError(f"Argument `target` must be a number > 0. Received: target={target!r}.")
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 1:
+            raise ValueError(f"Argument `tolerance` must be a number > 1. Received: tolerance={tolerance!r}.")
+        self.frequency = frequency
+        self.target = float(target)
+        self.tolerance = float(tolerance)
+        self.verbose = verbose
+        self.history = []
+        self.findings = []
+        self._flagged = set()
+        self._step = 0
+        self._before = None
+
+    def _layers(self):
+        """The leaf layers holding trainable weights (nested models are opened)."""
+        leaves, pending = [], list(self.model.layers)
+        while pending:
+            layer = pending.pop(0)
+            if isinstance(layer, keras.Model):
+                pending = list(layer.layers) + pending
+            elif layer.trainable_weights:
+                leaves.append(layer)
+        return leaves
+
+    def _read(self):
+        return {layer.name: [read_value(v) for v in layer.trainable_weights] for layer in self._layers()}
+
+    def on_train_begin(self, logs=None):
+        self._step = 0
+        self._before = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._step % self.frequency == 0:
+            self._before = self._read()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._before is not None:
+            after = self._read()
+            ratios = {}
+            for name, before in self._before.items():
+                change = np.sqrt(sum(np.sum((a - b).astype("float64") ** 2) for a, b in zip(after[name], before)))
+                size = np.sqrt(sum(np.sum(b.astype("float64") ** 2) for b in before))
+                ratios[name] = float(change / size) if size > 0 else float("inf")
+            self.history.append({"step": self._step, "ratios": ratios})
+            self._flag(ratios)
+            self._before = None
+        self._step += 1
+
+    def _flag(self, ratios):
+        low, high = self.target / self.tolerance, self.target * self.tolerance
+        for name, ratio in ratios.items():
+            if ratio < low and (name, "low") not in self._flagged:
+                self._flagged.add((name, "low"))
+                sentence = (
+                    f"Layer {name!r}: update/weight ratio {ratio:.2g} at step {self._step}, far below "
+                    f"{self.target:g}: the learning rate is too low for it, or the layer is dead (seed 003)."
+                )
+            elif ratio > high and (name, "high") not in self._flagged:
+                self._flagged.add((name, "high"))
+                sentence = (
+                    f"Layer {name!r}: update/weight ratio {ratio:.2g} at step {self._step}, far above "
+                    f"{self.target:g}: updates this large make training unstable; lower the learning rate (seed 003)."
+                )
+            else:
+                continue
+            self.findings.append(sentence)
+            if self.verbose:
+                print(f"\nUpdateRatioMonitor: {sentence}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.history:
+            logs["update_ratio"] = float(np.median(list(self.history[-1]["ratios"].values())))
+
+    def get_config(self):
+        return {
+            "frequency": self.frequency,
+            "target": self.target,
+            "tolerance": self.tolerance,
+            "verbose": self.verbose,
+        }

@@ -1,0 +1,56 @@
+"""UpdateRatioMonitor on real training runs."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_playbook.callbacks import UpdateRatioMonitor
+from tests import helpers
+
+
+def _model(strategy, learning_rate):
+    with strategy.scope():
+        model = helpers.mlp()
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss=helpers.LOGITS_LOSS)
+    return model
+
+
+def test_ratio_of_a_known_update(strategy, digits):
+    learning_rate = 0.1
+    model = _model(strategy, learning_rate)
+    x, y = digits["x_train"][:64], digits["y_train"][:64]
+    # The first step's update, computed by hand: plain SGD moves w by -lr * gradient.
+    with tf.GradientTape() as tape:
+        loss = helpers.LOGITS_LOSS(y, model(x, training=True))
+    gradients = tape.gradient(loss, model.trainable_variables)
+    expected = {}
+    for layer in model.layers:
+        indices = [i for i, v in enumerate(model.trainable_variables) if any(v is w for w in layer.trainable_weights)]
+        change = np.sqrt(sum(np.sum((learning_rate * keras.ops.convert_to_numpy(gradients[i])) ** 2) for i in indices))
+        size = np.sqrt(sum(np.sum(keras.ops.convert_to_numpy(model.trainable_variables[i]) ** 2) for i in indices))
+        expected[layer.name] = change / size
+    monitor = UpdateRatioMonitor(frequency=3)
+    history = model.fit(x, y, batch_size=64, epochs=7, shuffle=False, callbacks=[monitor], verbose=0)
+    assert [entry["step"] for entry in monitor.history] == [0, 3, 6]
+    assert monitor.history[0]["ratios"] == pytest.approx(expected, rel=1e-3)
+    assert history.history["update_ratio"][-1] == pytest.approx(np.median(list(monitor.history[-1]["ratios"].values())))
+
+
+def test_flags_too_small_and_too_large_updates(digits):
+    strategy = tf.distribute.get_strategy()
+    slow = UpdateRatioMonitor(frequency=1)
+    _model(strategy, 1e-7).fit(digits["x_train"], digits["y_train"], epochs=1, callbacks=[slow], verbose=0)
+    assert slow.findings and all("far below" in finding and "seed 003" in finding for finding in slow.findings)
+    assert len(slow.findings) == 2  # Once per layer, not once per step.
+    fast = UpdateRatioMonitor(frequency=1)
+    _model(strategy, 30.0).fit(digits["x_train"], digits["y_train"], epochs=1, callbacks=[fast], verbose=0)
+    assert any("far above" in finding for finding in fast.findings)
+
+
+def test_config_and_bad_arguments():
+    monitor = UpdateRatioMonitor(frequency=50, target=2e-3, tolerance=5.0)
+    assert UpdateRatioMonitor(**monitor.get_config()).get_config() == monitor.get_config()
+    for arguments, match in (({"frequency": 0}, "frequency"), ({"target": 0}, "target"), ({"tolerance": 1}, "tolerance")):
+        with pytest.raises(ValueError, match=match):
+            UpdateRatioMonitor(**arguments)
