@@ -1,5 +1,6 @@
-"""Callbacks that watch training from inside: update ratios.
+"""Callbacks that watch training from inside: update ratios, curve diagnosis.
 
+`CurveDiagnosis` runs `keras_playbook.diagnosis.diagnose` after every epoch.
 `UpdateRatioMonitor` is seed 003's check of weight update / weight magnitude:
 for each layer, the norm of one step's change of its weights over the norm of
 the weights should be around 1e-3. Much smaller: the learning rate is too low
@@ -9,6 +10,7 @@ or the layer is dead; much larger: training is unstable.
 import keras
 import numpy as np
 
+from keras_playbook.diagnosis import diagnose
 from keras_playbook.session import read_value
 
 
@@ -127,3 +129,57 @@ class UpdateRatioMonitor(keras.callbacks.Callback):
             "tolerance": self.tolerance,
             "verbose": self.verbose,
         }
+
+
+class CurveDiagnosis(keras.callbacks.Callback):
+    """Runs `keras_playbook.diagnosis.diagnose` on the curves after every epoch (seed 003 step 6).
+
+    Keeps every finding that appears (once per kind), prints it when
+    `verbose`, and stops training when the loss diverges if
+    `stop_on_divergence`.
+
+    Args:
+        stop_on_divergence: Stop training on a NaN or infinite loss.
+        verbose: 1 prints each new finding.
+
+    Attributes:
+        findings: The `Finding`s seen so far, in the order they appeared.
+
+    Example:
+
+    ```python
+    diagnosis = CurveDiagnosis()
+    model.fit(x, y, validation_data=(x_val, y_val), epochs=30, callbacks=[diagnosis])
+    for finding in diagnosis.findings:
+        print(finding.kind, finding.advice)
+    ```
+    """
+
+    def __init__(self, stop_on_divergence=True, verbose=1):
+        super().__init__()
+        self.stop_on_divergence = bool(stop_on_divergence)
+        self.verbose = verbose
+        self.findings = []
+        self._curves = {}
+
+    def on_train_begin(self, logs=None):
+        self.findings, self._curves = [], {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            if isinstance(value, (int, float, np.floating, np.integer)):
+                self._curves.setdefault(name, []).append(float(value))
+        if "loss" not in self._curves:
+            return
+        known = {finding.kind for finding in self.findings}
+        for finding in diagnose(self._curves):
+            if finding.kind in known:
+                continue
+            self.findings.append(finding)
+            if self.verbose:
+                print(f"\nCurveDiagnosis (epoch {epoch + 1}): {finding.kind}: {finding.advice}")
+            if finding.kind == "diverged" and self.stop_on_divergence:
+                self.model.stop_training = True
+
+    def get_config(self):
+        return {"stop_on_divergence": self.stop_on_divergence, "verbose": self.verbose}

@@ -1,0 +1,145 @@
+"""diagnose(history): labelled synthetic curves of every shape, and real tiny runs."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_playbook.callbacks import CurveDiagnosis
+from keras_playbook.diagnosis import diagnose
+from tests import helpers
+
+EPOCHS = 20
+t = np.arange(EPOCHS, dtype=float)
+
+
+def _healthy():
+    loss = 2.3 * np.exp(-t / 2) + 0.05
+    return {"loss": loss, "val_loss": loss + 0.05}
+
+
+def _diverged():
+    curves = _healthy()
+    curves["loss"] = curves["loss"].copy()
+    curves["loss"][12:] = np.nan
+    return curves
+
+
+def _not_decreasing():
+    return {"loss": 2.3 + 0.0 * t}
+
+
+def _bad_initialization():
+    loss = np.where(t < 5, 2.3, 1.5 * np.exp(-(t - 5) / 3) + 0.1)
+    return {"loss": loss}
+
+
+def _plateau():
+    loss = 1.0 + 1.3 * np.exp(-t / 2)
+    return {"loss": loss, "val_loss": loss + 0.05}
+
+
+def _decay_too_early():
+    loss = np.where(t < 6, 2.3 - 0.13 * t, 2.3 - 0.13 * 5)
+    return {"loss": loss, "learning_rate": np.where(t < 6, 0.1, 0.01)}
+
+
+def _overfitting():
+    loss = 2.3 * np.exp(-t / 3) + 0.01
+    validation = np.where(t < 6, 2.3 * np.exp(-t / 3) + 0.3, 2.3 * np.exp(-5 / 3) + 0.3 + 0.05 * (t - 5))
+    return {"loss": loss, "val_loss": validation}
+
+
+def _worse_after_convergence():
+    loss = np.where(t < 10, 2.3 * np.exp(-t / 3) + 0.2, 2.3 * np.exp(-3) + 0.2 + 0.02 * (t - 9))
+    return {"loss": loss}
+
+
+def _underfitting():
+    loss = 2.3 * np.exp(-t / 15)
+    return {"loss": loss, "val_loss": loss + 0.02, "accuracy": 0.2 + 0.02 * t}
+
+
+def _needs_longer_training():
+    loss = 2.3 * np.exp(-t / 15)
+    return {"loss": loss, "val_loss": loss + 0.02, "accuracy": 0.9 + 0.004 * t}
+
+
+SHAPES = {
+    None: _healthy,
+    "diverged": _diverged,
+    "not_decreasing": _not_decreasing,
+    "bad_initialization": _bad_initialization,
+    "plateau": _plateau,
+    "decay_too_early": _decay_too_early,
+    "overfitting": _overfitting,
+    "worse_after_convergence": _worse_after_convergence,
+    "underfitting": _underfitting,
+    "needs_longer_training": _needs_longer_training,
+}
+
+
+def _noisy(curves, seed, scale=0.01):
+    rng = np.random.default_rng(seed)
+    noisy = {}
+    for name, values in curves.items():
+        values = np.asarray(values, dtype=float)
+        noise = 1 + scale * rng.standard_normal(len(values)) if name in ("loss", "val_loss") else 1
+        noisy[name] = (values * noise).tolist()
+    return noisy
+
+
+def test_each_shape_is_recognized_without_noise():
+    for label, make in SHAPES.items():
+        kinds = [finding.kind for finding in diagnose(make())]
+        assert kinds[:1] == ([] if label is None else [label]), (label, kinds)
+
+
+def test_detector_accuracy_over_a_labelled_set():
+    results = []
+    for label, make in SHAPES.items():
+        for seed in range(10):
+            kinds = [finding.kind for finding in diagnose(_noisy(make(), seed))]
+            results.append((kinds[0] if kinds else None) == label)
+    accuracy = float(np.mean(results))
+    # Each point of the loss curves carries 1% noise (multiplicative, Gaussian).
+    print(f"\ndiagnose: {sum(results)}/{len(results)} labelled noisy curves right ({accuracy:.1%})")
+    assert accuracy >= 0.9
+
+
+def test_findings_carry_evidence_and_advice():
+    [finding] = diagnose(_overfitting())
+    assert finding.epochs[0] == 6 and finding.evidence["gap_now"] > finding.evidence["gap_at_best"]
+    assert "seed 003" in finding.advice and finding.to_dict()["kind"] == "overfitting"
+    with pytest.raises(ValueError, match="'loss' curve"):
+        diagnose({"val_loss": [1.0, 0.5]})
+
+
+def _run(model_kwargs, optimizer, epochs, num_train, callbacks=(), strategy=None):
+    data = helpers.digits_data(num_train=1200, num_val=500)
+    keras.utils.set_random_seed(0)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = helpers.mlp(**model_kwargs)
+        model.compile(optimizer=optimizer, loss=helpers.LOGITS_LOSS, metrics=["accuracy"])
+    return model.fit(data["x_train"][:num_train], data["y_train"][:num_train],
+                     validation_data=(data["x_val"], data["y_val"]), epochs=epochs, batch_size=32,
+                     callbacks=list(callbacks), verbose=0)
+
+
+def test_real_runs_made_to_overfit_and_underfit_and_a_healthy_one():
+    overfit = _run({"hidden": 256}, keras.optimizers.Adam(1e-2), 30, num_train=64)
+    assert [f.kind for f in diagnose(overfit)] == ["overfitting"]
+    underfit = _run({}, keras.optimizers.Adam(3e-4), 8, num_train=512)
+    assert [f.kind for f in diagnose(underfit)] == ["underfitting"]
+    healthy = _run({"l2": 1e-3}, keras.optimizers.Adam(1e-2), 30, num_train=1200)
+    assert diagnose(healthy) == []
+
+
+def test_curve_diagnosis_callback_stops_on_divergence(strategy):
+    diagnosis = CurveDiagnosis(verbose=0)
+    history = _run({}, keras.optimizers.SGD(1e20), 10, num_train=256, callbacks=[diagnosis], strategy=strategy)
+    assert [f.kind for f in diagnosis.findings] == ["diverged"]
+    assert len(history.history["loss"]) == 1 and not math.isfinite(history.history["loss"][-1])  # Stopped at once.
+    assert CurveDiagnosis(**diagnosis.get_config()).get_config() == {"stop_on_divergence": True, "verbose": 0}
