@@ -1,4 +1,6 @@
-"""Callbacks that watch training from inside: update ratios, curve diagnosis.
+"""Callbacks that watch training from inside: update ratios, curve diagnosis, loss components.
+
+`LossComponents` logs each loss on its own (seed 000 Q5).
 
 `CurveDiagnosis` runs `keras_playbook.diagnosis.diagnose` after every epoch.
 `UpdateRatioMonitor` is seed 003's check of weight update / weight magnitude:
@@ -6,6 +8,8 @@ for each layer, the norm of one step's change of its weights over the norm of
 the weights should be around 1e-3. Much smaller: the learning rate is too low
 or the layer is dead; much larger: training is unstable.
 """
+
+import math
 
 import keras
 import numpy as np
@@ -183,3 +187,105 @@ class CurveDiagnosis(keras.callbacks.Callback):
 
     def get_config(self):
         return {"stop_on_divergence": self.stop_on_divergence, "verbose": self.verbose}
+
+
+class LossComponents(keras.callbacks.Callback):
+    """Logs every loss separately at each epoch end, on a fixed sample (seed 000 Q5).
+
+    Seed 000: with extra losses besides the cross-entropy and the L2 penalty
+    (a center loss, an embedding regularizer), draw a chart for each loss and
+    watch it; the L2 loss is usually the precursor of the others. At the end
+    of every epoch the model runs on `sample` (inference mode) and the
+    callback writes to the logs, under `<prefix><component>`:
+    - `data`: the compiled loss of the predictions;
+    - `regularization/<layer>`: the weight penalties of a layer's variables;
+    - `extra/<layer>`: what a layer adds itself with `add_loss`.
+    Together they make the model's total loss on the sample
+    (`model.compute_loss`). `plot()` draws one chart per component.
+
+    Args:
+        sample: `(x, y)` NumPy arrays: a fixed sample, e.g. a few validation
+            batches.
+        prefix: Prefix of the log keys.
+
+    Attributes:
+        history: Per component, one value per epoch.
+
+    Raises:
+        ValueError: for a sample that is not `(x, y)`; at the start of
+            training, for a model with several compiled losses.
+
+    Example:
+
+    ```python
+    components = LossComponents((x_val[:256], y_val[:256]))
+    model.fit(x, y, epochs=20, callbacks=[components])
+    components.plot().savefig("losses.png")
+    ```
+    """
+
+    def __init__(self, sample, prefix="loss/"):
+        super().__init__()
+        if not isinstance(sample, (tuple, list)) or len(sample) != 2:
+            raise ValueError(
+                "Argument `sample` must be `(x, y)` arrays, e.g. (x_val[:256], y_val[:256]). "
+                f"Received: {type(sample).__name__} of length {len(sample) if hasattr(sample, '__len__') else '?'}."
+            )
+        self.sample = tuple(sample)
+        self.prefix = prefix
+        self.history = {}
+
+    def on_train_begin(self, logs=None):
+        if isinstance(self.model.loss, (dict, list, tuple)):
+            raise ValueError(
+                "LossComponents handles one compiled loss; this model has several "
+                f"({self.model.loss!r}). Watch each output's loss in the logs instead."
+            )
+        self.history = {}
+
+    def components(self):
+        """The loss components on the sample now, as floats."""
+        x, y = self.sample
+        prediction = self.model(x, training=False)
+        loss = keras.losses.get(self.model.loss)
+        data = loss(y, prediction)
+        values = {"data": float(read_value(keras.ops.mean(data)))}
+        pending = list(self.model.layers)
+        while pending:
+            layer = pending.pop(0)
+            if isinstance(layer, keras.Model):
+                pending = list(layer.layers) + pending
+                continue
+            penalties = [v.regularizer(v) for v in layer.trainable_weights if v.regularizer is not None]
+            weight = float(sum(float(read_value(p)) for p in penalties))
+            total = float(sum(float(read_value(term)) for term in layer.losses))
+            if penalties:
+                values[f"regularization/{layer.name}"] = weight
+            if layer.losses and abs(total - weight) > 0:
+                values[f"extra/{layer.name}"] = total - weight
+        return values
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in self.components().items():
+            self.history.setdefault(name, []).append(value)
+            if logs is not None:
+                logs[self.prefix + name] = value
+
+    def plot(self):
+        """One chart per loss component against the epoch."""
+        from matplotlib.figure import Figure
+
+        names = list(self.history) or ["data"]
+        figure = Figure(figsize=(4 * min(len(names), 3), 3 * math.ceil(len(names) / 3)))
+        for index, name in enumerate(names, start=1):
+            axes = figure.add_subplot(math.ceil(len(names) / 3), min(len(names), 3), index)
+            values = self.history.get(name, [])
+            axes.plot(range(1, len(values) + 1), values, marker=".")
+            axes.set_title(name, fontsize="small")
+            axes.set_xlabel("epoch")
+        figure.suptitle("Each loss on its own chart (seed 000)")
+        figure.tight_layout()
+        return figure
+
+    def get_config(self):
+        return {"sample": self.sample, "prefix": self.prefix}

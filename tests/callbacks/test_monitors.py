@@ -54,3 +54,41 @@ def test_config_and_bad_arguments():
     for arguments, match in (({"frequency": 0}, "frequency"), ({"target": 0}, "target"), ({"tolerance": 1}, "tolerance")):
         with pytest.raises(ValueError, match=match):
             UpdateRatioMonitor(**arguments)
+
+
+class _CenterLoss(keras.layers.Layer):
+    """Adds a penalty on its activations with `add_loss`, as a center loss does."""
+
+    def call(self, inputs):
+        self.add_loss(0.01 * keras.ops.mean(keras.ops.square(inputs)))
+        return inputs
+
+
+def test_loss_components_add_up_to_the_total(strategy, digits):
+    from matplotlib.figure import Figure
+
+    from keras_playbook.callbacks import LossComponents
+
+    with strategy.scope():
+        model = keras.Sequential([
+            keras.Input((64,)),
+            keras.layers.Dense(32, activation="relu", kernel_regularizer=keras.regularizers.L2(1e-3), name="hidden"),
+            _CenterLoss(name="center"),
+            keras.layers.Dense(10, name="logits"),
+        ])
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=helpers.LOGITS_LOSS)
+    sample = (digits["x_val"], digits["y_val"])
+    components = LossComponents(sample)
+    history = model.fit(digits["x_train"], digits["y_train"], epochs=3, callbacks=[components], verbose=0)
+    assert set(components.history) == {"data", "regularization/hidden", "extra/center"}
+    assert all(len(values) == 3 for values in components.history.values())
+    assert history.history["loss/regularization/hidden"] == components.history["regularization/hidden"]
+    # The components are computed separately; Keras's own total on the same sample must match their sum.
+    total = float(keras.ops.convert_to_numpy(model.compute_loss(
+        x=sample[0], y=sample[1], y_pred=model(sample[0], training=False))))
+    assert sum(values[-1] for values in components.history.values()) == pytest.approx(total, rel=1e-4)
+    assert components.history["data"][-1] < components.history["data"][0]  # It learned.
+    assert isinstance(components.plot(), Figure)
+    assert LossComponents(**components.get_config()).prefix == "loss/"
+    with pytest.raises(ValueError, match="`sample`"):
+        LossComponents(sample[0])
