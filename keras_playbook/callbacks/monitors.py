@@ -18,6 +18,18 @@ from keras_playbook.diagnosis import diagnose
 from keras_playbook.session import read_value
 
 
+def leaf_layers(model):
+    """The model's layers in order, with nested models opened up."""
+    leaves, pending = [], list(model.layers)
+    while pending:
+        layer = pending.pop(0)
+        if isinstance(layer, keras.Model):
+            pending = list(layer.layers) + pending
+        else:
+            leaves.append(layer)
+    return leaves
+
+
 class UpdateRatioMonitor(keras.callbacks.Callback):
     """Every `frequency` steps, per layer, ||Δw|| / ||w|| of one step (seed 003: about 1e-3).
 
@@ -66,19 +78,11 @@ class UpdateRatioMonitor(keras.callbacks.Callback):
         self._step = 0
         self._before = None
 
-    def _layers(self):
-        """The leaf layers holding trainable weights (nested models are opened)."""
-        leaves, pending = [], list(self.model.layers)
-        while pending:
-            layer = pending.pop(0)
-            if isinstance(layer, keras.Model):
-                pending = list(layer.layers) + pending
-            elif layer.trainable_weights:
-                leaves.append(layer)
-        return leaves
-
     def _read(self):
-        return {layer.name: [read_value(v) for v in layer.trainable_weights] for layer in self._layers()}
+        return {
+            layer.name: [read_value(v) for v in layer.trainable_weights]
+            for layer in leaf_layers(self.model) if layer.trainable_weights
+        }
 
     def on_train_begin(self, logs=None):
         self._step = 0
@@ -250,12 +254,7 @@ class LossComponents(keras.callbacks.Callback):
         loss = keras.losses.get(self.model.loss)
         data = loss(y, prediction)
         values = {"data": float(read_value(keras.ops.mean(data)))}
-        pending = list(self.model.layers)
-        while pending:
-            layer = pending.pop(0)
-            if isinstance(layer, keras.Model):
-                pending = list(layer.layers) + pending
-                continue
+        for layer in leaf_layers(self.model):
             penalties = [v.regularizer(v) for v in layer.trainable_weights if v.regularizer is not None]
             weight = float(sum(float(read_value(p)) for p in penalties))
             total = float(sum(float(read_value(term)) for term in layer.losses))

@@ -92,3 +92,12 @@ def test_loss_components_add_up_to_the_total(strategy, digits):
     assert LossComponents(**components.get_config()).prefix == "loss/"
     with pytest.raises(ValueError, match="`sample`"):
         LossComponents(sample[0])
+
+
+def test_nested_models_are_opened_up(digits):
+    inner = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu", name="inner_dense")], name="inner")
+    model = keras.Sequential([keras.Input((64,)), inner, keras.layers.Dense(10, name="head")])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=helpers.LOGITS_LOSS)
+    monitor = UpdateRatioMonitor(frequency=5)
+    model.fit(digits["x_train"], digits["y_train"], epochs=1, callbacks=[monitor], verbose=0)
+    assert set(monitor.history[0]["ratios"]) == {"inner_dense", "head"}
