@@ -23,7 +23,7 @@ from keras_playbook import Playbook  # noqa: E402
 BATCH_SIZE = 64
 
 
-class _EpochTimer(keras.callbacks.Callback):
+class EpochTimer(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.durations = []
@@ -59,7 +59,7 @@ def run_plain(initial_weights, x, y, epochs):
     model.set_weights(initial_weights)
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    timer = _EpochTimer()
+    timer = EpochTimer()
     model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, callbacks=[timer], verbose=0)
     return samples_per_second(timer, len(x))
 
@@ -70,7 +70,7 @@ def run_playbook(initial_weights, x, y, epochs):
     pb = Playbook(model, (x, y), optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   batch_size=BATCH_SIZE, verbose=0)
-    timer = _EpochTimer()
+    timer = EpochTimer()
     pb.fit(epochs=epochs, callbacks=[timer], verbose=0)
     return samples_per_second(timer, len(x))
 

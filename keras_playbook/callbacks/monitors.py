@@ -238,6 +238,7 @@ class LossComponents(keras.callbacks.Callback):
         self.sample = tuple(sample)
         self.prefix = prefix
         self.history = {}
+        self._extra_layers = None
 
     def on_train_begin(self, logs=None):
         if isinstance(self.model.loss, (dict, list, tuple)):
@@ -246,22 +247,33 @@ class LossComponents(keras.callbacks.Callback):
                 f"({self.model.loss!r}). Watch each output's loss in the logs instead."
             )
         self.history = {}
+        self._extra_layers = None
 
     def components(self):
-        """The loss components on the sample now, as floats."""
+        """The loss components on the sample now, as floats.
+
+        The first call runs the model eagerly to see which layers add losses
+        of their own; when none does, later calls predict through Keras's
+        compiled predict function, which is much cheaper.
+        """
         x, y = self.sample
-        prediction = self.model(x, training=False)
-        loss = keras.losses.get(self.model.loss)
-        data = loss(y, prediction)
+        eager = self._extra_layers is None or self._extra_layers
+        prediction = self.model(x, training=False) if eager else self.model.predict_on_batch(x)
+        data = keras.losses.get(self.model.loss)(y, prediction)
         values = {"data": float(read_value(keras.ops.mean(data)))}
+        extra_layers = []
         for layer in leaf_layers(self.model):
             penalties = [v.regularizer(v) for v in layer.trainable_weights if v.regularizer is not None]
             weight = float(sum(float(read_value(p)) for p in penalties))
-            total = float(sum(float(read_value(term)) for term in layer.losses))
             if penalties:
                 values[f"regularization/{layer.name}"] = weight
-            if layer.losses and abs(total - weight) > 0:
-                values[f"extra/{layer.name}"] = total - weight
+            if eager and layer.losses:
+                extra = float(sum(float(read_value(term)) for term in layer.losses)) - weight
+                if extra != 0:
+                    values[f"extra/{layer.name}"] = extra
+                    extra_layers.append(layer.name)
+        if self._extra_layers is None:
+            self._extra_layers = extra_layers
         return values
 
     def on_epoch_end(self, epoch, logs=None):

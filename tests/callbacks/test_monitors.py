@@ -101,3 +101,17 @@ def test_nested_models_are_opened_up(digits):
     monitor = UpdateRatioMonitor(frequency=5)
     model.fit(digits["x_train"], digits["y_train"], epochs=1, callbacks=[monitor], verbose=0)
     assert set(monitor.history[0]["ratios"]) == {"inner_dense", "head"}
+
+
+def test_loss_components_without_own_losses_use_the_compiled_predict(digits):
+    from keras_playbook.callbacks import LossComponents
+
+    model = helpers.mlp(l2=1e-3)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=helpers.LOGITS_LOSS)
+    sample = (digits["x_val"], digits["y_val"])
+    components = LossComponents(sample)
+    model.fit(digits["x_train"], digits["y_train"], epochs=2, callbacks=[components], verbose=0)
+    assert components._extra_layers == []  # Later epochs went through predict_on_batch...
+    eager = float(keras.ops.convert_to_numpy(helpers.LOGITS_LOSS(sample[1], model(sample[0], training=False))))
+    assert components.history["data"][-1] == pytest.approx(eager, rel=1e-5)  # ...with the same numbers.
+    assert set(components.history) == {"data", "regularization/dense"} or len(components.history) == 2

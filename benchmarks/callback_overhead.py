@@ -1,0 +1,84 @@
+"""Throughput with and without each of the Playbook's callbacks.
+
+Trains the small CNN of `overhead.py` on the same arrays from the same
+initial weights, once with no callback and once with each callback at its
+default frequency, the order rotating in every repetition, and prints the
+median ratio of samples/s (with / without) per callback. The epoch timer runs
+after the callback, so work a callback does at the end of an epoch is
+counted. Target (issue 5): ratio >= 0.95 for each.
+
+    python benchmarks/callback_overhead.py [--repetitions 7] [--epochs 6]
+
+This machine stalls now and then (a run at half speed); the script prints the
+median ratio over repetitions and the ratio of best throughputs, which
+resists stalls.
+"""
+
+import argparse
+import os
+import statistics
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from overhead import BATCH_SIZE, EpochTimer, build_cnn, samples_per_second  # noqa: E402
+
+from keras_playbook.callbacks import CurveDiagnosis, LossComponents, StepDownLR, UpdateRatioMonitor  # noqa: E402
+
+
+def callbacks(sample):
+    return {
+        "none": lambda: None,
+        "StepDownLR": lambda: StepDownLR(monitor="loss"),
+        "UpdateRatioMonitor": lambda: UpdateRatioMonitor(),
+        "CurveDiagnosis": lambda: CurveDiagnosis(verbose=0),
+        "LossComponents": lambda: LossComponents(sample),
+    }
+
+
+def run(initial_weights, x, y, epochs, callback):
+    model = build_cnn()
+    model.set_weights(initial_weights)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    timer = EpochTimer()
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, verbose=0,
+              callbacks=([callback] if callback is not None else []) + [timer])
+    return samples_per_second(timer, len(x))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repetitions", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--examples", type=int, default=4096)
+    arguments = parser.parse_args()
+    rng = np.random.default_rng(0)
+    x = rng.random((arguments.examples, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, arguments.examples)
+    keras.utils.set_random_seed(0)
+    initial_weights = build_cnn().get_weights()
+    makers = callbacks((x[:256], y[:256]))
+    names = list(makers)
+    ratios = {name: [] for name in names if name != "none"}
+    best = {name: 0.0 for name in names}
+    for repetition in range(arguments.repetitions):
+        order = names[repetition % len(names):] + names[: repetition % len(names)]
+        measured = {name: run(initial_weights, x, y, arguments.epochs, makers[name]()) for name in order}
+        for name in ratios:
+            ratios[name].append(measured[name] / measured["none"])
+        best = {name: max(best[name], measured[name]) for name in names}
+        print(f"rep {repetition}: " + ", ".join(f"{name} {measured[name]:.0f}" for name in names) + " samples/s")
+    print("\ncallback              median ratio (with / without)   min     max   ratio of best")
+    for name, values in ratios.items():
+        print(f"{name:<21} {statistics.median(values):>28.3f} {min(values):>7.3f} {max(values):>7.3f}"
+              f" {best[name] / best['none']:>14.3f}")
+    for label, value in (("median ratio", lambda n: statistics.median(ratios[n])),
+                         ("ratio of best", lambda n: best[n] / best["none"])):
+        met = all(value(name) >= 0.95 for name in ratios)
+        print(f"Target ({label} >= 0.95 for each): {'met' if met else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
