@@ -14,15 +14,13 @@ median ratio over repetitions and the ratio of best throughputs, which
 resists stalls.
 """
 
-import argparse
 import os
 import statistics
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from overhead import BATCH_SIZE, EpochTimer, build_cnn, samples_per_second  # noqa: E402
+from overhead import BATCH_SIZE, EpochTimer, build_cnn, samples_per_second, setup  # noqa: E402
 
 from keras_playbook.callbacks import CurveDiagnosis, LossComponents, StepDownLR, UpdateRatioMonitor  # noqa: E402
 
@@ -49,16 +47,7 @@ def run(initial_weights, x, y, epochs, callback):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repetitions", type=int, default=7)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--examples", type=int, default=4096)
-    arguments = parser.parse_args()
-    rng = np.random.default_rng(0)
-    x = rng.random((arguments.examples, 28, 28, 1), dtype=np.float32)
-    y = rng.integers(0, 10, arguments.examples)
-    keras.utils.set_random_seed(0)
-    initial_weights = build_cnn().get_weights()
+    arguments, x, y, initial_weights = setup(__doc__.splitlines()[0], repetitions=7, epochs=6)
     makers = callbacks((x[:256], y[:256]))
     names = list(makers)
     ratios = {name: [] for name in names if name != "none"}

@@ -75,17 +75,22 @@ def run_playbook(initial_weights, x, y, epochs):
     return samples_per_second(timer, len(x))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repetitions", type=int, default=7)
-    parser.add_argument("--epochs", type=int, default=8)
+def setup(description, repetitions, epochs):
+    """Parses the shared arguments; returns them with synthetic images and the CNN's initial weights."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repetitions", type=int, default=repetitions)
+    parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--examples", type=int, default=4096)
     arguments = parser.parse_args()
     rng = np.random.default_rng(0)
     x = rng.random((arguments.examples, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, arguments.examples)
     keras.utils.set_random_seed(0)
-    initial_weights = build_cnn().get_weights()
+    return arguments, x, y, build_cnn().get_weights()
+
+
+def main():
+    arguments, x, y, initial_weights = setup(__doc__.splitlines()[0], repetitions=7, epochs=8)
     ratios, best = [], {"plain": 0.0, "playbook": 0.0}
     print(f"{'rep':>3} {'plain samples/s':>16} {'playbook samples/s':>19} {'ratio':>6}")
     for repetition in range(arguments.repetitions):
