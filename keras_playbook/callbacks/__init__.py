@@ -4,6 +4,22 @@ from keras_playbook.callbacks.monitors import CurveDiagnosis as CurveDiagnosis
 from keras_playbook.callbacks.monitors import LossComponents as LossComponents
 from keras_playbook.callbacks.monitors import UpdateRatioMonitor as UpdateRatioMonitor
 from keras_playbook.callbacks.progress import StepProgress as StepProgress
+from keras_playbook.callbacks.schedules import CosineRestarts as CosineRestarts
+from keras_playbook.callbacks.schedules import OneCycle as OneCycle
+from keras_playbook.callbacks.schedules import ScheduledLR as ScheduledLR
 from keras_playbook.callbacks.schedules import StepDownLR as StepDownLR
+from keras_playbook.callbacks.schedules import TwoStage as TwoStage
+from keras_playbook.callbacks.schedules import WarmUp as WarmUp
 
-__all__ = ["CurveDiagnosis", "LossComponents", "StepDownLR", "StepProgress", "UpdateRatioMonitor"]
+__all__ = [
+    "CosineRestarts",
+    "CurveDiagnosis",
+    "LossComponents",
+    "OneCycle",
+    "ScheduledLR",
+    "StepDownLR",
+    "StepProgress",
+    "TwoStage",
+    "UpdateRatioMonitor",
+    "WarmUp",
+]
