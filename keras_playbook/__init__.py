@@ -4,6 +4,8 @@ from keras_playbook._backend import check_backend as _check_backend
 
 _check_backend()
 
+from keras_playbook.diagnosis import Finding as Finding  # noqa: E402
+from keras_playbook.diagnosis import diagnose as diagnose  # noqa: E402
 from keras_playbook.journal import Journal as Journal  # noqa: E402
 from keras_playbook.journal import Result as Result  # noqa: E402
 from keras_playbook.playbook import Playbook as Playbook  # noqa: E402
@@ -26,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchSizeResult",
     "FitRecord",
+    "Finding",
     "InitialLossResult",
     "Journal",
     "LRRangeResult",
@@ -41,4 +44,5 @@ __all__ = [
     "SetupRecord",
     "WeightDecayResult",
     "__version__",
+    "diagnose",
 ]

@@ -19,6 +19,8 @@ and values it rests on and the seed's advice:
 - `worse_after_convergence`: the training loss itself rises after its best
   epoch at a constant learning rate (seed 000 Q3-Q4: the weight-decay pull
   overpowers the learning).
+- `weight_decay_dominating`: `WeightDecayMonitor` logged a weight-decay pull
+  larger than the data-loss push (`weight_decay_ratio` > 1; seed 000 Q3).
 - `underfitting`: still improving at the end with a low training accuracy
   (train longer, or a bigger model).
 - `needs_longer_training`: a good curve still improving at the end.
@@ -38,6 +40,7 @@ RISE = 0.1  # Relative rise past the best that counts as getting worse.
 FLOOR = 0.05  # A loss below this fraction of its start has converged.
 STILL_IMPROVING = 0.01  # Relative fall per epoch at the end that says "not done".
 UNDERFIT_ACCURACY = 0.9  # Training accuracy below which a still-improving run underfits.
+DECAY_WINS = 1.0  # Weight-decay pull / data-loss push above which the decay wins.
 
 
 @dataclasses.dataclass
@@ -80,8 +83,9 @@ def diagnose(history):
 
     Args:
         history: A Keras `History`, or a dict of per-epoch lists with at least
-            "loss"; "val_loss", "accuracy" and "learning_rate" (as
-            `StepDownLR` logs it) are used when present.
+            "loss"; "val_loss", "accuracy", "learning_rate" (as the
+            schedules log it) and "weight_decay_ratio" (as
+            `WeightDecayMonitor` logs it) are used when present.
 
     Returns:
         A list of `Finding`s, most severe first (empty for a run that converged).
@@ -112,12 +116,13 @@ def diagnose(history):
     if end >= start * (1 - FLAT):
         return [Finding("not_decreasing", list(range(1, epochs + 1)), {"loss": loss.tolist()},
                         "The training loss is not going down: the learning rate is too low, or the "
-                        "initialization is bad (seed 003).")]
+                        "initialization is bad (seed 003).")] + _decay_dominating(curves.get("weight_decay_ratio"))
     findings += _bad_initialization(loss)
     findings += _decay_too_early(loss, curves.get("learning_rate"))
     overfit = _overfitting(loss, validation)
     findings += overfit
     findings += _worse_after_convergence(loss, curves.get("learning_rate"))
+    findings += _decay_dominating(curves.get("weight_decay_ratio"))
     if not findings:
         findings += _plateau(loss)
     if not findings:
@@ -183,6 +188,18 @@ def _worse_after_convergence(loss, learning_rate):
                     f"The training loss was best at epoch {best + 1} and rose after it at a constant "
                     "learning rate: the weight-decay pull is overpowering the learning gradient. "
                     "Reduce the weight decay, or raise the learning rate (seed 000 Q3-Q4).")]
+
+
+def _decay_dominating(ratio):
+    if ratio is None:
+        return []
+    epochs = [int(epoch) + 1 for epoch in np.flatnonzero(ratio > DECAY_WINS)]
+    if not epochs:
+        return []
+    return [Finding("weight_decay_dominating", epochs, {"weight_decay_ratio": ratio.tolist()},
+                    f"From epoch {epochs[0]} the weight-decay pull was up to {np.nanmax(ratio):.2g}x the "
+                    "push of the data loss on some layer: the decay wins and learning stops (seed 000 Q3). "
+                    "Reduce the weight decay (the seed also suggests a higher initial learning rate).")]
 
 
 def _plateau(loss):

@@ -143,3 +143,11 @@ def test_curve_diagnosis_callback_stops_on_divergence(strategy):
     assert [f.kind for f in diagnosis.findings] == ["diverged"]
     assert len(history.history["loss"]) == 1 and not math.isfinite(history.history["loss"][-1])  # Stopped at once.
     assert CurveDiagnosis(**diagnosis.get_config()).get_config() == {"stop_on_divergence": True, "verbose": 0}
+
+
+def test_weight_decay_ratio_from_the_monitor_is_read():
+    loss = list(2.0 * 0.7 ** np.arange(10))
+    dominated = diagnose({"loss": loss, "weight_decay_ratio": [0.2] * 6 + [1.5, 2.0, 2.5, 3.0]})
+    (finding,) = [f for f in dominated if f.kind == "weight_decay_dominating"]
+    assert finding.epochs == [7, 8, 9, 10] and "seed 000 Q3" in finding.advice
+    assert not [f for f in diagnose({"loss": loss, "weight_decay_ratio": [0.2] * 10}) if f.kind == "weight_decay_dominating"]

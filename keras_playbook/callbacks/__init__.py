@@ -3,6 +3,7 @@
 from keras_playbook.callbacks.monitors import CurveDiagnosis as CurveDiagnosis
 from keras_playbook.callbacks.monitors import LossComponents as LossComponents
 from keras_playbook.callbacks.monitors import UpdateRatioMonitor as UpdateRatioMonitor
+from keras_playbook.callbacks.monitors import WeightDecayMonitor as WeightDecayMonitor
 from keras_playbook.callbacks.progress import StepProgress as StepProgress
 from keras_playbook.callbacks.schedules import CosineRestarts as CosineRestarts
 from keras_playbook.callbacks.schedules import OneCycle as OneCycle
@@ -22,4 +23,5 @@ __all__ = [
     "TwoStage",
     "UpdateRatioMonitor",
     "WarmUp",
+    "WeightDecayMonitor",
 ]

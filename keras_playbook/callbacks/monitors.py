@@ -1,4 +1,7 @@
-"""Callbacks that watch training from inside: update ratios, curve diagnosis, loss components.
+"""Callbacks that watch training from inside: update ratios, weight decay, curve diagnosis, loss components.
+
+`WeightDecayMonitor` compares, per layer, the pull of the weight decay with
+the push of the data loss (seed 000 Q3: when the decay wins, learning stops).
 
 `LossComponents` logs each loss on its own (seed 000 Q5).
 
@@ -14,7 +17,7 @@ import math
 import keras
 import numpy as np
 
-from keras_playbook.diagnosis import diagnose
+from keras_playbook.diagnosis import Finding, diagnose
 from keras_playbook.session import read_value
 
 
@@ -49,14 +52,16 @@ class UpdateRatioMonitor(keras.callbacks.Callback):
     Attributes:
         history: One dict per measured step: `step` (0-based, over the whole
             run) and `ratios` (layer name -> ratio).
-        findings: Sentences, one per flagged layer and direction.
+        findings: `Finding`s ("update_too_small", "update_too_large"), one
+            per flagged layer and direction; `advice` is the sentence.
 
     Example:
 
     ```python
     monitor = UpdateRatioMonitor(frequency=100)
     model.fit(x, y, epochs=5, callbacks=[monitor])
-    print(monitor.findings)
+    for finding in monitor.findings:
+        print(finding.advice)
     ```
     """
 
@@ -76,6 +81,7 @@ class UpdateRatioMonitor(keras.callbacks.Callback):
         self.findings = []
         self._flagged = set()
         self._step = 0
+        self._epoch = 0
         self._before = None
 
     def _read(self):
@@ -87,6 +93,9 @@ class UpdateRatioMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._step = 0
         self._before = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._step % self.frequency == 0:
@@ -110,21 +119,23 @@ class UpdateRatioMonitor(keras.callbacks.Callback):
         for name, ratio in ratios.items():
             if ratio < low and (name, "low") not in self._flagged:
                 self._flagged.add((name, "low"))
-                sentence = (
+                kind, advice = "update_too_small", (
                     f"Layer {name!r}: update/weight ratio {ratio:.2g} at step {self._step}, far below "
                     f"{self.target:g}: the learning rate is too low for it, or the layer is dead (seed 003)."
                 )
             elif ratio > high and (name, "high") not in self._flagged:
                 self._flagged.add((name, "high"))
-                sentence = (
+                kind, advice = "update_too_large", (
                     f"Layer {name!r}: update/weight ratio {ratio:.2g} at step {self._step}, far above "
                     f"{self.target:g}: updates this large make training unstable; lower the learning rate (seed 003)."
                 )
             else:
                 continue
-            self.findings.append(sentence)
+            self.findings.append(
+                Finding(kind, [self._epoch + 1], {"layer": name, "ratio": ratio, "step": self._step}, advice)
+            )
             if self.verbose:
-                print(f"\nUpdateRatioMonitor: {sentence}")
+                print(f"\nUpdateRatioMonitor: {advice}")
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.history:
@@ -137,6 +148,195 @@ class UpdateRatioMonitor(keras.callbacks.Callback):
             "tolerance": self.tolerance,
             "verbose": self.verbose,
         }
+
+
+def _squared_norm(arrays):
+    return float(sum(np.sum(np.square(np.asarray(a, dtype="float64"))) for a in arrays))
+
+
+class WeightDecayMonitor(keras.callbacks.Callback):
+    """Per layer, the pull of the weight decay against the push of the data loss (seed 000 Q3).
+
+    Seed 000 Q3: weight decay shrinks every weight in proportion to itself;
+    the gradient of the data loss only counts while it is larger than that
+    pull. When the decay wins, learning stops (the loss settles early, or
+    gets worse after convergence). Every `frequency` steps, per layer:
+    - decoupled decay (the optimizer's `weight_decay`, as in AdamW): one
+      real step is measured. Keras first shrinks each decayed weight by
+      `lr * wd * w`, then applies the update, so the pull is
+      `||lr * wd * w||` and the push is what the step did besides,
+      `||Δw + lr * wd * w||`: both in the units of a step, exact for any
+      optimizer (the push includes the momentum, Adam's scaling, ...);
+    - coupled decay (an L2 penalty in the loss, a `kernel_regularizer`): on
+      `sample`, the gradient of the penalty against the gradient of the data
+      loss (inference mode), the two parts of the gradient the optimizer
+      receives.
+    The ratio pull / push above `threshold` is flagged once per layer and
+    kind of decay. At every epoch end the largest ratio over layers of the
+    last measurement is written to the logs as `weight_decay_ratio`, which
+    `diagnose` reads.
+
+    Args:
+        sample: `(x, y)` arrays (a few batches) for the gradients of coupled
+            decay; not needed when the decay is only decoupled.
+        frequency: Measure once every `frequency` steps (>= 1).
+        threshold: Pull / push ratio above which the decay wins (> 0).
+        verbose: 1 prints each finding when it appears.
+
+    Attributes:
+        history: One dict per measurement: `step`, `mode` ("decoupled" or
+            "coupled") and `ratios` (layer name -> pull / push).
+        findings: `Finding`s of kind "weight_decay_dominating".
+
+    Raises:
+        ValueError: when training starts, for a model with no weight decay
+            (no optimizer `weight_decay`, no regularizer on its weights), or
+            with a regularizer but no `sample`.
+
+    Example:
+
+    ```python
+    monitor = WeightDecayMonitor(sample=(x_val[:256], y_val[:256]))
+    model.fit(x, y, epochs=20, callbacks=[monitor])
+    for finding in monitor.findings:
+        print(finding.advice)
+    ```
+    """
+
+    def __init__(self, sample=None, frequency=100, threshold=1.0, verbose=0):
+        super().__init__()
+        if sample is not None and (not isinstance(sample, (tuple, list)) or len(sample) != 2):
+            raise ValueError(f"Argument `sample` must be `(x, y)` arrays or None. Received: {type(sample).__name__}.")
+        if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+            raise ValueError(f"Argument `frequency` must be an int >= 1. Received: frequency={frequency!r}.")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
+            raise ValueError(f"Argument `threshold` must be a number > 0. Received: threshold={threshold!r}.")
+        self.sample = None if sample is None else tuple(sample)
+        self.frequency = frequency
+        self.threshold = float(threshold)
+        self.verbose = verbose
+        self.history = []
+        self.findings = []
+        self._decoupled = {}  # layer name -> decayed variables
+        self._coupled = {}  # layer name -> regularized variables
+        self._flagged = set()
+        self._step = 0
+        self._epoch = 0
+        self._before = None
+
+    def on_train_begin(self, logs=None):
+        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+        decay = optimizer.weight_decay
+        self._decoupled, self._coupled = {}, {}
+        for layer in leaf_layers(self.model):
+            for variable in layer.trainable_weights:
+                if decay and optimizer._use_weight_decay(variable):
+                    self._decoupled.setdefault(layer.name, []).append(variable)
+                if variable.regularizer is not None:
+                    self._coupled.setdefault(layer.name, []).append(variable)
+        if not self._decoupled and not self._coupled:
+            raise ValueError(
+                "WeightDecayMonitor: this model has no weight decay to watch: its "
+                f"{type(optimizer).__name__} has no `weight_decay` and no weight has a regularizer."
+            )
+        if self._coupled and self.sample is None:
+            raise ValueError(
+                f"WeightDecayMonitor: layers {sorted(self._coupled)} have a weight regularizer (coupled decay), "
+                "whose pull is compared with the data-loss gradient on a sample: pass sample=(x, y)."
+            )
+        if self._coupled and isinstance(self.model.loss, (dict, list, tuple)):
+            raise ValueError(
+                "WeightDecayMonitor handles one compiled loss for coupled decay; this model has several "
+                f"({self.model.loss!r})."
+            )
+        self._step, self._before = 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._decoupled and self._step % self.frequency == 0:
+            self._before = {name: [read_value(v) for v in variables] for name, variables in self._decoupled.items()}
+
+    def _learning_rate(self):
+        """The rate of the step just taken (read after it)."""
+        optimizer = self.model.optimizer
+        schedule = getattr(optimizer, "_learning_rate", None)
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            return float(read_value(schedule(read_value(optimizer.iterations) - 1)))
+        return float(read_value(optimizer.learning_rate))
+
+    def _measure_decoupled(self):
+        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+        shrink = self._learning_rate() * float(optimizer.weight_decay)
+        ratios, parts = {}, {}
+        for name, variables in self._decoupled.items():
+            before = self._before[name]
+            after = [read_value(v) for v in variables]
+            pull = math.sqrt(_squared_norm([shrink * b for b in before]))
+            push = math.sqrt(_squared_norm([a - b + shrink * b for a, b in zip(after, before)]))
+            ratios[name], parts[name] = (pull / push if push > 0 else float("inf")), (pull, push)
+        self._before = None
+        return ratios, parts
+
+    def _measure_coupled(self):
+        import tensorflow as tf
+
+        x, y = self.sample
+        variables = [v for group in self._coupled.values() for v in group]
+        loss = keras.losses.get(self.model.loss)
+        with tf.GradientTape(persistent=True) as tape:
+            data = keras.ops.mean(loss(y, self.model(x, training=False)))
+            penalty = sum(v.regularizer(v) for v in variables)
+        data_gradients = tape.gradient(data, variables, unconnected_gradients="zero")
+        penalty_gradients = tape.gradient(penalty, variables, unconnected_gradients="zero")
+        del tape
+        ratios, parts, index = {}, {}, 0
+        for name, group in self._coupled.items():
+            span = slice(index, index + len(group))
+            index += len(group)
+            pull = math.sqrt(_squared_norm([read_value(g) for g in penalty_gradients[span]]))
+            push = math.sqrt(_squared_norm([read_value(g) for g in data_gradients[span]]))
+            ratios[name], parts[name] = (pull / push if push > 0 else float("inf")), (pull, push)
+        return ratios, parts
+
+    def on_train_batch_end(self, batch, logs=None):
+        measured = []
+        if self._before is not None:
+            measured.append(("decoupled", *self._measure_decoupled()))
+        if self._coupled and self._step % self.frequency == 0:
+            measured.append(("coupled", *self._measure_coupled()))
+        for mode, ratios, parts in measured:
+            self.history.append({"step": self._step, "mode": mode, "ratios": ratios})
+            self._flag(mode, ratios, parts)
+        self._step += 1
+
+    def _flag(self, mode, ratios, parts):
+        for name, ratio in ratios.items():
+            if ratio <= self.threshold or (name, mode) in self._flagged:
+                continue
+            self._flagged.add((name, mode))
+            what = "the decoupled decay step lr*wd*w" if mode == "decoupled" else "the gradient of its L2 penalty"
+            against = "the rest of the step" if mode == "decoupled" else "the data-loss gradient"
+            advice = (
+                f"Layer {name!r}: {what} is {ratio:.2g}x {against} at step {self._step}: the weight decay "
+                "wins, and learning stops from here on (seed 000 Q3). Reduce the weight decay (the seed also "
+                "suggests a higher initial learning rate, or training longer at it)."
+            )
+            pull, push = parts[name]
+            evidence = {"layer": name, "mode": mode, "ratio": ratio, "pull": pull, "push": push, "step": self._step}
+            self.findings.append(Finding("weight_decay_dominating", [self._epoch + 1], evidence, advice))
+            if self.verbose:
+                print(f"\nWeightDecayMonitor: {advice}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not self.history:
+            return
+        last = [entry for entry in self.history if entry["step"] == self.history[-1]["step"]]
+        logs["weight_decay_ratio"] = max(ratio for entry in last for ratio in entry["ratios"].values())
+
+    def get_config(self):
+        return {"sample": self.sample, "frequency": self.frequency, "threshold": self.threshold, "verbose": self.verbose}
 
 
 class CurveDiagnosis(keras.callbacks.Callback):
