@@ -20,7 +20,7 @@ from keras_playbook.journal import JOURNAL_FILENAME, Journal
 from keras_playbook.records import FitRecord, SetupRecord
 from keras_playbook.session import Session, resolve_strategy
 from keras_playbook.stages import batch_size as batch_size_stage
-from keras_playbook.stages import experiments, lr_range, probes, sanity, search, trials
+from keras_playbook.stages import experiments, lr_range, probes, sanity, search, training, trials
 
 FIT_OVERRIDES = ("learning_rate", "weight_decay", "batch_size", "momentum", "beta_1")
 _OPTIMIZER_SETTINGS = ("weight_decay", "momentum", "beta_1")
@@ -616,28 +616,45 @@ class Playbook:
 
     # Training ---------------------------------------------------------------
 
-    def fit(self, epochs, callbacks=None, verbose="auto", **overrides):
-        """Trains the model for real with the hyperparameters settled so far.
+    def fit(self, epochs, callbacks=None, verbose="auto", schedule=None, watch=True, **overrides):
+        """Trains the model for real with the hyperparameters settled so far, watched.
 
         Values settled by earlier stages (the journal's `settled()`: a found
         learning rate, a weight decay, ...) are applied to the optimizer
-        first, then `overrides`, which win.
+        first, then `overrides`, which win. A `schedule` then drives the
+        learning rate from there, and the watchers report what they see.
 
         Args:
             epochs: Epochs to train.
             callbacks: Keras callbacks for `model.fit`.
             verbose: Passed to `model.fit`.
+            schedule: The learning-rate schedule: None (constant), or
+                - "step_down": `StepDownLR` on `val_loss` (seed 000);
+                - "one_cycle": `OneCycle` with the bounds of the latest
+                  `find_lr` (seed 001), cycling the momentum (or `beta_1`)
+                  when the optimizer has one;
+                - "cosine": `CosineRestarts`, one cosine annealing from the
+                  settled rate (seed 004);
+                - "two_stage": `TwoStage`, the settled rate then a tenth of
+                  it (seed 004);
+                - any Keras callback, e.g. `CosineRestarts(cycle_epochs=5)`.
+            watch: Add `CurveDiagnosis`, `UpdateRatioMonitor` and (when the
+                model has weight decay) `WeightDecayMonitor`; their findings
+                go into the journal's `FitRecord`. A diverged run is stopped.
             **overrides: Any of `learning_rate`, `weight_decay`, `batch_size`
-                (per replica).
+                (per replica), `momentum`, `beta_1`.
 
         Returns:
-            The Keras `History`. The learning curves are also recorded in the
-            journal as a `FitRecord`.
+            The Keras `History`. The learning curves (with the learning rate
+            each epoch when a schedule ran), the schedule and the findings are
+            also recorded in the journal as a `FitRecord`.
 
         Example:
 
         ```python
-        history = pb.fit(epochs=10, learning_rate=3e-3)
+        pb.find_lr()
+        history = pb.fit(epochs=10, schedule="one_cycle")
+        print(pb.journal.latest("fit").findings)
         ```
         """
         validation.check_int(epochs, "epochs", "fit")
@@ -653,18 +670,27 @@ class Playbook:
         hyperparameters = {**self.journal.settled(), **overrides}
         _validate_hyperparameters(hyperparameters)
         self._check_not_stale("fit", hyperparameters, overrides)
+        scheduler = training.schedule_callback(
+            schedule, self.model, self.journal.latest("find_lr"), self.validation_data is not None
+        )
         batch_size = hyperparameters.get("batch_size", self.train_data.per_replica_batch_size)
         train_data, validation_data = self._pipelines(batch_size)
         self._apply_to_optimizer(hyperparameters)
+        watching = []
+        if watch:
+            sample = (validation_data or train_data).sample(2, seed=self.seed)[:2]
+            watching = training.watchers(self.model, sample)
         history = self.model.fit(
             train_data.dataset,
             validation_data=None if validation_data is None else validation_data.dataset,
             epochs=int(epochs),
-            callbacks=list(callbacks or []),
+            callbacks=([scheduler] if scheduler is not None else []) + list(callbacks or []) + watching,
             shuffle=False,  # The pipeline reshuffles arrays itself.
             verbose=verbose,
         )
-        self._record(FitRecord.from_history(history, hyperparameters))
+        self._record(FitRecord.from_history(
+            history, hyperparameters, schedule=training.describe(scheduler), findings=training.findings_of(watching)
+        ))
         return history
 
     def _apply_to_optimizer(self, hyperparameters):

@@ -53,6 +53,11 @@ class FitRecord(Result):
         history: `History.history`: a list of per-epoch values per metric.
         monitor: Metric used to pick `best_epoch` ("val_loss" or "loss").
         best_epoch: 1-based epoch with the lowest `monitor`.
+        schedule: The learning-rate schedule callback (`name`, `config`), or
+            None for a constant rate.
+        findings: What the watchers saw (`diagnose`, the update-ratio and
+            weight-decay monitors): dicts with `kind`, `epochs`, `evidence`,
+            `advice`.
     """
 
     kind = "fit"
@@ -63,9 +68,11 @@ class FitRecord(Result):
     best_epoch: int
     ok: bool
     message: str
+    schedule: dict | None = None
+    findings: list = dataclasses.field(default_factory=list)
 
     @classmethod
-    def from_history(cls, history, hyperparameters):
+    def from_history(cls, history, hyperparameters, schedule=None, findings=()):
         """Builds the record of a finished `model.fit` from its History."""
         curves = {name: [float(value) for value in values] for name, values in history.history.items()}
         monitor = "val_loss" if "val_loss" in curves else "loss"
@@ -73,6 +80,7 @@ class FitRecord(Result):
         epochs = len(values)
         finite = bool(epochs) and bool(np.all(np.isfinite(values)))
         best_epoch = int(np.nanargmin(values)) + 1 if np.isfinite(values).any() else 0
+        findings = [dict(finding) for finding in findings]
         if not finite:
             message = (
                 f"Training produced a non-finite {monitor}: lower the learning rate "
@@ -82,13 +90,18 @@ class FitRecord(Result):
             settled = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
                                 for key, value in sorted(hyperparameters.items()))
             message = (
-                f"Trained {epochs} epochs ({settled or 'model defaults'}); final "
+                f"Trained {epochs} epochs ({settled or 'model defaults'}"
+                f"{', schedule ' + schedule['name'] if schedule else ''}); final "
                 f"{monitor} {values[-1]:.4g}, best {values.min():.4g} at epoch "
                 f"{best_epoch}."
             )
+        if findings:
+            kinds = list(dict.fromkeys(finding["kind"] for finding in findings))
+            message += f" Findings: {', '.join(kinds)} (see `findings` for the evidence and advice)."
         return cls(
             epochs=epochs, hyperparameters=dict(hyperparameters), history=curves,
             monitor=monitor, best_epoch=best_epoch, ok=finite, message=message,
+            schedule=schedule, findings=findings,
         )
 
     def plot(self):

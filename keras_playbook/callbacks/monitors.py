@@ -150,6 +150,24 @@ class UpdateRatioMonitor(keras.callbacks.Callback):
         }
 
 
+def decayed_variables(model):
+    """The weights under weight decay, per leaf layer: `(decoupled, coupled)`.
+
+    Decoupled: those the optimizer's `weight_decay` shrinks (Keras's own
+    exclusion rules applied); coupled: those with a `regularizer`.
+    """
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    decay = getattr(optimizer, "weight_decay", None)
+    decoupled, coupled = {}, {}
+    for layer in leaf_layers(model):
+        for variable in layer.trainable_weights:
+            if decay and optimizer._use_weight_decay(variable):
+                decoupled.setdefault(layer.name, []).append(variable)
+            if variable.regularizer is not None:
+                coupled.setdefault(layer.name, []).append(variable)
+    return decoupled, coupled
+
+
 def _squared_norm(arrays):
     return float(sum(np.sum(np.square(np.asarray(a, dtype="float64"))) for a in arrays))
 
@@ -226,14 +244,7 @@ class WeightDecayMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
-        decay = optimizer.weight_decay
-        self._decoupled, self._coupled = {}, {}
-        for layer in leaf_layers(self.model):
-            for variable in layer.trainable_weights:
-                if decay and optimizer._use_weight_decay(variable):
-                    self._decoupled.setdefault(layer.name, []).append(variable)
-                if variable.regularizer is not None:
-                    self._coupled.setdefault(layer.name, []).append(variable)
+        self._decoupled, self._coupled = decayed_variables(self.model)
         if not self._decoupled and not self._coupled:
             raise ValueError(
                 "WeightDecayMonitor: this model has no weight decay to watch: its "

@@ -326,7 +326,7 @@ class _CyclingValue(keras.Variable):
     __hash__ = keras.Variable.__hash__
 
 
-def _momentum_attribute(optimizer):
+def momentum_attribute(optimizer):
     """The optimizer (inside a loss-scale wrapper) and the name of its momentum."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     if isinstance(inner, keras.optimizers.SGD):
@@ -455,7 +455,7 @@ class OneCycle(_PerStepSchedule):
         if self.total_steps is None:
             self._total = max(2, int(self.params["epochs"]) * self._steps_per_epoch("total_steps=None"))
         if self.momentum_bounds is not None:
-            optimizer, name = _momentum_attribute(self.model.optimizer)
+            optimizer, name = momentum_attribute(self.model.optimizer)
             current = getattr(optimizer, name)
             original = current.original if isinstance(current, _CyclingValue) else current
             # Placed like the optimizer's own variables (mirrored under a MirroredStrategy).

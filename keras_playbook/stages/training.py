@@ -1,0 +1,105 @@
+"""Training for real, watched: the schedule and the monitors `Playbook.fit` adds.
+
+A schedule by name (seed 000's step-down, seed 001's one cycle, seed 004's
+cosine annealing and two-stage schedule) and the watchers of seed 003 step 6
+(learning-curve diagnosis, update ratios) and seed 000 Q3 (weight decay
+against the data loss). Their findings go into the run's `FitRecord`.
+"""
+
+import json
+
+import keras
+
+from keras_playbook.callbacks import (
+    CosineRestarts,
+    CurveDiagnosis,
+    OneCycle,
+    StepDownLR,
+    TwoStage,
+    UpdateRatioMonitor,
+    WeightDecayMonitor,
+)
+from keras_playbook.callbacks.monitors import decayed_variables
+from keras_playbook.callbacks.schedules import momentum_attribute
+
+SCHEDULES = ("step_down", "one_cycle", "cosine", "two_stage")
+
+
+def check_schedule(schedule, stage="fit"):
+    """Raises for a `schedule` that is neither None, a known name nor a Keras callback."""
+    if schedule is None or isinstance(schedule, keras.callbacks.Callback):
+        return
+    if schedule not in SCHEDULES:
+        raise ValueError(
+            f"{stage}: unknown schedule {schedule!r}. Pass one of {list(SCHEDULES)}, a schedule "
+            "callback (e.g. OneCycle((1e-3, 1e-2))), or None for a constant learning rate."
+        )
+
+
+def schedule_callback(schedule, model, lr_result, has_validation, stage="fit"):
+    """The callback that runs `schedule` (see `Playbook.fit`), or None.
+
+    Args:
+        schedule: None, one of `SCHEDULES`, or a callback (returned as is).
+        model: The compiled model (its optimizer decides what OneCycle cycles).
+        lr_result: The latest `find_lr` result, or None; "one_cycle" takes its
+            bounds from it.
+        has_validation: Whether `fit` has validation data ("step_down"
+            watches `val_loss` then, else `loss`).
+
+    Raises:
+        ValueError: for "one_cycle" without a usable `find_lr` result.
+    """
+    check_schedule(schedule, stage)
+    if schedule is None or isinstance(schedule, keras.callbacks.Callback):
+        return schedule
+    if schedule == "step_down":
+        return StepDownLR(monitor="val_loss" if has_validation else "loss")
+    if schedule == "one_cycle":
+        if lr_result is None or lr_result.one_cycle_lr_bounds is None:
+            raise ValueError(
+                f"{stage}: schedule='one_cycle' takes its learning-rate bounds from the range test "
+                f"({'no usable range was found' if lr_result is not None else 'none has run'}). Run "
+                "pb.find_lr() first, or pass schedule=OneCycle(lr_bounds=(lower, upper))."
+            )
+        try:
+            momentum_attribute(model.optimizer)
+            momentum_bounds = (0.85, 0.95)
+        except ValueError:  # SGD without momentum, RMSprop, ...: only the rate cycles.
+            momentum_bounds = None
+        return OneCycle(lr_result, momentum_bounds=momentum_bounds)
+    if schedule == "cosine":
+        return CosineRestarts()
+    return TwoStage()
+
+
+def watchers(model, sample):
+    """The monitors `Playbook.fit` adds: curve diagnosis, update ratios, and weight decay when there is any.
+
+    Args:
+        model: The compiled model.
+        sample: `(x, y)` for the weight-decay gradients of coupled decay.
+    """
+    callbacks = [CurveDiagnosis(verbose=0), UpdateRatioMonitor()]
+    if any(decayed_variables(model)):
+        callbacks.append(WeightDecayMonitor(sample=sample))
+    return callbacks
+
+
+def findings_of(callbacks):
+    """Every finding of `callbacks`, as dicts, in the order of the callbacks."""
+    return [finding.to_dict() for callback in callbacks for finding in getattr(callback, "findings", [])]
+
+
+def describe(callback):
+    """`{"name", "config"}` of a schedule callback for the journal (config left out when not JSON)."""
+    if callback is None:
+        return None
+    description = {"name": type(callback).__name__}
+    try:
+        config = callback.get_config()
+        json.dumps(config)
+        description["config"] = config
+    except (AttributeError, NotImplementedError, TypeError, ValueError):
+        pass
+    return description

@@ -1,0 +1,87 @@
+"""Playbook.fit with a schedule by name and the watchers, on real training runs."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_playbook import FitRecord, Journal, Playbook
+from keras_playbook.callbacks import CosineRestarts
+from tests import helpers
+
+
+def _playbook(strategy, digits, model=None, directory=None, **kwargs):
+    return Playbook(
+        model or helpers.mlp,
+        (digits["x_train"], digits["y_train"]),
+        validation_data=(digits["x_val"], digits["y_val"]),
+        loss=helpers.LOGITS_LOSS,
+        batch_size=32,
+        strategy=strategy,
+        directory=directory,
+        verbose=0,
+        **kwargs,
+    )
+
+
+def test_one_cycle_takes_its_bounds_from_find_lr(strategy, digits, tmp_path):
+    pb = _playbook(strategy, digits, directory=tmp_path)
+    found = pb.find_lr(num_steps=40)
+    assert found.ok
+    history = pb.fit(epochs=3, schedule="one_cycle", verbose=0)
+    record = pb.journal.latest("fit")
+    assert record.schedule["name"] == "OneCycle"
+    assert record.schedule["config"]["lr_bounds"] == pytest.approx(found.one_cycle_lr_bounds)
+    low, high = found.one_cycle_lr_bounds
+    rates = history.history["learning_rate"]
+    assert max(rates) <= high * (1 + 1e-6) and rates[-1] < low  # Up to the max bound, then below the min.
+    assert "beta_1" in history.history  # Adam: beta_1 cycles with the rate.
+    # The journal on disk keeps the schedule and the findings.
+    again = Journal.load(tmp_path / "journal.json").latest("fit")
+    assert again.schedule == record.schedule and again.findings == record.findings
+
+
+def test_named_schedules_start_from_the_settled_rate(digits):
+    pb = _playbook(None, digits, optimizer=keras.optimizers.SGD(0.05))
+    history = pb.fit(epochs=4, schedule="two_stage", verbose=0)
+    assert history.history["learning_rate"] == pytest.approx([0.05, 0.05, 0.005, 0.005])
+    history = pb.fit(epochs=2, schedule="step_down", learning_rate=0.02, verbose=0)
+    assert history.history["learning_rate"] == pytest.approx([0.02, 0.02])  # Still learning: kept.
+    history = pb.fit(epochs=2, schedule=CosineRestarts(cycle_epochs=1), learning_rate=0.02, verbose=0)
+    assert history.history["learning_rate"][0] < 0.02 * 0.01  # The end of a cosine cycle.
+    assert pb.journal.latest("fit").schedule == {
+        "name": "CosineRestarts", "config": CosineRestarts(cycle_epochs=1).get_config()
+    }
+
+
+def test_watchers_record_what_they_see(strategy, digits):
+    pb = _playbook(strategy, digits, model=lambda: helpers.mlp(l2=1.0), optimizer=keras.optimizers.SGD(0.05))
+    pb.fit(epochs=2, verbose=0)
+    record = pb.journal.latest("fit")
+    kinds = [finding["kind"] for finding in record.findings]
+    assert "weight_decay_dominating" in kinds and "weight_decay_dominating" in record.message
+    assert "weight_decay_ratio" in record.history and "update_ratio" in record.history
+    (finding,) = [f for f in record.findings if f["kind"] == "weight_decay_dominating"]
+    assert finding["evidence"]["pull"] > finding["evidence"]["push"] and "seed 000 Q3" in finding["advice"]
+    pb = _playbook(strategy, digits, optimizer=keras.optimizers.SGD(0.05))
+    history = pb.fit(epochs=2, watch=False, verbose=0)
+    assert pb.journal.latest("fit").findings == [] and "update_ratio" not in history.history
+
+
+def test_bad_schedules_fail_before_training(digits):
+    pb = _playbook(None, digits)
+    before = helpers.variables_of(pb.model)
+    with pytest.raises(ValueError, match="unknown schedule 'cyclic'"):
+        pb.fit(epochs=1, schedule="cyclic")
+    with pytest.raises(ValueError, match="Run pb.find_lr\\(\\) first"):
+        pb.fit(epochs=1, schedule="one_cycle")
+    helpers.assert_same_values(before, helpers.variables_of(pb.model))
+    assert len(pb.journal) == 1
+
+
+def test_older_fit_records_load_without_schedule_and_findings():
+    record = FitRecord.from_dict({
+        "kind": "fit", "epochs": 1, "hyperparameters": {}, "history": {"loss": [1.0]},
+        "monitor": "loss", "best_epoch": 1, "ok": True, "message": "",
+    })
+    assert record.schedule is None and record.findings == []
+    assert np.isfinite(record.history["loss"][0])
