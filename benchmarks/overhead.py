@@ -75,12 +75,14 @@ def run_playbook(initial_weights, x, y, epochs):
     return samples_per_second(timer, len(x))
 
 
-def setup(description, repetitions, epochs):
-    """Parses the shared arguments; returns them with synthetic images and the CNN's initial weights."""
+def setup(description, repetitions, epochs, extra=()):
+    """Parses the shared arguments (and `extra` (flag, options) pairs); returns them with synthetic images and the CNN's initial weights."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--repetitions", type=int, default=repetitions)
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--examples", type=int, default=4096)
+    for flag, options in extra:
+        parser.add_argument(flag, **options)
     arguments = parser.parse_args()
     rng = np.random.default_rng(0)
     x = rng.random((arguments.examples, 28, 28, 1), dtype=np.float32)

@@ -678,8 +678,8 @@ class Playbook:
         self._apply_to_optimizer(hyperparameters)
         watching = []
         if watch:
-            sample = (validation_data or train_data).sample(2, seed=self.seed)[:2]
-            watching = training.watchers(self.model, sample)
+            source = validation_data if validation_data is not None else train_data
+            watching = training.watchers(self.model, lambda: source.sample(2, seed=self.seed)[:2])
         history = self.model.fit(
             train_data.dataset,
             validation_data=None if validation_data is None else validation_data.dataset,

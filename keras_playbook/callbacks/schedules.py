@@ -34,6 +34,7 @@ _MAX_NAMES = ("acc", "accuracy", "auc", "precision", "recall")
 
 
 def _require_float_learning_rate(optimizer, callback):
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     if isinstance(getattr(optimizer, "_learning_rate", None), keras.optimizers.schedules.LearningRateSchedule):
         raise ValueError(
             f"{callback} sets the learning rate itself, but {type(optimizer).__name__} follows a "
@@ -232,6 +233,16 @@ class StepDownLR(keras.callbacks.Callback):
 _CHUNK = 1024  # Steps of a schedule evaluated at once (one vectorized call).
 
 
+def _learning_rate_variable(optimizer):
+    """The variable behind `optimizer.learning_rate` (inside a wrapper such as LossScaleOptimizer)."""
+    return getattr(optimizer, "inner_optimizer", optimizer)._learning_rate
+
+
+def _assign(variable, value):
+    """`variable.assign(value)` without reading the value back: half the cost, paid before every step."""
+    getattr(variable, "value", variable).assign(value, read_value=False)
+
+
 def _evaluate(schedule, start, stop):
     """`schedule(step)` for steps start..stop-1, in one call when the schedule takes an array."""
     steps = np.arange(start, stop)
@@ -299,7 +310,7 @@ class _PerStepSchedule(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         rate = self._rate(self._epoch_start + batch)
         if rate != self._last:
-            self.model.optimizer.learning_rate = rate
+            _assign(_learning_rate_variable(self.model.optimizer), rate)
             self._last = rate
 
     def on_train_batch_end(self, batch, logs=None):
@@ -504,7 +515,7 @@ class OneCycle(_PerStepSchedule):
         if self._momentum is not None:
             value = self.momentum_at(self._epoch_start + batch)
             if value != self._last_momentum:
-                self._momentum[2].assign(value)
+                _assign(self._momentum[2], value)
                 self._last_momentum = value
 
     def on_epoch_end(self, epoch, logs=None):

@@ -76,13 +76,20 @@ def schedule_callback(schedule, model, lr_result, has_validation, stage="fit"):
 def watchers(model, sample):
     """The monitors `Playbook.fit` adds: curve diagnosis, update ratios, and weight decay when there is any.
 
+    `WeightDecayMonitor` is left out where it cannot work: a model whose
+    weight penalties (coupled decay) sit under several compiled losses.
+
     Args:
         model: The compiled model.
-        sample: `(x, y)` for the weight-decay gradients of coupled decay.
+        sample: A function returning `(x, y)` for the gradients of coupled
+            decay (called only when the model has a weight regularizer).
     """
     callbacks = [CurveDiagnosis(verbose=0), UpdateRatioMonitor()]
-    if any(decayed_variables(model)):
-        callbacks.append(WeightDecayMonitor(sample=sample))
+    decoupled, coupled = decayed_variables(model)
+    if coupled and not isinstance(model.loss, (dict, list, tuple)):
+        callbacks.append(WeightDecayMonitor(sample=sample()))
+    elif decoupled and not coupled:
+        callbacks.append(WeightDecayMonitor())
     return callbacks
 
 
