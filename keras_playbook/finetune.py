@@ -338,6 +338,8 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
         inner_optimizer: The optimizer doing the work.
         multipliers: Dict of path ending (e.g. "dense/kernel") -> multiplier.
         name: Optional name.
+        **kwargs: Arguments of the inner optimizer to change (a copy of it
+            is made), e.g. `learning_rate=0.1`.
 
     Example:
 
@@ -348,10 +350,16 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
     """
 
     def __init__(self, inner_optimizer, multipliers, name=None, **kwargs):
-        if kwargs:
-            raise ValueError(
-                f"DiscriminativeOptimizer takes no optimizer arguments ({sorted(kwargs)}): set them on the inner optimizer."
-            )
+        if kwargs:  # The inner optimizer's arguments (a config updated as for any optimizer).
+            config = inner_optimizer.get_config()
+            unknown = sorted(set(kwargs) - set(config))
+            if unknown:
+                raise ValueError(
+                    f"DiscriminativeOptimizer: {type(inner_optimizer).__name__} has no argument(s) {unknown}."
+                )
+            if any(config[key] != value for key, value in kwargs.items()):
+                config.update(kwargs)
+                inner_optimizer = type(inner_optimizer).from_config(config)
         for path, value in multipliers.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
                 raise ValueError(f"Multipliers must be numbers > 0. Received: {value!r} for {path!r}.")
@@ -406,7 +414,16 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
         return self.multipliers[max(matches, key=len)] if matches else 1.0
 
     def get_config(self):
+        """The inner optimizer's arguments, plus the inner optimizer itself and the multipliers.
+
+        The arguments are repeated at the top so that code reading an
+        optimizer's config (`config["weight_decay"]`) or making a changed copy
+        (`type(opt).from_config({**config, "learning_rate": 0.1})`) works.
+        """
+        arguments = self.inner_optimizer.get_config()
+        arguments.pop("name", None)
         return {
+            **arguments,
             "name": self.name,
             "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
             "multipliers": dict(self.multipliers),
@@ -416,7 +433,8 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
-        return cls(inner, **config)
+        multipliers = config.pop("multipliers")
+        return cls(inner, multipliers, **config)
 
 
 def geometric_multipliers(num_groups, factor=ULMFIT_FACTOR):

@@ -14,13 +14,13 @@ import numpy as np
 import tensorflow as tf
 
 from keras_playbook import data as data_module
-from keras_playbook import losses, validation
+from keras_playbook import finetune, losses, validation
 from keras_playbook.callbacks import StepProgress
 from keras_playbook.journal import JOURNAL_FILENAME, Journal
 from keras_playbook.records import FitRecord, SetupRecord
 from keras_playbook.session import Session, resolve_strategy
 from keras_playbook.stages import batch_size as batch_size_stage
-from keras_playbook.stages import experiments, lr_range, probes, sanity, search, training, trials
+from keras_playbook.stages import experiments, finetuning, lr_range, probes, sanity, search, training, trials
 
 FIT_OVERRIDES = ("learning_rate", "weight_decay", "batch_size", "momentum", "beta_1")
 _OPTIMIZER_SETTINGS = ("weight_decay", "momentum", "beta_1")
@@ -693,8 +693,149 @@ class Playbook:
         ))
         return history
 
+    @classmethod
+    def for_fine_tuning(
+        cls,
+        backbone,
+        num_classes,
+        train_data,
+        validation_data=None,
+        *,
+        weights=None,
+        pooling="avg",
+        dropout=0.0,
+        loss=None,
+        metrics=("accuracy",),
+        **kwargs,
+    ):
+        """A Playbook for fine-tuning `backbone` on a new classification task (seed 004).
+
+        Builds backbone -> global pooling -> (dropout) -> `Dense(num_classes)`
+        logits named "head", compiled with sparse categorical cross-entropy
+        on logits unless `loss` says otherwise. The nested backbone and the
+        head are what `finetune.layer_groups` and `fine_tune` split on.
+
+        Args:
+            backbone: A built `keras.Model` without its classifier (e.g.
+                `keras.applications.MobileNetV3Small(include_top=False,
+                weights=...)`, a KerasHub backbone, your own model), or the
+                path of a `.keras` file holding one.
+            num_classes: Classes of the new task (>= 2).
+            train_data, validation_data: As for `Playbook`.
+            weights: A `.weights.h5` or `.keras` file to load into the
+                backbone first (a checkpoint of your own; nothing is
+                downloaded).
+            pooling: "avg" or "max".
+            dropout: Dropout rate before the head.
+            loss, metrics: For `compile`.
+            **kwargs: Other `Playbook` arguments (`optimizer`, `batch_size`,
+                `strategy`, `directory`, ...).
+
+        Returns:
+            A `Playbook` around the new model.
+
+        Example:
+
+        ```python
+        backbone = keras.applications.MobileNetV3Small(include_top=False, weights="imagenet",
+                                                       input_shape=(96, 96, 3))
+        pb = Playbook.for_fine_tuning(backbone, num_classes=5, train_data=(x, y),
+                                      validation_data=(x_val, y_val))
+        pb.fine_tune(head_epochs=3, epochs=10)
+        ```
+        """
+        backbone = finetuning.load_backbone(backbone, weights)
+        model = finetuning.build_model(backbone, num_classes, pooling=pooling, dropout=dropout)
+        if loss is None:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        return cls(model, train_data, validation_data, loss=loss,
+                   metrics=list(metrics) if metrics is not None else None, **kwargs)
+
+    def fine_tune(
+        self,
+        head_epochs=3,
+        epochs=10,
+        groups=3,
+        multipliers=None,
+        factor=finetune.ULMFIT_FACTOR,
+        head_learning_rate=None,
+        learning_rate=None,
+        gradual=False,
+        find_lr_steps=100,
+        callbacks=None,
+        verbose="auto",
+    ):
+        """Fine-tunes the model in two phases: the head alone, then every layer with discriminative rates (seed 004).
+
+        1. Every group but the head is frozen (BatchNormalization runs in
+           inference mode there); a range test on the head finds its rate
+           (unless `head_learning_rate`); the head trains `head_epochs`.
+        2. Everything is thawed (or, with `gradual`, thawed one group per
+           epoch from the top, ULMFiT); the optimizer becomes a fresh one of
+           the same kind wrapped in a `DiscriminativeOptimizer` (each group's
+           step times its multiplier); a fresh range test finds the base rate
+           (unless `learning_rate`); all groups train `epochs`.
+        Both range tests, both runs and a `FineTuneResult` go to the journal.
+
+        Args:
+            head_epochs: Epochs of phase 1 (>= 1).
+            epochs: Epochs of phase 2 (>= 1).
+            groups: Number of groups by depth (head included), or explicit
+                lists of layers or names (see `finetune.layer_groups`).
+            multipliers: One per group, earliest first; default geometric:
+                each earlier group's rate the next one's divided by `factor`.
+            factor: The geometric factor (2.6, as in ULMFiT).
+            head_learning_rate, learning_rate: Skip a range test and use this.
+            gradual: Thaw one group per epoch in phase 2.
+            find_lr_steps: Steps of each range test.
+            callbacks: Keras callbacks for both phases.
+            verbose: Passed to `model.fit`.
+
+        Returns:
+            A `FineTuneResult`, also appended to the journal.
+
+        Raises:
+            ValueError: before any training, for bad epochs, groups, or
+                multipliers whose number differs from the groups'.
+        """
+        validation.check_int(head_epochs, "head_epochs", "fine_tune")
+        validation.check_int(epochs, "epochs", "fine_tune")
+        for name, value in (("head_learning_rate", head_learning_rate), ("learning_rate", learning_rate)):
+            if value is not None:
+                validation.check_number(value, name, "fine_tune")
+        layer_groups = finetuning.resolve_groups(self.model, groups)
+        multipliers = finetuning.check_multipliers(multipliers, len(layer_groups), factor)
+        callbacks = list(callbacks or [])
+
+        finetune.freeze_to(self.model, layer_groups, len(layer_groups) - 1)
+        head_rate = head_learning_rate or self._found_rate(find_lr_steps)
+        head_history = self.fit(head_epochs, callbacks=callbacks, verbose=verbose, learning_rate=head_rate)
+
+        finetune.unfreeze(self.model)
+        inner = _innermost(self.model.optimizer)
+        with self.session.scope():
+            fresh = type(inner).from_config(inner.get_config())
+            optimizer = finetune.discriminative(fresh, layer_groups, multipliers)
+        self.session.compile_like(self.model, optimizer)  # The model's loss and metrics, this optimizer.
+        finetune.prepare_optimizer(self.model)
+        rate = learning_rate or self._found_rate(find_lr_steps)
+        extra = [finetune.GradualUnfreezing(layer_groups, every_epochs=1)] if gradual else []
+        history = self.fit(epochs, callbacks=callbacks + extra, verbose=verbose, learning_rate=rate)
+        return self._record(finetuning.summarize(
+            layer_groups, multipliers, head_rate, rate, head_epochs, epochs, gradual,
+            FitRecord.from_history(head_history, {}).history, FitRecord.from_history(history, {}).history,
+        ))
+
+    def _found_rate(self, num_steps):
+        """A range test's suggestion for the model as it is now (frozen groups stay frozen in the copy)."""
+        found = self.find_lr(num_steps=num_steps)
+        if found.suggested_lr is None:
+            raise ValueError(f"fine_tune: the range test found no learning rate ({found.message}). "
+                             "Pass `head_learning_rate` / `learning_rate`.")
+        return found.suggested_lr
+
     def _apply_to_optimizer(self, hyperparameters):
-        optimizer = self.model.optimizer
+        optimizer = _innermost(self.model.optimizer)  # Inside LossScaleOptimizer, DiscriminativeOptimizer.
         if "learning_rate" in hyperparameters:
             if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
                 raise ValueError(
@@ -750,6 +891,13 @@ def _validate_hyperparameters(hyperparameters):
         valid = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
         if value is not None and not valid:
             raise ValueError(f"fit: argument `{name}` must be in [0, 1). Received: {name}={value!r}.")
+
+
+def _innermost(optimizer):
+    """The optimizer doing the work inside wrappers (`inner_optimizer`)."""
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    return optimizer
 
 
 def _names_in(mappings):

@@ -1,0 +1,168 @@
+"""Fine-tuning a pretrained backbone, head first (seed 004).
+
+Seed 004: when fine-tuning, start with a lower learning rate than from
+scratch; freeze the early layers, or give them a lower learning rate than the
+later ones. `fine_tune` runs the two phases the practice implies: the head
+alone on the frozen backbone, at the rate a range test finds for it; then
+every layer, with discriminative learning rates (each earlier group's step
+a fraction of the next one's) at the base rate a fresh range test finds.
+`build_model` puts a pooling layer and a classification head on a backbone.
+"""
+
+import dataclasses
+import os
+
+import keras
+
+from keras_playbook import finetune, validation
+from keras_playbook.journal import Result
+
+
+@dataclasses.dataclass
+class FineTuneResult(Result):
+    """The two phases of `Playbook.fine_tune`.
+
+    Attributes:
+        groups: Layer names per group, earliest first; the head last.
+        multipliers: Learning-rate multiplier per group in phase 2.
+        head_learning_rate: Rate of phase 1 (head only).
+        learning_rate: Base rate of phase 2 (the head's; earlier groups get
+            it times their multiplier).
+        head_epochs, epochs: Epochs of each phase.
+        gradual: Whether phase 2 thawed the groups one at a time.
+        head_history, history: Per-epoch curves of each phase.
+        monitor: The curve the phases are compared on.
+        head_best, best: Best `monitor` value of each phase.
+    """
+
+    kind = "fine_tune"
+    groups: list
+    multipliers: list
+    head_learning_rate: float
+    learning_rate: float
+    head_epochs: int
+    epochs: int
+    gradual: bool
+    head_history: dict
+    history: dict
+    monitor: str
+    head_best: float
+    best: float
+    ok: bool
+    message: str
+
+
+def build_model(backbone, num_classes, pooling="avg", dropout=0.0, name=None):
+    """Backbone -> global pooling -> (dropout) -> `Dense(num_classes)` logits named "head".
+
+    Args:
+        backbone: A built Keras model without its classifier (e.g. a
+            `keras.applications` model with `include_top=False`).
+        num_classes: Classes of the new task (>= 2).
+        pooling: "avg" or "max" over the spatial axes of a feature map
+            (rank 3 or 4 outputs); a flat output is used as is.
+        dropout: Dropout rate before the head.
+        name: The model's name.
+
+    Returns:
+        An uncompiled functional model whose nested backbone and head
+        `layer_groups` find by default.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"Argument `num_classes` must be an int >= 2. Received: num_classes={num_classes!r}.")
+    if pooling not in ("avg", "max"):
+        raise ValueError(f"Argument `pooling` must be 'avg' or 'max'. Received: pooling={pooling!r}.")
+    validation.check_number(dropout, "dropout", "for_fine_tuning", allow_zero=True)
+    if not isinstance(backbone, keras.Model) or not backbone.built:
+        raise ValueError(f"The backbone must be a built keras.Model. Received: {backbone!r}.")
+    inputs = keras.Input(backbone.input_shape[1:], name="image")
+    features = backbone(inputs)
+    rank = len(features.shape)
+    if rank in (3, 4):
+        pool = {
+            (3, "avg"): keras.layers.GlobalAveragePooling1D,
+            (3, "max"): keras.layers.GlobalMaxPooling1D,
+            (4, "avg"): keras.layers.GlobalAveragePooling2D,
+            (4, "max"): keras.layers.GlobalMaxPooling2D,
+        }[(rank, pooling)]
+        features = pool(name="pool")(features)
+    elif rank != 2:
+        raise ValueError(f"The backbone's output has rank {rank}; expected a feature map (3, 4) or features (2).")
+    if dropout:
+        features = keras.layers.Dropout(dropout, name="head_dropout")(features)
+    outputs = keras.layers.Dense(num_classes, name="head")(features)
+    return keras.Model(inputs, outputs, name=name or f"{backbone.name}_fine_tuning")
+
+
+def load_backbone(backbone, weights=None):
+    """The backbone: a model, or a `.keras` file; with `weights` from a `.weights.h5` or `.keras` file.
+
+    Users often fine-tune their own checkpoints, and there may be no network
+    for `weights="imagenet"`: local files are read here.
+    """
+    if isinstance(backbone, (str, os.PathLike)):
+        path = os.fspath(backbone)
+        if not path.endswith(".keras") or not os.path.exists(path):
+            raise ValueError(f"for_fine_tuning: backbone {path!r} is not an existing .keras file.")
+        backbone = keras.models.load_model(path, compile=False)
+    if weights is None:
+        return backbone
+    if not isinstance(weights, (str, os.PathLike)) or not os.path.exists(os.fspath(weights)):
+        raise ValueError(f"for_fine_tuning: weights file {weights!r} does not exist.")
+    path = os.fspath(weights)
+    if path.endswith(".weights.h5"):
+        backbone.load_weights(path)
+    elif path.endswith(".keras"):
+        saved = keras.models.load_model(path, compile=False)
+        if len(saved.weights) != len(backbone.weights) or any(
+            tuple(a.shape) != tuple(b.shape) for a, b in zip(saved.weights, backbone.weights)
+        ):
+            raise ValueError(
+                f"for_fine_tuning: the model in {path!r} does not have the backbone's weights "
+                f"({len(saved.weights)} vs {len(backbone.weights)} variables, or other shapes)."
+            )
+        backbone.set_weights(saved.get_weights())
+    else:
+        raise ValueError(f"for_fine_tuning: weights must be a .weights.h5 or .keras file. Received: {path!r}.")
+    return backbone
+
+
+def resolve_groups(model, groups):
+    """`groups` as `layer_groups` returns them: an int (by depth) or explicit lists."""
+    if isinstance(groups, int) and not isinstance(groups, bool):
+        return finetune.layer_groups(model, n=groups)
+    return finetune.layer_groups(model, groups=groups)
+
+
+def check_multipliers(multipliers, num_groups, factor):
+    if multipliers is None:
+        return finetune.geometric_multipliers(num_groups, factor)
+    if not isinstance(multipliers, (list, tuple)) or len(multipliers) != num_groups:
+        raise ValueError(
+            f"fine_tune: one multiplier per group: {num_groups} groups, "
+            f"{len(multipliers) if isinstance(multipliers, (list, tuple)) else multipliers!r} multipliers."
+        )
+    for value in multipliers:
+        validation.check_number(value, "multipliers", "fine_tune")
+    return [float(value) for value in multipliers]
+
+
+def summarize(groups, multipliers, head_rate, rate, head_epochs, epochs, gradual, head_history, history):
+    monitor = "val_loss" if "val_loss" in history else "loss"
+    head_best = min(head_history.get(monitor, [float("nan")]))
+    best = min(history.get(monitor, [float("nan")]))
+    names = [[layer.name for layer in group] for group in groups]
+    ok = best == best and head_best == head_best  # Not NaN.
+    message = (
+        f"Phase 1 trained the head alone ({len(names[-1])} layers) for {head_epochs} epochs at "
+        f"{head_rate:.3g}: best {monitor} {head_best:.4g}. Phase 2 trained all {len(names)} groups for "
+        f"{epochs} epochs at base rate {rate:.3g} with multipliers "
+        f"{', '.join(f'{m:.3g}' for m in multipliers)} (earliest first; seed 004: early layers change "
+        f"less){', thawing one group at a time' if gradual else ''}: best {monitor} {best:.4g}."
+    )
+    return FineTuneResult(
+        groups=names, multipliers=list(multipliers), head_learning_rate=float(head_rate),
+        learning_rate=float(rate), head_epochs=head_epochs, epochs=epochs, gradual=bool(gradual),
+        head_history=head_history, history=history, monitor=monitor, head_best=float(head_best),
+        best=float(best), ok=bool(ok), message=message,
+    )

@@ -1,0 +1,107 @@
+"""Playbook.for_fine_tuning and fine_tune: a backbone pretrained on digits 0-4, fine-tuned on 5-9."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_playbook import Playbook, finetune
+from keras_playbook.session import read_value
+from tests import helpers
+
+
+def _backbone():
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="block1_conv"),
+            keras.layers.BatchNormalization(momentum=0.9, name="block1_bn"),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="block2_conv"),
+            keras.layers.BatchNormalization(momentum=0.9, name="block2_bn"),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="block3_conv"),
+        ],
+        name="backbone",
+    )
+
+
+def _split(digits, low):
+    """Images of digits low..low+4 with labels 0..4."""
+    parts = {}
+    for part in ("train", "val"):
+        keep = (digits[f"y_{part}"] >= low) & (digits[f"y_{part}"] < low + 5)
+        parts[part] = (digits[f"x_{part}"][keep].reshape(-1, 8, 8, 1), digits[f"y_{part}"][keep] - low)
+    return parts
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A backbone trained briefly on digits 0-4, saved as .weights.h5 and .keras."""
+    keras.utils.set_random_seed(0)
+    data = _split(helpers.digits_data(num_train=1200, num_val=300), 0)
+    backbone = _backbone()
+    model = keras.Sequential([backbone, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5)])
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=helpers.LOGITS_LOSS)
+    model.fit(*data["train"], epochs=8, batch_size=32, verbose=0)
+    folder = tmp_path_factory.mktemp("pretrained")
+    backbone.save_weights(folder / "backbone.weights.h5")
+    backbone.save(folder / "backbone.keras")
+    return {"folder": folder, "weights": [np.array(w) for w in backbone.get_weights()]}
+
+
+def test_backbone_weights_load_from_local_files(pretrained, digits):
+    data = _split(digits, 5)
+    for source in ("backbone.weights.h5", "backbone.keras"):
+        pb = Playbook.for_fine_tuning(_backbone(), 5, data["train"], data["val"], weights=pretrained["folder"] / source,
+                                      strategy=None, verbose=0)
+        backbone = pb.model.get_layer("backbone")
+        for got, want in zip(backbone.get_weights(), pretrained["weights"]):
+            np.testing.assert_array_equal(got, want)
+    pb = Playbook.for_fine_tuning(str(pretrained["folder"] / "backbone.keras"), 5, data["train"], verbose=0)
+    assert [layer.name for layer in finetune.layer_groups(pb.model, n=3)[-1]] == ["head"]
+
+
+def test_fine_tune_runs_both_phases_and_records_them(strategy, pretrained, digits):
+    data = _split(digits, 5)
+    pb = Playbook.for_fine_tuning(_backbone(), 5, data["train"], data["val"],
+                                  weights=pretrained["folder"] / "backbone.weights.h5",
+                                  batch_size=16, strategy=strategy, verbose=0)
+    backbone_weights = [np.array(read_value(v)) for v in pb.model.get_layer("backbone").weights]
+    head_snapshot = []
+
+    class _AfterHeadPhase(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            head_snapshot.append([np.array(read_value(v)) for v in pb.model.get_layer("backbone").weights])
+
+    result = pb.fine_tune(head_epochs=2, epochs=3, groups=3, callbacks=[_AfterHeadPhase()], verbose=0)
+    # Phase 1 left the backbone (BatchNorm statistics included) exactly as loaded.
+    for got, want in zip(head_snapshot[0], backbone_weights):
+        np.testing.assert_array_equal(got, want)
+    # Phase 2 trained it, with discriminative rates.
+    assert any(not np.array_equal(got, want) for got, want in zip(head_snapshot[1], backbone_weights))
+    assert isinstance(pb.model.optimizer, finetune.DiscriminativeOptimizer)
+    assert result.multipliers == pytest.approx([1 / 2.6**2, 1 / 2.6, 1.0])
+    assert result.groups[-1] == ["head"] and len(result.groups) == 3
+    kinds = [record.kind for record in pb.journal]
+    assert kinds[-5:] == ["find_lr", "fit", "find_lr", "fit", "fine_tune"]
+    assert result.head_learning_rate == pytest.approx(pb.journal[-5].suggested_lr)
+    assert result.learning_rate == pytest.approx(pb.journal[-3].suggested_lr)
+    assert result.ok and result.best < 1.0  # Five classes: ln 5 = 1.61 at chance.
+    assert "seed 004" in result.message
+
+
+def test_fine_tune_refuses_bad_input_before_training(pretrained, digits):
+    data = _split(digits, 5)
+    with pytest.raises(ValueError, match="num_classes"):
+        Playbook.for_fine_tuning(_backbone(), 1, data["train"], verbose=0)
+    with pytest.raises(ValueError, match="does not exist"):
+        Playbook.for_fine_tuning(_backbone(), 5, data["train"], weights="missing.weights.h5", verbose=0)
+    pb = Playbook.for_fine_tuning(_backbone(), 5, data["train"], data["val"], verbose=0)
+    before = helpers.variables_of(pb.model)
+    with pytest.raises(ValueError, match="3 groups, 2 multipliers"):
+        pb.fine_tune(head_epochs=1, epochs=1, multipliers=[0.1, 1.0])
+    with pytest.raises(ValueError, match="no layer named 'stem'"):
+        pb.fine_tune(head_epochs=1, epochs=1, groups=[["stem"]])
+    with pytest.raises(ValueError, match="head_epochs=0"):
+        pb.fine_tune(head_epochs=0)
+    helpers.assert_same_values(before, helpers.variables_of(pb.model))
+    assert len(pb.journal) == 1
+    assert all(layer.trainable for layer in finetune.weighted_layers(pb.model))
