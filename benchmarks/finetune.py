@@ -73,7 +73,7 @@ def run_playbook(weights, train, val, head_epochs, epochs, seed):
     net = backbone()
     net.set_weights(weights)
     pb = Playbook.for_fine_tuning(net, 5, train, val, batch_size=16, seed=seed, verbose=0)
-    pb.fine_tune(head_epochs=head_epochs, epochs=epochs, groups=3)
+    pb.fine_tune(head_epochs=head_epochs, epochs=epochs, groups=3, verbose=0)
     return sum(accuracy_curve(pb), [])
 
 
