@@ -231,3 +231,32 @@ def test_bad_input_is_refused(digits):
     assert len(model.trainable_variables) == 4
     multipliers = finetune.geometric_multipliers(3)
     assert multipliers == pytest.approx([1 / 2.6**2, 1 / 2.6, 1.0])
+
+
+def test_one_cycle_drives_a_discriminative_optimizer(digits):
+    from keras_playbook.callbacks import OneCycle
+
+    model = helpers.mlp(hidden=16)
+    groups = finetune.layer_groups(model, n=2)
+    model.compile(optimizer=finetune.discriminative(keras.optimizers.SGD(0.1, momentum=0.9), groups, [0.25, 1.0]),
+                  loss=LOSS)
+    history = model.fit(digits["x_train"], digits["y_train"], batch_size=64, epochs=2,
+                        callbacks=[OneCycle((0.01, 0.1))], verbose=0)
+    assert history.history["momentum"][-1] == pytest.approx(0.95)  # Cycled on the inner SGD.
+    assert model.optimizer.inner_optimizer.momentum == 0.9  # And given back.
+    final = history.history["learning_rate"][-1]
+    rates = finetune.learning_rates(model)
+    assert sorted(set(round(rate / final, 6) for rate in rates.values())) == [0.25, 1.0]
+
+
+def test_gradual_unfreezing_on_a_plateau(digits):
+    model = helpers.mlp(hidden=16)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=LOSS)  # Nothing learns: every epoch is a plateau.
+    groups = finetune.layer_groups(model, n=2)
+    callback = finetune.GradualUnfreezing(groups, monitor="val_loss", patience=1)
+    model.fit(digits["x_train"], digits["y_train"], validation_data=(digits["x_val"], digits["y_val"]),
+              epochs=3, callbacks=[callback], verbose=0)
+    assert callback.thawed == [{"epoch": 2, "group": 0}]  # Best at epoch 1, no progress at 2: thaw.
+    with pytest.raises(ValueError, match="no 'val_acc'"):
+        model.fit(digits["x_train"], digits["y_train"], epochs=1, verbose=0,
+                  callbacks=[finetune.GradualUnfreezing(groups, monitor="val_acc")])
