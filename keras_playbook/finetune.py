@@ -25,7 +25,7 @@ import keras
 import numpy as np
 
 from keras_playbook.callbacks.monitors import leaf_layers
-from keras_playbook.session import read_value
+from keras_playbook.session import innermost_optimizer, optimizer_scope, read_value
 
 ULMFIT_FACTOR = 2.6  # Each earlier group's rate is the next one's divided by this (ULMFiT).
 
@@ -199,19 +199,8 @@ def _layers_in(groups):
     return layers
 
 
-def _strategy_scope(optimizer):
-    import contextlib
-
-    strategy = getattr(optimizer.iterations.value, "distribute_strategy", None)
-    return strategy.scope() if strategy is not None else contextlib.nullcontext()
-
-
 def _optimizer_of(model):
     return getattr(model, "optimizer", None) if getattr(model, "compiled", False) else None
-
-
-def _inner(optimizer):
-    return getattr(optimizer, "inner_optimizer", optimizer)
 
 
 def prepare_optimizer(model):
@@ -230,25 +219,26 @@ def prepare_optimizer(model):
     if optimizer is None:
         return None
     candidates = [v for layer in weighted_layers(model) for v in _trainable_candidates(layer)]
-    inner = _inner(optimizer)
+    inner = innermost_optimizer(optimizer)
     if inner.built:
         known = getattr(inner, "_trainable_variables_indices", None)
         if known is None or all(inner._var_key(v) in known for v in candidates):
             return optimizer
-        with _strategy_scope(optimizer):
+        with optimizer_scope(optimizer):
             optimizer = type(optimizer).from_config(optimizer.get_config())
         model.optimizer = optimizer
-    with _strategy_scope(optimizer):
+    with optimizer_scope(optimizer):
         optimizer.build(candidates)
     return optimizer
 
 
-def _set_trainable(model, layers, trainable):
-    """Sets `trainable` on `layers` (leaves) and keeps every other leaf as it was."""
+def _set_trainable(model, frozen=(), thawed=()):
+    """Freezes the `frozen` layers, thaws the `thawed` ones, keeps every other leaf as it was."""
     state = {id(layer): layer.trainable for layer in leaf_layers(model)}
-    for layer in layers:
-        for leaf in leaf_layers(layer) if isinstance(layer, keras.Model) else [layer]:
-            state[id(leaf)] = trainable
+    for layers, trainable in ((frozen, False), (thawed, True)):
+        for layer in layers:
+            for leaf in leaf_layers(layer) if isinstance(layer, keras.Model) else [layer]:
+                state[id(leaf)] = trainable
     # A container's `trainable` setter overwrites its sublayers: open them all, then set each leaf.
     model.trainable = True
     for leaf in leaf_layers(model):
@@ -284,7 +274,7 @@ def freeze(model, groups=None):
     freeze(model, layer_groups(model, n=3)[:2])
     ```
     """
-    _set_trainable(model, weighted_layers(model) if groups is None else _layers_in(groups), False)
+    _set_trainable(model, frozen=weighted_layers(model) if groups is None else _layers_in(groups))
 
 
 def unfreeze(model, groups=None):
@@ -294,7 +284,7 @@ def unfreeze(model, groups=None):
         model: The model.
         groups: A group, a list of groups, or None for every layer.
     """
-    _set_trainable(model, weighted_layers(model) if groups is None else _layers_in(groups), True)
+    _set_trainable(model, thawed=weighted_layers(model) if groups is None else _layers_in(groups))
 
 
 def freeze_to(model, groups, k):
@@ -307,8 +297,7 @@ def freeze_to(model, groups, k):
     """
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(groups):
         raise ValueError(f"freeze_to: `k` must be an int in [0, {len(groups)}]. Received: k={k!r}.")
-    _set_trainable(model, _layers_in(groups[:k]), False)
-    _set_trainable(model, _layers_in(groups[k:]), True)
+    _set_trainable(model, frozen=_layers_in(groups[:k]), thawed=_layers_in(groups[k:]))
 
 
 # Discriminative learning rates ----------------------------------------------

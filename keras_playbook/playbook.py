@@ -18,7 +18,7 @@ from keras_playbook import finetune, losses, validation
 from keras_playbook.callbacks import StepProgress
 from keras_playbook.journal import JOURNAL_FILENAME, Journal
 from keras_playbook.records import FitRecord, SetupRecord
-from keras_playbook.session import Session, resolve_strategy
+from keras_playbook.session import Session, innermost_optimizer, resolve_strategy
 from keras_playbook.stages import batch_size as batch_size_stage
 from keras_playbook.stages import experiments, finetuning, lr_range, probes, sanity, search, training, trials
 
@@ -812,7 +812,7 @@ class Playbook:
         head_history = self.fit(head_epochs, callbacks=callbacks, verbose=verbose, learning_rate=head_rate)
 
         finetune.unfreeze(self.model)
-        inner = _innermost(self.model.optimizer)
+        inner = innermost_optimizer(self.model.optimizer)
         with self.session.scope():
             fresh = type(inner).from_config(inner.get_config())
             optimizer = finetune.discriminative(fresh, layer_groups, multipliers)
@@ -835,7 +835,7 @@ class Playbook:
         return found.suggested_lr
 
     def _apply_to_optimizer(self, hyperparameters):
-        optimizer = _innermost(self.model.optimizer)  # Inside LossScaleOptimizer, DiscriminativeOptimizer.
+        optimizer = innermost_optimizer(self.model.optimizer)  # Inside LossScaleOptimizer, DiscriminativeOptimizer.
         if "learning_rate" in hyperparameters:
             if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
                 raise ValueError(
@@ -891,13 +891,6 @@ def _validate_hyperparameters(hyperparameters):
         valid = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
         if value is not None and not valid:
             raise ValueError(f"fit: argument `{name}` must be in [0, 1). Received: {name}={value!r}.")
-
-
-def _innermost(optimizer):
-    """The optimizer doing the work inside wrappers (`inner_optimizer`)."""
-    while hasattr(optimizer, "inner_optimizer"):
-        optimizer = optimizer.inner_optimizer
-    return optimizer
 
 
 def _names_in(mappings):

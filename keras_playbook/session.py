@@ -52,6 +52,23 @@ def resolve_strategy(strategy=None):
     return tf.distribute.get_strategy()
 
 
+def innermost_optimizer(optimizer):
+    """The optimizer doing the work inside wrappers (`LossScaleOptimizer`, `DiscriminativeOptimizer`)."""
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    return optimizer
+
+
+def optimizer_scope(optimizer):
+    """The scope of the strategy the optimizer's variables live in (none for the default strategy).
+
+    Callbacks run outside `fit`'s strategy scope; variables they create for
+    the optimizer must be placed like its own (mirrored under a MirroredStrategy).
+    """
+    strategy = getattr(optimizer.iterations.value, "distribute_strategy", None)
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
 def read_value(variable):
     """Reads a (possibly mirrored) variable as NumPy; `float()` fails on those."""
     return keras.ops.convert_to_numpy(variable)

@@ -260,3 +260,14 @@ def test_gradual_unfreezing_on_a_plateau(digits):
     with pytest.raises(ValueError, match="no 'val_acc'"):
         model.fit(digits["x_train"], digits["y_train"], epochs=1, verbose=0,
                   callbacks=[finetune.GradualUnfreezing(groups, monitor="val_acc")])
+
+
+def test_freeze_to_after_freezing_everything_does_not_warn(recwarn):
+    model = helpers.mlp(hidden=16)
+    groups = finetune.layer_groups(model, n=2)
+    with pytest.warns(UserWarning, match="is frozen"):
+        finetune.freeze(model)
+    recwarn.clear()
+    finetune.freeze_to(model, groups, 1)  # One change: the head thaws as the rest stays frozen.
+    assert not [w for w in recwarn if "is frozen" in str(w.message)]
+    assert [layer.trainable for layer in finetune.weighted_layers(model)] == [False, True]

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from keras_playbook.diagnosis import Finding, diagnose
-from keras_playbook.session import read_value
+from keras_playbook.session import innermost_optimizer, read_value
 
 
 def leaf_layers(model):
@@ -156,7 +156,7 @@ def decayed_variables(model):
     Decoupled: those the optimizer's `weight_decay` shrinks (Keras's own
     exclusion rules applied); coupled: those with a `regularizer`.
     """
-    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    optimizer = innermost_optimizer(model.optimizer)
     decay = getattr(optimizer, "weight_decay", None)
     decoupled, coupled = {}, {}
     for layer in leaf_layers(model):
@@ -243,7 +243,7 @@ class WeightDecayMonitor(keras.callbacks.Callback):
         self._before = None
 
     def on_train_begin(self, logs=None):
-        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+        optimizer = innermost_optimizer(self.model.optimizer)
         self._decoupled, self._coupled = decayed_variables(self.model)
         if not self._decoupled and not self._coupled:
             raise ValueError(
@@ -278,7 +278,7 @@ class WeightDecayMonitor(keras.callbacks.Callback):
         return float(read_value(optimizer.learning_rate))
 
     def _measure_decoupled(self):
-        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+        optimizer = innermost_optimizer(self.model.optimizer)
         shrink = self._learning_rate() * float(optimizer.weight_decay)
         ratios, parts = {}, {}
         for name, variables in self._decoupled.items():

@@ -22,19 +22,18 @@ before every step (nothing is retraced; works under `tf.distribute`) and
 write it to the logs at every epoch end as `learning_rate`.
 """
 
-import contextlib
 import math
 
 import keras
 import numpy as np
 
-from keras_playbook.session import read_value
+from keras_playbook.session import innermost_optimizer, optimizer_scope, read_value
 
 _MAX_NAMES = ("acc", "accuracy", "auc", "precision", "recall")
 
 
 def _require_float_learning_rate(optimizer, callback):
-    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    optimizer = innermost_optimizer(optimizer)
     if isinstance(getattr(optimizer, "_learning_rate", None), keras.optimizers.schedules.LearningRateSchedule):
         raise ValueError(
             f"{callback} sets the learning rate itself, but {type(optimizer).__name__} follows a "
@@ -235,7 +234,7 @@ _CHUNK = 1024  # Steps of a schedule evaluated at once (one vectorized call).
 
 def _learning_rate_variable(optimizer):
     """The variable behind `optimizer.learning_rate` (inside a wrapper such as LossScaleOptimizer)."""
-    return getattr(optimizer, "inner_optimizer", optimizer)._learning_rate
+    return innermost_optimizer(optimizer)._learning_rate
 
 
 def _assign(variable, value):
@@ -339,7 +338,7 @@ class _CyclingValue(keras.Variable):
 
 def momentum_attribute(optimizer):
     """The optimizer (inside a loss-scale wrapper) and the name of its momentum."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    inner = innermost_optimizer(optimizer)
     if isinstance(inner, keras.optimizers.SGD):
         if not isinstance(inner.momentum, keras.Variable) and inner.momentum == 0:
             raise ValueError(
@@ -469,9 +468,7 @@ class OneCycle(_PerStepSchedule):
             optimizer, name = momentum_attribute(self.model.optimizer)
             current = getattr(optimizer, name)
             original = current.original if isinstance(current, _CyclingValue) else current
-            # Placed like the optimizer's own variables (mirrored under a MirroredStrategy).
-            strategy = getattr(optimizer.iterations.value, "distribute_strategy", None)
-            with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            with optimizer_scope(optimizer):  # Placed like the optimizer's own variables.
                 variable = _CyclingValue(self.momentum_bounds[1], dtype="float32", trainable=False, name=f"one_cycle_{name}")
             variable.original = original
             # Outside the optimizer's tracked state, so `optimizer.variables` and saving do not change.
