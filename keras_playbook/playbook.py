@@ -809,7 +809,8 @@ class Playbook:
 
         finetune.freeze_to(self.model, layer_groups, len(layer_groups) - 1)
         head_rate = head_learning_rate or self._found_rate(find_lr_steps)
-        head_history = self.fit(head_epochs, callbacks=callbacks, verbose=verbose, learning_rate=head_rate)
+        self.fit(head_epochs, callbacks=callbacks, verbose=verbose, learning_rate=head_rate)
+        head_record = self.journal.latest("fit")
 
         finetune.unfreeze(self.model)
         inner = innermost_optimizer(self.model.optimizer)
@@ -820,10 +821,10 @@ class Playbook:
         finetune.prepare_optimizer(self.model)
         rate = learning_rate or self._found_rate(find_lr_steps)
         extra = [finetune.GradualUnfreezing(layer_groups, every_epochs=1)] if gradual else []
-        history = self.fit(epochs, callbacks=callbacks + extra, verbose=verbose, learning_rate=rate)
+        self.fit(epochs, callbacks=callbacks + extra, verbose=verbose, learning_rate=rate)
         return self._record(finetuning.summarize(
             layer_groups, multipliers, head_rate, rate, head_epochs, epochs, gradual,
-            FitRecord.from_history(head_history, {}).history, FitRecord.from_history(history, {}).history,
+            head_record.history, self.journal.latest("fit").history,
         ))
 
     def _found_rate(self, num_steps):
