@@ -703,6 +703,10 @@ class _EpochSizedSchedule(ScheduledLR):
         self.warmup_steps = round(self.warmup_epochs * steps)
         return self.schedule, self.warmup_steps
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)  # Plain arguments: the Keras schedule is built when training starts.
+
     def _run_epochs(self):
         return max(float(self.params["epochs"]) - self.warmup_epochs, 1.0)
 
@@ -778,10 +782,6 @@ class CosineRestarts(_EpochSizedSchedule):
             "warmup_epochs": self.warmup_epochs,
         }
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
 
 class TwoStage(_EpochSizedSchedule):
     """A high learning rate, then a low one (seed 004), with an optional warm-up.
@@ -838,7 +838,3 @@ class TwoStage(_EpochSizedSchedule):
             "switch_epoch": self.switch_epoch,
             "warmup_epochs": self.warmup_epochs,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
