@@ -112,7 +112,8 @@ def diagnose(history):
     if epochs < WINDOW:
         return []
     findings = []
-    start, end = np.mean(loss[:WINDOW]), np.mean(loss[-WINDOW:])
+    window = max(1, min(WINDOW, epochs // 2))  # First and last epochs, never overlapping.
+    start, end = np.mean(loss[:window]), np.mean(loss[-window:])
     if end >= start * (1 - FLAT):
         return [Finding("not_decreasing", list(range(1, epochs + 1)), {"loss": loss.tolist()},
                         "The training loss is not going down: the learning rate is too low, or the "

@@ -689,7 +689,8 @@ class Playbook:
             verbose=verbose,
         )
         self._record(FitRecord.from_history(
-            history, hyperparameters, schedule=training.describe(scheduler), findings=training.findings_of(watching)
+            history, hyperparameters, schedule=training.describe(scheduler),
+            findings=training.findings_of(watching, history),
         ))
         return history
 

@@ -151,3 +151,9 @@ def test_weight_decay_ratio_from_the_monitor_is_read():
     (finding,) = [f for f in dominated if f.kind == "weight_decay_dominating"]
     assert finding.epochs == [7, 8, 9, 10] and "seed 000 Q3" in finding.advice
     assert not [f for f in diagnose({"loss": loss, "weight_decay_ratio": [0.2] * 10}) if f.kind == "weight_decay_dominating"]
+
+
+def test_a_short_run_that_learns_is_not_called_flat():
+    # Three epochs: the first and last epochs are compared, not two identical three-epoch windows.
+    assert "not_decreasing" not in [f.kind for f in diagnose({"loss": [2.0, 1.5, 1.2]})]
+    assert [f.kind for f in diagnose({"loss": [2.0, 2.0, 2.0]})] == ["not_decreasing"]

@@ -21,6 +21,7 @@ from keras_playbook.callbacks import (
 )
 from keras_playbook.callbacks.monitors import decayed_variables
 from keras_playbook.callbacks.schedules import momentum_attribute
+from keras_playbook.diagnosis import diagnose
 
 SCHEDULES = ("step_down", "one_cycle", "cosine", "two_stage")
 
@@ -93,9 +94,20 @@ def watchers(model, sample):
     return callbacks
 
 
-def findings_of(callbacks):
-    """Every finding of `callbacks`, as dicts, in the order of the callbacks."""
-    return [finding.to_dict() for callback in callbacks for finding in getattr(callback, "findings", [])]
+def findings_of(callbacks, history):
+    """What a watched run showed, as dicts: the monitors' findings, then `diagnose` of the whole curves.
+
+    `CurveDiagnosis` reports findings as they appear during training (an
+    early epoch can look like a plateau); the record keeps the diagnosis of
+    the finished curves instead, plus the monitors' findings (a kind a
+    monitor reported with its per-layer evidence is not repeated).
+    """
+    monitors = [finding.to_dict() for callback in callbacks if not isinstance(callback, CurveDiagnosis)
+                for finding in getattr(callback, "findings", [])]
+    if not any(isinstance(callback, CurveDiagnosis) for callback in callbacks):
+        return monitors
+    reported = {finding["kind"] for finding in monitors}
+    return monitors + [finding.to_dict() for finding in diagnose(history) if finding.kind not in reported]
 
 
 def describe(callback):

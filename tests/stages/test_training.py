@@ -63,6 +63,8 @@ def test_watchers_record_what_they_see(strategy, digits):
     (finding,) = [f for f in record.findings if f["kind"] == "weight_decay_dominating"]
     assert finding["evidence"]["pull"] > finding["evidence"]["push"] and "seed 000 Q3" in finding["advice"]
     pb = _playbook(strategy, digits, optimizer=keras.optimizers.SGD(0.05))
+    pb.fit(epochs=3, verbose=0)  # A healthy short run: the finished curves, not epoch 3's view, are recorded.
+    assert "not_decreasing" not in [f["kind"] for f in pb.journal.latest("fit").findings]
     history = pb.fit(epochs=2, watch=False, verbose=0)
     assert pb.journal.latest("fit").findings == [] and "update_ratio" not in history.history
 
