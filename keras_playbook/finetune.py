@@ -24,6 +24,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_playbook.callbacks._config import ConfigurableCallback
 from keras_playbook.callbacks.monitors import leaf_layers
 from keras_playbook.session import innermost_optimizer, optimizer_scope, read_value
 
@@ -495,7 +496,7 @@ def _path_endings(variables):
 # Gradual unfreezing ---------------------------------------------------------
 
 
-class GradualUnfreezing(keras.callbacks.Callback):
+class GradualUnfreezing(ConfigurableCallback):
     """Thaws one layer group at a time from the top (ULMFiT's gradual unfreezing).
 
     When training starts only the last group (the head) is trainable; then
@@ -507,7 +508,9 @@ class GradualUnfreezing(keras.callbacks.Callback):
     `trainable_groups`.
 
     Args:
-        groups: Layer groups, earliest first (`layer_groups`).
+        groups: Layer groups, earliest first (`layer_groups`): lists of
+            layers, or of layer names (resolved when training starts, as
+            `from_config` gives them).
         every_epochs: Thaw the next group after this many epochs.
         monitor: Thaw on a plateau of this value instead (e.g. "val_loss").
         patience: Epochs without improvement before thawing (with `monitor`).
@@ -534,7 +537,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
                 raise ValueError(f"Argument `{name}` must be an int >= 1. Received: {name}={value!r}.")
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
             raise ValueError(f"Argument `monitor` must be a metric name or None. Received: monitor={monitor!r}.")
-        self.groups = list(groups)
+        self.groups = [list(group) if isinstance(group, (list, tuple)) else [group] for group in groups]
         self.every_epochs = every_epochs
         self.monitor = monitor
         self.patience = patience
@@ -546,6 +549,8 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self._since = 0
 
     def on_train_begin(self, logs=None):
+        if any(isinstance(layer, str) for group in self.groups for layer in group):
+            self.groups = layer_groups(self.model, groups=self.groups, head=self.groups[-1])
         self.thawed, self._best, self._wait, self._since = [], None, 0, 0
         self._trainable_from = len(self.groups) - 1
         freeze_to(self.model, self.groups, self._trainable_from)
@@ -575,6 +580,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
 
     def get_config(self):
         return {
+            "groups": [[layer if isinstance(layer, str) else layer.name for layer in group] for group in self.groups],
             "every_epochs": self.every_epochs,
             "monitor": self.monitor,
             "patience": self.patience,

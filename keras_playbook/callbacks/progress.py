@@ -2,8 +2,10 @@
 
 import keras
 
+from keras_playbook.callbacks._config import ConfigurableCallback
 
-class StepProgress(keras.callbacks.Callback):
+
+class StepProgress(ConfigurableCallback):
     """Shows one `keras.utils.Progbar` across every epoch of a `fit`.
 
     Keras's own `verbose=1` prints one bar per epoch; stages that train in

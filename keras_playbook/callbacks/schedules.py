@@ -27,9 +27,11 @@ import math
 import keras
 import numpy as np
 
+from keras_playbook.callbacks._config import ConfigurableCallback
 from keras_playbook.session import innermost_optimizer, optimizer_scope, read_value
 
 _MAX_NAMES = ("acc", "accuracy", "auc", "precision", "recall")
+DEFAULT_MIN_LR_FRACTION = 1e-3  # StepDownLR's floor: at most three steps of 1/10 from the first rate.
 
 
 def _require_float_learning_rate(optimizer, callback):
@@ -51,7 +53,7 @@ def _direction(monitor):
     return "max" if any(name == key or name.endswith("_" + key) for key in _MAX_NAMES) else "min"
 
 
-class StepDownLR(keras.callbacks.Callback):
+class StepDownLR(ConfigurableCallback):
     """Holds the learning rate while learning progresses; steps it down when it stops (seed 000).
 
     At the end of each epoch the learning rate is multiplied by `factor`
@@ -64,7 +66,10 @@ class StepDownLR(keras.callbacks.Callback):
     - it is NaN or infinite (diverged);
     - the epoch is one of `milestones` (1-based epoch numbers).
     After a step down it waits `cooldown` epochs before counting again, and
-    it never goes below `min_lr`. The rate is set through the optimizer's
+    it never goes below `min_lr`: by default a thousandth of the rate it
+    first trained at, i.e. at most three steps of 1/10 (Krizhevsky et al.
+    divided their rate by 10 three times in all; He et al. twice). Past
+    that, a smaller rate only stalls training. The rate is set through the optimizer's
     `learning_rate` variable (no retracing; works under `tf.distribute`), and
     every epoch's rate is written to the logs as `learning_rate`, so History
     and TensorBoard show it.
@@ -76,7 +81,8 @@ class StepDownLR(keras.callbacks.Callback):
         patience: Epochs without improvement before stepping down.
         min_delta: Relative improvement that counts as progress.
         cooldown: Epochs to wait after a step down before counting again.
-        min_lr: Lower bound of the learning rate.
+        min_lr: Lower bound of the learning rate; None (default): the
+            first rate this callback trained at x 1e-3.
         spike_tolerance: Relative worsening past the best that counts as
             unstable (None: never step down on a spike).
         milestones: 1-based epochs after which to step down regardless.
@@ -107,7 +113,7 @@ class StepDownLR(keras.callbacks.Callback):
         patience=3,
         min_delta=1e-3,
         cooldown=0,
-        min_lr=0.0,
+        min_lr=None,
         spike_tolerance=0.5,
         milestones=None,
         verbose=0,
@@ -123,7 +129,7 @@ class StepDownLR(keras.callbacks.Callback):
         for name, value, minimum in (("patience", patience, 1), ("cooldown", cooldown, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"Argument `{name}` must be an int >= {minimum}. Received: {name}={value!r}.")
-        for name, value in (("min_delta", min_delta), ("min_lr", min_lr)):
+        for name, value in (("min_delta", min_delta), ("min_lr", 0.0 if min_lr is None else min_lr)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"Argument `{name}` must be a number >= 0. Received: {name}={value!r}.")
         if spike_tolerance is not None and (
@@ -143,7 +149,8 @@ class StepDownLR(keras.callbacks.Callback):
         self.patience = patience
         self.min_delta = float(min_delta)
         self.cooldown = cooldown
-        self.min_lr = float(min_lr)
+        self.min_lr = None if min_lr is None else float(min_lr)
+        self._floor = self.min_lr
         self.spike_tolerance = None if spike_tolerance is None else float(spike_tolerance)
         self.milestones = milestones
         self.verbose = verbose
@@ -159,6 +166,8 @@ class StepDownLR(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         _require_float_learning_rate(self.model.optimizer, "StepDownLR")
+        if self._floor is None:  # Kept for later fits, which start from a rate already stepped down.
+            self._floor = float(read_value(self.model.optimizer.learning_rate)) * DEFAULT_MIN_LR_FRACTION
         self._reset()
 
     def _better(self, value, reference):
@@ -207,8 +216,9 @@ class StepDownLR(keras.callbacks.Callback):
         reason = self._reason(epoch, value)
         if self._cooldown_left > 0:
             self._cooldown_left -= 1
-        if reason is not None and current > self.min_lr:
-            new = max(current * self.factor, self.min_lr)
+        floor = self._floor if self._floor is not None else 0.0
+        if reason is not None and current > floor * (1 + 1e-6):
+            new = max(current * self.factor, floor)
             optimizer.learning_rate = new
             self.step_downs.append({"epoch": epoch + 1, "from": current, "to": new, "reason": reason})
             self._wait, self._cooldown_left = 0, self.cooldown
@@ -254,7 +264,7 @@ def _evaluate(schedule, start, stop):
     return np.asarray([float(keras.ops.convert_to_numpy(schedule(int(step)))) for step in steps])
 
 
-class _PerStepSchedule(keras.callbacks.Callback):
+class _PerStepSchedule(ConfigurableCallback):
     """Sets the learning rate before every training step from `_rates(start, stop)`.
 
     Subclasses define `_start()` (called when training starts, with the model

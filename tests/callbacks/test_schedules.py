@@ -107,3 +107,13 @@ def test_cooldown_waits_before_counting_again(digits):
     callback = StepDownLR(monitor="loss", patience=1, cooldown=2)
     _fit(_model(tf.distribute.get_strategy(), frozen=True), digits, callback, epochs=6)
     assert [s["epoch"] for s in callback.step_downs] == [2, 5]
+
+
+def test_default_floor_is_three_steps_of_a_tenth(digits):
+    import tensorflow as tf
+
+    callback = StepDownLR(monitor="loss", milestones=[1, 2, 3, 4, 5], patience=10)
+    history = _fit(_model(tf.distribute.get_strategy()), digits, callback, epochs=6)
+    # 0.05 -> 5e-3 -> 5e-4 -> 5e-5, the floor (a thousandth of the first rate): no 5e-12 ever.
+    assert len(callback.step_downs) == 3
+    assert history.history["learning_rate"] == pytest.approx([0.05, 0.005, 5e-4, 5e-5, 5e-5, 5e-5])

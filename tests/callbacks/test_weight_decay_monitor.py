@@ -95,7 +95,7 @@ def test_bad_arguments_and_models_without_decay(digits):
         with pytest.raises(ValueError, match=match):
             WeightDecayMonitor(**arguments)
     monitor = WeightDecayMonitor(sample=([1], [2]), frequency=7, threshold=2.0)
-    assert WeightDecayMonitor(**monitor.get_config()).get_config() == monitor.get_config()
+    assert WeightDecayMonitor.from_config(monitor.get_config()).get_config() == monitor.get_config()
     strategy = tf.distribute.get_strategy()
     for model, callback, match in (
         (_model(strategy, lambda: keras.optimizers.SGD(0.1)), WeightDecayMonitor(), "no weight decay"),

@@ -1,0 +1,62 @@
+"""`from_config` for callbacks, and arrays written into a config as JSON.
+
+Keras's own callbacks have neither `get_config` nor `from_config`; ours have
+both, so a callback can be written into the journal (or any JSON file) and
+rebuilt from it: `type(callback).from_config(callback.get_config())`.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+class ConfigurableCallback(keras.callbacks.Callback):
+    """A Keras callback that rebuilds from its `get_config()`.
+
+    Subclasses return their `__init__` arguments from `get_config()`, as
+    JSON-ready values; `from_config` passes them back.
+    """
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def arrays_to_config(structure):
+    """NumPy arrays (in any nest of tuples, lists, dicts) as JSON-ready dicts.
+
+    Each array becomes `{"array": nested lists, "dtype": name}`, so
+    `arrays_from_config` gives back the same values with the same dtype.
+    """
+    if structure is None:
+        return None
+    return tf.nest.map_structure(
+        lambda array: {"array": np.asarray(array).tolist(), "dtype": np.asarray(array).dtype.name},
+        _as_lists(structure),
+    )
+
+
+def arrays_from_config(structure):
+    """The inverse of `arrays_to_config` (tuples come back as tuples of arrays)."""
+    if structure is None:
+        return None
+
+    def is_leaf(item):
+        return isinstance(item, dict) and set(item) == {"array", "dtype"}
+
+    def convert(item):
+        if is_leaf(item):
+            return np.asarray(item["array"], dtype=item["dtype"])
+        if isinstance(item, dict):
+            return {key: convert(value) for key, value in item.items()}
+        return tuple(convert(value) for value in item)
+
+    return convert(structure)
+
+
+def _as_lists(structure):
+    if isinstance(structure, dict):
+        return {key: _as_lists(value) for key, value in structure.items()}
+    if isinstance(structure, (list, tuple)):
+        return [_as_lists(value) for value in structure]
+    return structure
