@@ -252,8 +252,12 @@ def _as_arrays(data, name):
             f"a {type(data).__name__} of length {len(data)}."
         )
     arrays = tuple(
-        tf.nest.map_structure(np.asarray, component) for component in data
+        tf.nest.map_structure(np.asarray, _structure(component))
+        for component in data
     )
+    for component, component_name in zip(arrays, _COMPONENT_NAMES):
+        for path, leaf in _leaves_with_paths(component, component_name):
+            _check_numeric(leaf, path, component_name, name)
     lengths = {
         path: len(leaf)
         for component, component_name in zip(arrays, _COMPONENT_NAMES)
@@ -267,6 +271,53 @@ def _as_arrays(data, name):
     if 0 in lengths.values():
         raise ValueError(f"The {name} is empty (0 examples). Pass at least one batch.")
     return arrays
+
+
+def _structure(component):
+    """A component as `tf.data` should read it: Python lists of numbers become arrays, lists of arrays tuples.
+
+    `tf.data` stacks a Python list into one tensor, so `[y1, y2]` for a
+    two-output model (which `model.fit` accepts) would become one array of
+    shape (2, n); a tuple keeps the outputs apart. A list of numbers (or of
+    lists of numbers) is one array, as `model.fit` reads it.
+    """
+    if isinstance(component, dict):
+        return {key: _structure(value) for key, value in component.items()}
+    if isinstance(component, (list, tuple)):
+        if component and all(isinstance(item, (np.ndarray, dict, tf.Tensor)) or _is_array_like(item)
+                             for item in component):
+            return tuple(_structure(item) for item in component)
+        return np.asarray(component)
+    return component
+
+
+def _is_array_like(item):
+    return hasattr(item, "__array__") and not isinstance(item, (list, tuple))
+
+
+def _check_numeric(leaf, path, component_name, name):
+    """Raises for strings or objects where numbers are expected, naming the array and what to do."""
+    if leaf.dtype.kind in "biufc":
+        return
+    if leaf.dtype.kind == "O":
+        try:
+            leaf.astype(np.float64)
+            return
+        except (TypeError, ValueError):
+            pass
+    sample = next((repr(value.item() if isinstance(value, np.generic) else value) for value in leaf.ravel()[:50]
+                   if isinstance(value, (str, bytes))), repr(leaf.ravel()[0]) if leaf.size else "")
+    if component_name == "y":
+        raise ValueError(
+            f"The labels of the {name} (`{path}`) are strings or objects (e.g. {sample}), dtype "
+            f"{leaf.dtype}. Encode them as integer class ids first, e.g. "
+            "`classes, y = np.unique(y, return_inverse=True)` or sklearn's LabelEncoder."
+        )
+    raise ValueError(
+        f"`{path}` of the {name} holds strings or objects (e.g. {sample}), dtype {leaf.dtype}; the model "
+        "needs numbers. Encode that column first (one-hot or integer codes), or put a "
+        "keras.layers.StringLookup in the model and pass a tf.data.Dataset of strings."
+    )
 
 
 def _check_not_empty(examples, name):

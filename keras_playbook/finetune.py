@@ -1,6 +1,6 @@
-"""Fine-tuning pretrained backbones: layer groups, freezing, discriminative learning rates (seed 004).
+"""Fine-tuning pretrained backbones: layer groups, freezing, discriminative learning rates (Howard & Ruder 2018).
 
-Seed 004: when fine-tuning, start with a lower learning rate than from
+When fine-tuning, start with a lower learning rate than from
 scratch, since the model has been trained once and needs small changes; and
 change the deeper layers more than the first ones: freeze the early layers,
 or give them a lower learning rate than the later ones.
@@ -16,6 +16,11 @@ or give them a lower learning rate than the later ones.
 - `GradualUnfreezing`: thaws one group at a time from the top (ULMFiT).
 
 These work on any Keras model, without a Playbook.
+
+References:
+    Howard & Ruder 2018, "Universal Language Model Fine-tuning for Text
+    Classification", arXiv:1801.06146 (discriminative rates, factor 2.6,
+    gradual unfreezing).
 """
 
 import math
@@ -255,6 +260,20 @@ def _set_trainable(model, frozen=(), thawed=()):
         model.make_train_function(force=True)  # Keras: retrace after changing `trainable`.
 
 
+def trainable_state(model):
+    """Each leaf layer's `trainable` flag, to give back later with `restore_trainable`."""
+    return [(leaf, leaf.trainable) for leaf in leaf_layers(model)]
+
+
+def restore_trainable(model, state):
+    """Gives every leaf layer back the `trainable` flag `trainable_state` read (and retraces)."""
+    model.trainable = True  # A container's setter overwrites its sublayers: open them all, then set each.
+    for leaf, trainable in state:
+        leaf.trainable = trainable
+    if _optimizer_of(model) is not None:
+        model.make_train_function(force=True)
+
+
 def freeze(model, groups=None):
     """Makes the layers of `groups` (default: all) non-trainable.
 
@@ -435,7 +454,7 @@ def geometric_multipliers(num_groups, factor=ULMFIT_FACTOR):
 
 
 def discriminative(optimizer, groups, multipliers=None, factor=ULMFIT_FACTOR):
-    """Wraps `optimizer` so each group's step is scaled by its multiplier (seed 004; ULMFiT).
+    """Wraps `optimizer` so each group's step is scaled by its multiplier (Howard & Ruder 2018, ULMFiT).
 
     Args:
         optimizer: A Keras optimizer (its learning rate is the base rate:

@@ -160,6 +160,17 @@ class Journal:
             self.save(self.path)
         return result
 
+    def truncate(self, length):
+        """Keeps the first `length` results (and rewrites the file when the journal has a path).
+
+        A composite stage that fails leaves no partial record: what it had
+        appended is taken back, so the journal says what the model is.
+        """
+        if len(self._results) > length:
+            del self._results[length:]
+            if self.path is not None:
+                self.save(self.path)
+
     def settled(self):
         """Returns the hyperparameters settled so far; later results win."""
         hyperparameters = {}

@@ -3,8 +3,11 @@
 `describe_loss` reads a Keras loss (a name, a function or a `keras.losses.Loss`)
 and says which classification family it belongs to, whether it takes logits,
 and the loss a model predicting uniformly at random should get (ln C for
-softmax cross-entropy, ln 2 for binary cross-entropy; seed 003, step 1).
+softmax cross-entropy, ln 2 for binary cross-entropy; Johnson, EECS 498 Lecture 11, step 1).
 `check_labels_fit` compares labels with the model's output before any training.
+
+References:
+    Johnson, EECS 498 Lecture 11, step 1 (initial loss ln C).
 """
 
 import dataclasses
@@ -17,6 +20,11 @@ SPARSE_CATEGORICAL = "sparse_categorical_crossentropy"
 CATEGORICAL = "categorical_crossentropy"
 BINARY = "binary_crossentropy"
 CROSSENTROPY_KINDS = (SPARSE_CATEGORICAL, CATEGORICAL, BINARY)
+# Losses that compare labels and outputs element for element: their shapes must match.
+ELEMENTWISE_LOSSES = (
+    "mean_squared_error", "mean_absolute_error", "mean_absolute_percentage_error",
+    "mean_squared_logarithmic_error", "huber", "log_cosh", "cosine_similarity",
+)
 
 _PER_EXAMPLE_FUNCTIONS = {
     SPARSE_CATEGORICAL: keras.losses.sparse_categorical_crossentropy,
@@ -130,6 +138,18 @@ def check_labels_fit(info, labels, output_shape, source="training data"):
                 f"columns, but the labels of the {source} have shape "
                 f"{labels.shape}. {hint} For integer class ids use "
                 "loss='sparse_categorical_crossentropy'."
+            )
+    elif info.name in ELEMENTWISE_LOSSES:
+        squeezed = labels.shape[1:] if labels.shape[-1:] != (1,) else labels.shape[1:-1]
+        expected = tuple(output_shape[1:])
+        if expected[-1:] == (1,):
+            expected = expected[:-1]
+        if None not in expected and tuple(squeezed) != expected:
+            raise ValueError(
+                f"Labels of the {source} have shape {labels.shape}, but the model's output is "
+                f"{tuple(output_shape)}: {info.name} would broadcast one against the other and train on "
+                "the wrong targets. Give the last layer as many units as the labels have columns, or pass "
+                "the labels for this output only."
             )
     elif info.kind == BINARY:
         if labels.size and (labels.min() < 0 or labels.max() > 1):

@@ -7,6 +7,7 @@ returned result to the journal, and returns it. Only `fit` changes the user's
 model.
 """
 
+import contextlib
 import os
 
 import keras
@@ -38,7 +39,7 @@ class Playbook:
         validation_data: Same forms as `train_data`, or None.
         loss: Loss for `compile`; required when the model is not compiled.
         optimizer: Optimizer for `compile`; defaults to the model's own, or
-            Adam for an uncompiled model (seed 004: Adam for initial testing).
+            Adam for an uncompiled model (Wilson et al. 2017: Adam for initial testing).
         metrics: Metrics for `compile`; defaults to the model's own.
         batch_size: Examples per replica (the global batch is this times the
             number of replicas). Defaults to 32, or to the data's own batch
@@ -205,7 +206,7 @@ class Playbook:
             names = ", ".join(f"{name}=..." for name in stale)
             raise ValueError(
                 f"{caller}: {reasons}. Hyperparameters tuned at one batch size do not "
-                f"carry over to another (seed 002). Run {stages} again, or pass "
+                f"carry over to another (Tuning Playbook). Run {stages} again, or pass "
                 f"{names} to {caller}."
             )
 
@@ -225,7 +226,7 @@ class Playbook:
     # Stages -----------------------------------------------------------------
 
     def check_initial_loss(self, num_batches=10, tolerance=0.5):
-        """Checks the untrained model's loss against ln C (seed 003, step 1).
+        """Checks the untrained model's loss against ln C (Johnson, EECS 498 Lecture 11, step 1).
 
         See `keras_playbook.stages.check_initial_loss` for the arguments.
 
@@ -240,7 +241,7 @@ class Playbook:
         )
 
     def overfit_small_sample(self, num_batches=5, max_steps=500, learning_rate=None, target_loss=None):
-        """Memorizes a few batches with regularization off (seed 003, step 2).
+        """Memorizes a few batches with regularization off (Johnson, EECS 498 Lecture 11, step 2).
 
         Trains a copy; the model and its regularization are unchanged. See
         `keras_playbook.stages.overfit_small_sample` for the arguments.
@@ -270,7 +271,7 @@ class Playbook:
         num_validation_batches=4,
         allow_repeat=True,
     ):
-        """Runs the learning-rate range test (seed 001, §3-1).
+        """Runs the learning-rate range test (Smith 2017; Smith 2018).
 
         A copy of the model trains while the learning rate rises from
         `min_lr` to `max_lr`; the loss of each step gives the suggested
@@ -305,7 +306,7 @@ class Playbook:
         )
 
     def probe_lrs(self, learning_rates=probes.DEFAULT_PROBE_LRS, num_steps=100, min_drop=0.1):
-        """Short runs at a few learning rates: which one makes the loss go down? (seed 003, step 3)
+        """Short runs at a few learning rates: which one makes the loss go down? (Johnson, EECS 498 Lecture 11, step 3)
 
         Each rate trains its own copy from the same weights on the full
         training data; the result names the largest rate whose loss drops
@@ -366,7 +367,7 @@ class Playbook:
         )
 
     def sweep_momentum(self, values=probes.DEFAULT_MOMENTUMS, num_steps=200, learning_rate=None):
-        """Short runs at momentum 0.99, 0.97, 0.95, 0.9: the best by validation loss (seed 001, §3).
+        """Short runs at momentum 0.99, 0.97, 0.95, 0.9: the best by validation loss (Smith 2018).
 
         Sweeps `momentum` for SGD and RMSprop, `beta_1` for the Adam family,
         at the settled learning rate (found by `find_lr`) unless
@@ -432,11 +433,11 @@ class Playbook:
         weight_decay_mode="decoupled",
         objective="val_loss",
         directory=None,
-        project_name="grid_weight_decay",
+        project_name=None,
         overwrite=False,
         callbacks=None,
     ):
-        """Grid search of the weight decay, everything else fixed (seed 001 §3-2).
+        """Grid search of the weight decay, everything else fixed (Smith 2018).
 
         Runs on KerasTuner: one trial per value from the model's initial
         weights, at the settled learning rate, batch size and momentum,
@@ -479,11 +480,11 @@ class Playbook:
         weight_decay_mode="decoupled",
         objective="val_loss",
         directory=None,
-        project_name="tune_lr_wd",
+        project_name=None,
         overwrite=False,
         callbacks=None,
     ):
-        """Coarse LR x weight-decay grid, then a refined one trained longer (seed 003 steps 4-5).
+        """Coarse LR x weight-decay grid, then a refined one trained longer (Johnson, EECS 498 Lecture 11, steps 4-5).
 
         The coarse learning rates surround `learning_rate`, by default the one
         `find_lr` settled (else the optimizer's). The best refined cell's
@@ -529,11 +530,11 @@ class Playbook:
         weight_decay_mode="decoupled",
         objective="val_loss",
         directory=None,
-        project_name="compare_seeds",
+        project_name=None,
         overwrite=False,
         callbacks=None,
     ):
-        """Re-runs configurations over seeds: is the difference more than seed-to-seed variation? (seed 002)
+        """Re-runs configurations over seeds: is the difference more than seed-to-seed variation? (Tuning Playbook)
 
         See `keras_playbook.stages.compare_seeds` for the arguments. Values a
         configuration leaves out are the settled ones.
@@ -579,7 +580,7 @@ class Playbook:
         overwrite=False,
         callbacks=None,
     ):
-        """One round of experiments with a goal: scientific, nuisance, fixed (seed 002).
+        """One round of experiments with a goal: scientific, nuisance, fixed (Tuning Playbook).
 
         Architecture hyperparameters (e.g. dropout) need a builder that takes
         KerasTuner's `hp` and declares them. See
@@ -616,7 +617,8 @@ class Playbook:
 
     # Training ---------------------------------------------------------------
 
-    def fit(self, epochs, callbacks=None, verbose="auto", schedule=None, watch=True, **overrides):
+    def fit(self, epochs, callbacks=None, verbose="auto", schedule=None, watch=True, restore_best=False,
+            **overrides):
         """Trains the model for real with the hyperparameters settled so far, watched.
 
         Values settled by earlier stages (the journal's `settled()`: a found
@@ -629,18 +631,23 @@ class Playbook:
             callbacks: Keras callbacks for `model.fit`.
             verbose: Passed to `model.fit`.
             schedule: The learning-rate schedule: None (constant), or
-                - "step_down": `StepDownLR` on `val_loss` (seed 000);
+                - "step_down": `StepDownLR` on `val_loss` (Krizhevsky et al. 2012);
                 - "one_cycle": `OneCycle` with the bounds of the latest
-                  `find_lr` (seed 001), cycling the momentum (or `beta_1`)
+                  `find_lr` (Smith & Topin 2019), cycling the momentum (or `beta_1`)
                   when the optimizer has one;
                 - "cosine": `CosineRestarts`, one cosine annealing from the
-                  settled rate (seed 004);
+                  settled rate (Loshchilov & Hutter 2017);
                 - "two_stage": `TwoStage`, the settled rate then a tenth of
-                  it (seed 004);
+                  it (He et al. 2016);
                 - any Keras callback, e.g. `CosineRestarts(cycle_epochs=5)`.
             watch: Add `CurveDiagnosis`, `UpdateRatioMonitor` and (when the
                 model has weight decay) `WeightDecayMonitor`; their findings
                 go into the journal's `FitRecord`. A diverged run is stopped.
+            restore_best: Give the model the weights of its best epoch
+                (lowest `val_loss`, else `loss`) at the end, through Keras's
+                `EarlyStopping(restore_best_weights=True)` with a patience
+                that never stops the run (Tuning Playbook: keep the best
+                epoch, not the last).
             **overrides: Any of `learning_rate`, `weight_decay`, `batch_size`
                 (per replica), `momentum`, `beta_1`.
 
@@ -667,6 +674,8 @@ class Playbook:
             )
         if callbacks is not None and not isinstance(callbacks, (list, tuple)):
             raise TypeError(f"fit: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
+        if not isinstance(restore_best, bool):
+            raise TypeError(f"fit: `restore_best` must be True or False. Received: restore_best={restore_best!r}.")
         hyperparameters = {**self.journal.settled(), **overrides}
         _validate_hyperparameters(hyperparameters)
         self._check_not_stale("fit", hyperparameters, overrides)
@@ -676,21 +685,39 @@ class Playbook:
         batch_size = hyperparameters.get("batch_size", self.train_data.per_replica_batch_size)
         train_data, validation_data = self._pipelines(batch_size)
         self._apply_to_optimizer(hyperparameters)
-        watching = []
+        watching, initial_loss, untrained = [], None, None
         if watch:
             source = validation_data if validation_data is not None else train_data
-            watching = training.watchers(self.model, lambda: source.sample(2, seed=self.seed)[:2])
+            sample = train_data.sample(4, seed=self.seed)
+            initial_loss = _loss_on(self.model, sample, train_data.global_batch_size)
+            with self.session.preserved():  # The untrained model's loss: what "has learned" is measured from.
+                self.model.set_weights(self.session.initial_weights)
+                untrained = _loss_on(self.model, sample, train_data.global_batch_size)
+            watching = training.watchers(
+                self.model, lambda: source.sample(2, seed=self.seed)[:2], scheduler, reference_loss=untrained,
+            )
+        keep_best = []
+        if restore_best:
+            keep_best = [keras.callbacks.EarlyStopping(
+                monitor="val_loss" if validation_data is not None else "loss", mode="min",
+                patience=int(epochs) + 1, restore_best_weights=True,
+            )]
         history = self.model.fit(
             train_data.dataset,
             validation_data=None if validation_data is None else validation_data.dataset,
             epochs=int(epochs),
-            callbacks=([scheduler] if scheduler is not None else []) + list(callbacks or []) + watching,
+            callbacks=([scheduler] if scheduler is not None else []) + list(callbacks or []) + watching + keep_best,
             shuffle=False,  # The pipeline reshuffles arrays itself.
             verbose=verbose,
         )
         self._record(FitRecord.from_history(
             history, hyperparameters, schedule=training.describe(scheduler),
-            findings=training.findings_of(watching, history),
+            findings=training.findings_of(
+                watching, history, schedule=scheduler,
+                initial_loss=None if initial_loss is None else max(initial_loss, untrained),
+                weight_decay=training.has_weight_decay(self.model),
+            ),
+            initial_loss=initial_loss, restored_best=bool(restore_best),
         ))
         return history
 
@@ -709,7 +736,7 @@ class Playbook:
         metrics=("accuracy",),
         **kwargs,
     ):
-        """A Playbook for fine-tuning `backbone` on a new classification task (seed 004).
+        """A Playbook for fine-tuning `backbone` on a new classification task (Howard & Ruder 2018).
 
         Builds backbone -> global pooling -> (dropout) -> `Dense(num_classes)`
         logits named "head", compiled with sparse categorical cross-entropy
@@ -766,7 +793,7 @@ class Playbook:
         callbacks=None,
         verbose="auto",
     ):
-        """Fine-tunes the model in two phases: the head alone, then every layer with discriminative rates (seed 004).
+        """Fine-tunes the model in two phases: the head alone, then every layer with discriminative rates (Howard & Ruder 2018).
 
         1. Every group but the head is frozen (BatchNormalization runs in
            inference mode there); a range test on the head finds its rate
@@ -793,40 +820,77 @@ class Playbook:
             verbose: Passed to `model.fit`.
 
         Returns:
-            A `FineTuneResult`, also appended to the journal.
+            A `FineTuneResult`, also appended to the journal. Each phase
+            keeps the weights of its best epoch; when phase 2's best is no
+            better than phase 1's, the model keeps phase 1's and the result
+            is not OK.
 
         Raises:
-            ValueError: before any training, for bad epochs, groups, or
-                multipliers whose number differs from the groups'.
+            ValueError: before any training, for bad epochs, groups,
+                `find_lr_steps` < 10, or multipliers whose number differs
+                from the groups'; during it, when a range test finds no
+                rate. On any error (Ctrl-C included) the model's weights,
+                optimizer, trainability and the journal are restored first.
         """
         validation.check_int(head_epochs, "head_epochs", "fine_tune")
         validation.check_int(epochs, "epochs", "fine_tune")
+        validation.check_int(find_lr_steps, "find_lr_steps", "fine_tune", minimum=10)
         for name, value in (("head_learning_rate", head_learning_rate), ("learning_rate", learning_rate)):
             if value is not None:
                 validation.check_number(value, name, "fine_tune")
+        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+            raise TypeError(f"fine_tune: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
         layer_groups = finetuning.resolve_groups(self.model, groups)
         multipliers = finetuning.check_multipliers(multipliers, len(layer_groups), factor)
         callbacks = list(callbacks or [])
 
-        finetune.freeze_to(self.model, layer_groups, len(layer_groups) - 1)
-        head_rate = head_learning_rate or self._found_rate(find_lr_steps)
-        self.fit(head_epochs, callbacks=callbacks, verbose=verbose, learning_rate=head_rate)
-        head_record = self.journal.latest("fit")
+        with self._all_or_nothing():
+            finetune.freeze_to(self.model, layer_groups, len(layer_groups) - 1)
+            head_rate = head_learning_rate or self._found_rate(find_lr_steps)
+            self.fit(head_epochs, callbacks=callbacks, verbose=verbose, learning_rate=head_rate, restore_best=True)
+            head_record = self.journal.latest("fit")
+            head_weights = self.model.get_weights()  # Phase 1's best epoch.
 
-        finetune.unfreeze(self.model)
-        inner = innermost_optimizer(self.model.optimizer)
-        with self.session.scope():
-            fresh = type(inner).from_config(inner.get_config())
-            optimizer = finetune.discriminative(fresh, layer_groups, multipliers)
-        self.session.compile_like(self.model, optimizer)  # The model's loss and metrics, this optimizer.
-        finetune.prepare_optimizer(self.model)
-        rate = learning_rate or self._found_rate(find_lr_steps)
-        extra = [finetune.GradualUnfreezing(layer_groups, every_epochs=1)] if gradual else []
-        self.fit(epochs, callbacks=callbacks + extra, verbose=verbose, learning_rate=rate)
-        return self._record(finetuning.summarize(
-            layer_groups, multipliers, head_rate, rate, head_epochs, epochs, gradual,
-            head_record.history, self.journal.latest("fit").history,
-        ))
+            finetune.unfreeze(self.model)
+            inner = innermost_optimizer(self.model.optimizer)
+            with self.session.scope():
+                fresh = type(inner).from_config(inner.get_config())
+                optimizer = finetune.discriminative(fresh, layer_groups, multipliers)
+            self.session.compile_like(self.model, optimizer)  # The model's loss and metrics, this optimizer.
+            finetune.prepare_optimizer(self.model)
+            rate = learning_rate or self._found_rate(find_lr_steps)
+            extra = [finetune.GradualUnfreezing(layer_groups, every_epochs=1)] if gradual else []
+            self.fit(epochs, callbacks=callbacks + extra, verbose=verbose, learning_rate=rate, restore_best=True)
+            result = finetuning.summarize(
+                layer_groups, multipliers, head_rate, rate, head_epochs, epochs, gradual,
+                head_record.history, self.journal.latest("fit").history,
+            )
+            if not result.improved:
+                self.model.set_weights(head_weights)
+        return self._record(result)
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self):
+        """A composite stage finishes, or leaves the model as it found it.
+
+        On any exception (Ctrl-C included) the layers' trainability, the
+        model's optimizer (object and state), its weights and the journal
+        (what the stage had appended is taken back) are restored before the
+        exception goes on.
+        """
+        trainability = finetune.trainable_state(self.model)
+        optimizer = self.model.optimizer
+        state = self.session.snapshot()
+        length = len(self.journal)
+        try:
+            yield
+        except BaseException:
+            if self.model.optimizer is not optimizer:
+                self.session.compile_like(self.model, optimizer)
+            finetune.restore_trainable(self.model, trainability)
+            self.session.restore(state)
+            self.journal.truncate(length)
+            raise
 
     def _found_rate(self, num_steps):
         """A range test's suggestion for the model as it is now (frozen groups stay frozen in the copy)."""
@@ -893,6 +957,14 @@ def _validate_hyperparameters(hyperparameters):
         valid = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
         if value is not None and not valid:
             raise ValueError(f"fit: argument `{name}` must be in [0, 1). Received: {name}={value!r}.")
+
+
+def _loss_on(model, sample, batch_size):
+    """The model's loss on `sample` as it is now (the loss before a run trains it)."""
+    x, y = sample[:2]
+    weights = sample[2] if len(sample) > 2 else None
+    logs = model.evaluate(x, y, sample_weight=weights, batch_size=batch_size, verbose=0, return_dict=True)
+    return float(logs["loss"])
 
 
 def _names_in(mappings):

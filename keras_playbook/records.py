@@ -5,6 +5,8 @@ import dataclasses
 import numpy as np
 from matplotlib.figure import Figure
 
+from keras_playbook import references
+from keras_playbook.diagnosis import SEVERE
 from keras_playbook.journal import Result
 
 
@@ -58,6 +60,15 @@ class FitRecord(Result):
         findings: What the watchers saw (`diagnose`, the update-ratio and
             weight-decay monitors): dicts with `kind`, `epochs`, `evidence`,
             `advice`.
+        initial_loss: The training loss on a sample before the first step
+            (None when not measured).
+        restored_best: Whether the model was given back the weights of its
+            best epoch at the end (`fit(restore_best=True)`).
+
+    A run is OK when its curves are finite and no finding says it did not
+    work (`diagnosis.SEVERE`: diverged, the rate too high or far too low,
+    worse after convergence, weight decay winning); the other findings are
+    advice on a run that worked.
     """
 
     kind = "fit"
@@ -70,9 +81,12 @@ class FitRecord(Result):
     message: str
     schedule: dict | None = None
     findings: list = dataclasses.field(default_factory=list)
+    initial_loss: float | None = None
+    restored_best: bool = False
 
     @classmethod
-    def from_history(cls, history, hyperparameters, schedule=None, findings=()):
+    def from_history(cls, history, hyperparameters, schedule=None, findings=(), initial_loss=None,
+                     restored_best=False):
         """Builds the record of a finished `model.fit` from its History."""
         curves = {name: [float(value) for value in values] for name, values in history.history.items()}
         monitor = "val_loss" if "val_loss" in curves else "loss"
@@ -81,27 +95,33 @@ class FitRecord(Result):
         finite = bool(epochs) and bool(np.all(np.isfinite(values)))
         best_epoch = int(np.nanargmin(values)) + 1 if np.isfinite(values).any() else 0
         findings = [dict(finding) for finding in findings]
+        severe = [finding for finding in findings
+                  if finding["kind"] in SEVERE and not finding["evidence"].get("recovered", False)]
         if not finite:
             message = (
                 f"Training produced a non-finite {monitor}: lower the learning rate "
-                "(seed 003, step 2: loss explodes means learning rate too high)."
+                f"(a loss that explodes means a rate too high; {references.johnson(2)})."
             )
         else:
             settled = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
                                 for key, value in sorted(hyperparameters.items()))
+            verdict = "did not work" if severe else "trained"
             message = (
-                f"Trained {epochs} epochs ({settled or 'model defaults'}"
+                f"Training {verdict}: {epochs} epochs ({settled or 'model defaults'}"
                 f"{', schedule ' + schedule['name'] if schedule else ''}); final "
                 f"{monitor} {values[-1]:.4g}, best {values.min():.4g} at epoch "
-                f"{best_epoch}."
+                f"{best_epoch}" + (", whose weights the model now holds." if restored_best else ".")
             )
-        if findings:
-            kinds = list(dict.fromkeys(finding["kind"] for finding in findings))
-            message += f" Findings: {', '.join(kinds)} (see `findings` for the evidence and advice)."
+        for finding in (severe + [f for f in findings if f not in severe])[:3]:
+            message += f" {finding['kind']}: {finding['advice']}"
+        if len(findings) > 3:
+            message += f" (+{len(findings) - 3} more in `findings`)"
         return cls(
             epochs=epochs, hyperparameters=dict(hyperparameters), history=curves,
-            monitor=monitor, best_epoch=best_epoch, ok=finite, message=message,
+            monitor=monitor, best_epoch=best_epoch, ok=finite and not severe, message=message,
             schedule=schedule, findings=findings,
+            initial_loss=None if initial_loss is None else float(initial_loss),
+            restored_best=bool(restored_best),
         )
 
     def plot(self):

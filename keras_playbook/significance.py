@@ -1,6 +1,6 @@
 """Is a difference larger than seed-to-seed variation? Welch's t-test in NumPy.
 
-Seed 002: before believing that one configuration beats another, compare the
+Tuning Playbook: before believing that one configuration beats another, compare the
 difference with the variation between runs that differ only in their seed
 (initialization and data order). Welch's t-test does not assume the two
 configurations vary equally.

@@ -59,7 +59,7 @@ pb = Playbook(
 print(pb.journal[0].summary())
 print(pb.check_initial_loss().summary())
 print(pb.overfit_small_sample().summary())
-# Seed 001, section 3: batch size (capped: on a CPU the largest is the whole
+# Tuning Playbook: the batch size (capped: on a CPU the largest is the whole
 # dataset), then the learning rate at that batch size, then momentum.
 batch = pb.find_batch_size(max_batch_size=128)
 print(batch.table())
@@ -69,7 +69,7 @@ print(lr.summary())
 print(pb.probe_lrs().summary())
 print(pb.sweep_momentum().summary())
 lr.plot().savefig(os.path.join(os.path.dirname(pb.journal.path), "find_lr.png"))
-# Seed 001, section 3-2: with LR, batch size and momentum fixed, a weight-decay
+# Smith 2018: with LR, batch size and momentum fixed, a weight-decay
 # grid (KerasTuner trials in runs/digits/tuning; overwrite=False would resume).
 decay = pb.grid_weight_decay(epochs=5, overwrite=True)
 print(decay.table())

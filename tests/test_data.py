@@ -158,3 +158,41 @@ def test_unequal_lengths_inside_a_dict_input_raise(digits):
     x = {"left": digits["x_train"][:-1], "right": digits["x_train"]}
     with pytest.raises(ValueError, match=r"same length.*\"x\['left'\]\": 511"):
         data_module.make_pipeline((x, digits["y_train"]), batch_size=4, num_replicas=1, shuffle=False)
+
+
+def _tiny(units=3):
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(units)])
+
+
+def test_common_data_mistakes_get_clear_errors_before_any_compute():
+    from keras_playbook import Playbook
+    from tests import helpers
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 4)).astype("float32")
+    cases = [
+        ((x, np.array(["setosa", "versicolor"] * 100)), helpers.LOGITS_LOSS, 3, "labels .* are strings.*'setosa'.*np.unique"),
+        (({"a": x, "b": np.array(["u", "v"] * 100)}, np.zeros(200, int)), helpers.LOGITS_LOSS, 3,
+         "`x\\['b'\\]` of the training data holds strings.*StringLookup"),
+        ((x, rng.standard_normal((200, 2))), "mse", 1, "shape \\(200, 2\\).*output is \\(None, 1\\).*broadcast"),
+    ]
+    for data, loss, units, match in cases:
+        with pytest.raises(ValueError, match=match):
+            Playbook(_tiny(units), data, loss=loss, verbose=0)
+
+
+def test_python_lists_and_a_list_of_labels_per_output_are_read_as_model_fit_reads_them():
+    from keras_playbook import Playbook
+    from tests import helpers
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 4)).astype("float32")
+    pb = Playbook(_tiny(), (x.tolist(), [0, 1, 2, 1] * 50), loss=helpers.LOGITS_LOSS, verbose=0)
+    assert pb.train_data.num_examples == 200
+    assert pb.fit(1, verbose=0).history["loss"][0] > 0
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8)(inputs)
+    two = keras.Model(inputs, [keras.layers.Dense(1, name="a")(hidden), keras.layers.Dense(1, name="b")(hidden)])
+    pb = Playbook(two, (x, [x[:, 0], x[:, 1]]), loss=["mse", "mse"], verbose=0)
+    history = pb.fit(1, verbose=0)  # Two outputs, two label arrays: not one stacked (2, 200) array.
+    assert {"a_loss", "b_loss"} <= set(history.history)

@@ -1,5 +1,6 @@
 """diagnose(history): labelled synthetic curves of every shape, and real tiny runs."""
 
+import json
 import math
 
 import keras
@@ -112,7 +113,7 @@ def test_detector_accuracy_over_a_labelled_set():
 def test_findings_carry_evidence_and_advice():
     [finding] = diagnose(_overfitting())
     assert finding.epochs[0] == 6 and finding.evidence["gap_now"] > finding.evidence["gap_at_best"]
-    assert "seed 003" in finding.advice and finding.to_dict()["kind"] == "overfitting"
+    assert "Johnson" in finding.advice and finding.to_dict()["kind"] == "overfitting"
     with pytest.raises(ValueError, match="'loss' curve"):
         diagnose({"val_loss": [1.0, 0.5]})
 
@@ -142,14 +143,14 @@ def test_curve_diagnosis_callback_stops_on_divergence(strategy):
     history = _run({}, keras.optimizers.SGD(1e20), 10, num_train=256, callbacks=[diagnosis], strategy=strategy)
     assert [f.kind for f in diagnosis.findings] == ["diverged"]
     assert len(history.history["loss"]) == 1 and not math.isfinite(history.history["loss"][-1])  # Stopped at once.
-    assert CurveDiagnosis(**diagnosis.get_config()).get_config() == {"stop_on_divergence": True, "verbose": 0}
+    assert CurveDiagnosis(**diagnosis.get_config()).get_config() == {"stop_on_divergence": True, "schedule": None, "verbose": 0}
 
 
 def test_weight_decay_ratio_from_the_monitor_is_read():
     loss = list(2.0 * 0.7 ** np.arange(10))
     dominated = diagnose({"loss": loss, "weight_decay_ratio": [0.2] * 6 + [1.5, 2.0, 2.5, 3.0]})
     (finding,) = [f for f in dominated if f.kind == "weight_decay_dominating"]
-    assert finding.epochs == [7, 8, 9, 10] and "seed 000 Q3" in finding.advice
+    assert finding.epochs == [7, 8, 9, 10] and "Loshchilov & Hutter 2019" in finding.advice
     assert not [f for f in diagnose({"loss": loss, "weight_decay_ratio": [0.2] * 10}) if f.kind == "weight_decay_dominating"]
 
 
@@ -157,3 +158,48 @@ def test_a_short_run_that_learns_is_not_called_flat():
     # Three epochs: the first and last epochs are compared, not two identical three-epoch windows.
     assert "not_decreasing" not in [f.kind for f in diagnose({"loss": [2.0, 1.5, 1.2]})]
     assert [f.kind for f in diagnose({"loss": [2.0, 2.0, 2.0]})] == ["not_decreasing"]
+
+
+def test_planned_and_earned_decays_are_not_mistakes():
+    curves = _decay_too_early()
+    assert [f.kind for f in diagnose(curves)][:1] == ["decay_too_early"]  # Nobody planned it.
+    for schedule in ("OneCycle", {"name": "CosineRestarts"}, "StepDownLR", "ReduceLROnPlateau"):
+        assert "decay_too_early" not in [f.kind for f in diagnose(curves, schedule=schedule)], schedule
+    diagnosis = CurveDiagnosis(schedule="OneCycle", verbose=0)
+    assert diagnosis.get_config()["schedule"] == "OneCycle"
+
+
+def test_a_run_that_learns_far_too_slowly_gets_a_finding():
+    epochs = np.arange(30, dtype=float)
+    slow = {"loss": 2.3 - 0.006 * epochs, "val_loss": 2.31 - 0.006 * epochs, "accuracy": 0.1 + 0.005 * epochs}
+    (finding,) = diagnose(_noisy(slow, 0, scale=0.001))
+    assert finding.kind == "learning_too_slowly" and "far too low" in finding.advice
+    assert finding.evidence["fall"] < 0.1 and len(json.dumps(finding.to_dict())) < 600  # A summary, not curves.
+    # A run that learned in its first epoch and then sat at its floor is not slow, nor flat.
+    converged = {"loss": [0.31, 0.30, 0.30, 0.31, 0.30, 0.30], "accuracy": [0.9] * 6}
+    assert [f.kind for f in diagnose(converged)] == ["not_decreasing"]  # Without the loss before training...
+    assert diagnose(converged, initial_loss=2.3) == []  # ...with it, a run that converged early.
+
+
+def test_a_loss_that_rises_with_the_rate_means_the_rate_is_too_high():
+    rates = [0.01, 0.05, 0.1, 0.5, 1.0, 0.5, 0.1, 0.05]
+    destroyed = {"loss": [1.0, 0.5, 0.3, 0.8, 2.0, 2.2, 2.1, 2.1], "learning_rate": rates}
+    (finding,) = [f for f in diagnose(destroyed) if f.kind == "rate_too_high"]
+    assert finding.epochs == [3, 4] and not finding.evidence["recovered"]
+    assert "too high" in finding.advice and "too low" not in finding.advice
+    recovered = {"loss": [1.0, 0.5, 0.3, 0.8, 2.0, 0.6, 0.25, 0.2], "learning_rate": rates}
+    (finding,) = [f for f in diagnose(recovered) if f.kind == "rate_too_high"]
+    assert finding.evidence["recovered"] and "recovered" in finding.advice
+
+
+def test_worse_after_convergence_without_weight_decay_blames_the_rate():
+    (finding,) = diagnose(_worse_after_convergence(), weight_decay=False)
+    assert finding.kind == "worse_after_convergence" and "without weight decay" in finding.advice
+    (finding,) = diagnose(_worse_after_convergence())
+    assert "weight-decay" in finding.advice
+
+
+def test_noise_around_the_floor_is_not_getting_worse():
+    rng = np.random.default_rng(0)
+    loss = np.concatenate([2.0 * 0.5 ** np.arange(8), 0.05 + 0.02 * rng.random(22)])
+    assert diagnose({"loss": loss.tolist()}, initial_loss=2.3) == []

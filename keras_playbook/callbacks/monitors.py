@@ -1,15 +1,24 @@
 """Callbacks that watch training from inside: update ratios, weight decay, curve diagnosis, loss components.
 
 `WeightDecayMonitor` compares, per layer, the pull of the weight decay with
-the push of the data loss (seed 000 Q3: when the decay wins, learning stops).
+the push of the data loss (Loshchilov & Hutter 2019: when the decay wins, learning stops).
 
-`LossComponents` logs each loss on its own (seed 000 Q5).
+`LossComponents` logs each loss on its own (charting each loss on its own; Wen et al. 2016).
 
 `CurveDiagnosis` runs `keras_playbook.diagnosis.diagnose` after every epoch.
-`UpdateRatioMonitor` is seed 003's check of weight update / weight magnitude:
+`UpdateRatioMonitor` is CS231n's check of weight update / weight magnitude:
 for each layer, the norm of one step's change of its weights over the norm of
 the weights should be around 1e-3. Much smaller: the learning rate is too low
 or the layer is dead; much larger: training is unstable.
+
+References:
+    Stanford CS231n, "Neural Networks Part 3: Learning and Evaluation"
+    (update/weight ratio ~1e-3).
+    Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization",
+    arXiv:1711.05101; van Laarhoven 2017, arXiv:1706.05350.
+    Wen et al. 2016, "A Discriminative Feature Learning Approach for Deep
+    Face Recognition", ECCV (the center loss, an extra loss to chart).
+    Johnson, EECS 498 Lecture 11, step 6 (learning curves).
 """
 
 import math
@@ -20,7 +29,7 @@ import tensorflow as tf
 
 from keras_playbook import validation
 from keras_playbook.callbacks._config import ConfigurableCallback, arrays_from_config, arrays_to_config
-from keras_playbook.diagnosis import Finding, diagnose
+from keras_playbook.diagnosis import Finding, diagnose, schedule_name
 from keras_playbook.session import innermost_optimizer, read_value
 
 
@@ -49,14 +58,17 @@ class UpdateRatioMonitor(ConfigurableCallback):
     are not typical: Adam's first update is the learning rate times the sign
     of the gradient, for every weight). A layer's ratio is the median over
     the window. A layer is flagged once per direction when `patience`
-    successive windows fall outside `[target / tolerance, target * tolerance]`.
+    successive windows fall outside `[target / tolerance, target * tolerance]`;
+    "too small" only while the training loss has not yet fallen by half
+    from `reference_loss` (a model that has learned and converged moves
+    little, and is fine).
 
     What holds for which optimizer: for adaptive optimizers (Adam, AdamW,
     RMSprop, ...) the update is about the learning rate per weight, so the
     ratio is about lr / rms(w) by construction; SGD's scales with the
     gradient. Measured on healthy runs of an MLP and a BatchNorm CNN on
     digits (SGD with and without momentum, Adam, RMSprop at rates that
-    train well; `benchmarks/verdicts.py`), window medians ranged from 2e-3
+    train well), window medians ranged from 2e-3
     to 5e-2 early in training, up to 0.11 for a single layer of a CNN at
     SGD 0.5 in its first epoch, and 2e-3 to 2e-2 later, for every one of
     them; dead networks (a rate that made every ReLU die) fall to 1e-10.
@@ -77,6 +89,8 @@ class UpdateRatioMonitor(ConfigurableCallback):
         tolerance: Factor around `target` within which a ratio is fine (> 1).
         patience: Successive windows outside the band before a layer is
             flagged (>= 1).
+        reference_loss: The loss of the untrained model (e.g. ln C), or
+            None: the training loss at the first window.
         verbose: 1 prints each flag when it is raised.
 
     Attributes:
@@ -100,7 +114,8 @@ class UpdateRatioMonitor(ConfigurableCallback):
         (ratio of weight updates to weight magnitudes, ~1e-3).
     """
 
-    def __init__(self, frequency=None, window=5, warmup_steps=10, target=1e-3, tolerance=100.0, patience=2, verbose=0):
+    def __init__(self, frequency=None, window=5, warmup_steps=10, target=1e-3, tolerance=100.0, patience=2,
+                 reference_loss=None, verbose=0):
         super().__init__()
         if frequency is not None:
             validation.check_int(frequency, "frequency", "UpdateRatioMonitor")
@@ -116,6 +131,7 @@ class UpdateRatioMonitor(ConfigurableCallback):
         self.target = float(target)
         self.tolerance = float(tolerance)
         self.patience = patience
+        self.reference_loss = None if reference_loss is None else float(reference_loss)
         self.verbose = verbose
         self.history = []
         self.findings = []
@@ -131,6 +147,7 @@ class UpdateRatioMonitor(ConfigurableCallback):
         self._window_start = None
         self._next_start = self.warmup_steps
         self._fresh = None
+        self._first_loss = self.reference_loss
 
     def _read(self):
         return {
@@ -171,15 +188,27 @@ class UpdateRatioMonitor(ConfigurableCallback):
                 ratios = {name: float(np.median(values)) for name, values in self._window_ratios.items()}
                 self.history.append({"step": self._window_start, "ratios": ratios})
                 self._fresh = ratios
-                self._flag(ratios)
+                self._flag(ratios, (logs or {}).get("loss"))
                 self._next_start = self._window_start + self._interval()
                 self._window_start = None
         self._step += 1
 
-    def _flag(self, ratios):
+    def _learned(self, loss):
+        """Whether the training loss has fallen by half since the first window (a converged model moves little)."""
+        if loss is None or not math.isfinite(float(loss)):
+            return False
+        loss = float(loss)
+        if self._first_loss is None:
+            self._first_loss = loss
+        return self._first_loss - loss > 0.5 * abs(self._first_loss)
+
+    def _flag(self, ratios, loss=None):
         low, high = self.target / self.tolerance, self.target * self.tolerance
+        learned = self._learned(loss)
         for name, ratio in ratios.items():
-            for direction, outside in (("low", ratio < low), ("high", not ratio <= high)):
+            # Tiny updates of a model that has learned are convergence (Adam's second moment still
+            # remembers the early, larger gradients), not a dead layer.
+            for direction, outside in (("low", ratio < low and not learned), ("high", not ratio <= high)):
                 count = self._outside.get((name, direction), 0) + 1 if outside else 0
                 self._outside[(name, direction)] = count
                 if count < self.patience or (name, direction) in self._flagged:
@@ -217,6 +246,7 @@ class UpdateRatioMonitor(ConfigurableCallback):
             "target": self.target,
             "tolerance": self.tolerance,
             "patience": self.patience,
+            "reference_loss": self.reference_loss,
             "verbose": self.verbose,
         }
 
@@ -244,9 +274,9 @@ def _squared_norm(arrays):
 
 
 class WeightDecayMonitor(ConfigurableCallback):
-    """Per layer, the pull of the weight decay against the push of the data loss (seed 000 Q3).
+    """Per layer, the pull of the weight decay against the push of the data loss (Loshchilov & Hutter 2019).
 
-    Seed 000 Q3: weight decay shrinks every weight in proportion to itself;
+    Loshchilov & Hutter 2019: weight decay shrinks every weight in proportion to itself;
     the gradient of the data loss only counts while it is larger than that
     pull. When the decay wins, learning stops (the loss settles early, or
     gets worse after convergence). Every `frequency` steps, per layer:
@@ -400,8 +430,8 @@ class WeightDecayMonitor(ConfigurableCallback):
             against = "the rest of the step" if mode == "decoupled" else "the data-loss gradient"
             advice = (
                 f"Layer {name!r}: {what} is {ratio:.2g}x {against} at step {self._step}: the weight decay "
-                "wins, and learning stops from here on (seed 000 Q3). Reduce the weight decay (the seed also "
-                "suggests a higher initial learning rate, or training longer at it)."
+                "wins, and learning stops from here on (Loshchilov & Hutter 2019). Reduce the weight decay, or "
+                "raise the initial learning rate and train longer at it."
             )
             pull, push = parts[name]
             evidence = {"layer": name, "mode": mode, "ratio": ratio, "pull": pull, "push": push, "step": self._step}
@@ -429,14 +459,18 @@ class WeightDecayMonitor(ConfigurableCallback):
 
 
 class CurveDiagnosis(ConfigurableCallback):
-    """Runs `keras_playbook.diagnosis.diagnose` on the curves after every epoch (seed 003 step 6).
+    """Runs `keras_playbook.diagnosis.diagnose` on the curves after every epoch (Johnson, step 6).
 
     Keeps every finding that appears (once per kind), prints it when
     `verbose`, and stops training when the loss diverges if
-    `stop_on_divergence`.
+    `stop_on_divergence`. An early epoch can look like a plateau; the
+    diagnosis of the finished curves (`diagnose(history)`) is the verdict.
 
     Args:
         stop_on_divergence: Stop training on a NaN or infinite loss.
+        schedule: The learning-rate schedule training runs with (a callback
+            or its class name): its planned or earned decays are not
+            mistakes (see `diagnose`).
         verbose: 1 prints each new finding.
 
     Attributes:
@@ -452,9 +486,10 @@ class CurveDiagnosis(ConfigurableCallback):
     ```
     """
 
-    def __init__(self, stop_on_divergence=True, verbose=1):
+    def __init__(self, stop_on_divergence=True, schedule=None, verbose=1):
         super().__init__()
         self.stop_on_divergence = bool(stop_on_divergence)
+        self.schedule = schedule_name(schedule)
         self.verbose = verbose
         self.findings = []
         self._curves = {}
@@ -469,7 +504,7 @@ class CurveDiagnosis(ConfigurableCallback):
         if "loss" not in self._curves:
             return
         known = {finding.kind for finding in self.findings}
-        for finding in diagnose(self._curves):
+        for finding in diagnose(self._curves, schedule=self.schedule):
             if finding.kind in known:
                 continue
             self.findings.append(finding)
@@ -479,13 +514,13 @@ class CurveDiagnosis(ConfigurableCallback):
                 self.model.stop_training = True
 
     def get_config(self):
-        return {"stop_on_divergence": self.stop_on_divergence, "verbose": self.verbose}
+        return {"stop_on_divergence": self.stop_on_divergence, "schedule": self.schedule, "verbose": self.verbose}
 
 
 class LossComponents(ConfigurableCallback):
-    """Logs every loss separately at each epoch end, on a fixed sample (seed 000 Q5).
+    """Logs every loss separately at each epoch end, on a fixed sample (charting each loss on its own; Wen et al. 2016).
 
-    Seed 000: with extra losses besides the cross-entropy and the L2 penalty
+    With extra losses besides the cross-entropy and the L2 penalty
     (a center loss, an embedding regularizer), draw a chart for each loss and
     watch it; the L2 loss is usually the precursor of the others. At the end
     of every epoch the model runs on `sample` (inference mode) and the
@@ -586,7 +621,7 @@ class LossComponents(ConfigurableCallback):
             axes.plot(range(1, len(values) + 1), values, marker=".")
             axes.set_title(name, fontsize="small")
             axes.set_xlabel("epoch")
-        figure.suptitle("Each loss on its own chart (seed 000)")
+        figure.suptitle("Each loss on its own chart ")
         figure.tight_layout()
         return figure
 

@@ -1,17 +1,17 @@
 """Learning-rate schedules as Keras callbacks.
 
-`StepDownLR` is seed 000's step-down schedule: hold the learning rate as long
+`StepDownLR` is the step-down schedule of Krizhevsky et al. 2012: hold the learning rate as long
 as learning progresses, then divide it (by 10, or 8) when the monitored loss
 stops improving or turns unstable. Unlike exponential decay it does not lower
 the rate while the rate still works, and unlike Keras's `ReduceLROnPlateau`
 it also reacts at once to a spike or a NaN, says why it stepped down, and can
 step down at fixed milestones.
 
-`OneCycle` is Smith's 1cycle (seed 001): the rate climbs from the lower to
+`OneCycle` is Smith's 1cycle (Smith & Topin 2019): the rate climbs from the lower to
 the upper bound found by the range test and back, then anneals far below the
 lower bound, while the momentum (or Adam's `beta_1`) cycles the other way.
 
-`CosineRestarts` and `TwoStage` (seed 004: cosine annealing with restarts is
+`CosineRestarts` and `TwoStage` (Loshchilov & Hutter 2017: cosine annealing with restarts is
 the state of the art; a high rate then a low one also works) are Keras's own
 `CosineDecayRestarts` and `PiecewiseConstantDecay` in callback form, sized in
 epochs, with an optional linear warm-up (`WarmUp`, a schedule an optimizer can
@@ -20,6 +20,15 @@ also take directly). `ScheduledLR` drives any `LearningRateSchedule` this way.
 All of them set the rate through the optimizer's `learning_rate` variable
 before every step (nothing is retraced; works under `tf.distribute`) and
 write it to the logs at every epoch end as `learning_rate`.
+
+References:
+    Krizhevsky, Sutskever & Hinton 2012, "ImageNet Classification with Deep
+    Convolutional Neural Networks" (divide the rate by 10 when the
+    validation error stops improving); He et al. 2016, arXiv:1512.03385.
+    Smith & Topin 2019, "Super-Convergence", arXiv:1708.07120 (one cycle);
+    Smith 2018, arXiv:1803.09820 (its bounds).
+    Loshchilov & Hutter 2017, "SGDR", arXiv:1608.03983.
+    Goyal et al. 2017, arXiv:1706.02677 (warm-up).
 """
 
 import math
@@ -54,10 +63,10 @@ def _direction(monitor):
 
 
 class StepDownLR(ConfigurableCallback):
-    """Holds the learning rate while learning progresses; steps it down when it stops (seed 000).
+    """Holds the learning rate while learning progresses; steps it down when it stops (Krizhevsky et al. 2012).
 
     At the end of each epoch the learning rate is multiplied by `factor`
-    (1/10 by default; seed 000: divide by 8 to 10, on a log scale) when:
+    (1/10 by default; Krizhevsky et al. 2012 divide by 10; 8 works too) when:
     - the monitored value has not improved by more than `min_delta`
       (relative) for `patience` epochs: a plateau, a rising validation loss
       or an oscillation, named as such;
@@ -124,7 +133,7 @@ class StepDownLR(ConfigurableCallback):
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1:
             raise ValueError(
                 "Argument `factor` must be in (0, 1): the learning rate is multiplied by it "
-                f"(seed 000: 1/10 or 1/8). Received: factor={factor!r}."
+                f"(Krizhevsky et al. 2012: 1/10). Received: factor={factor!r}."
             )
         for name, value, minimum in (("patience", patience, 1), ("cooldown", cooldown, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -365,7 +374,7 @@ def momentum_attribute(optimizer):
 
 
 class OneCycle(_PerStepSchedule):
-    """Smith's 1cycle: the rate climbs to the upper bound and back, then anneals far lower (seed 001).
+    """Smith's 1cycle: the rate climbs to the upper bound and back, then anneals far lower (Smith & Topin 2019).
 
     Over the first `cycle_fraction` of the run the learning rate rises from
     the lower bound to the upper bound and falls back symmetrically, while the
@@ -379,7 +388,7 @@ class OneCycle(_PerStepSchedule):
     - U <= t < C: lr = hi + (lo - hi) f((t - U) / (C - U)); momentum back up
     - t >= C: lr = lo + (lo * final_lr_ratio - lo) f((t - C + 1) / (T - C)); momentum m_hi
 
-    Seed 001: the lower bound is a factor of 10 to 20 below the upper bound
+    Smith 2018: the lower bound is a factor of 10 to 20 below the upper bound
     when only one cycle is used; `find_lr`'s result carries such bounds as
     `one_cycle_lr_bounds`, and can be passed as `lr_bounds` directly.
 
@@ -442,7 +451,7 @@ class OneCycle(_PerStepSchedule):
             _check_positive(value, "lr_bounds")
         if not lr_bounds[0] < lr_bounds[1]:
             raise ValueError(
-                "Argument `lr_bounds` must be (lower, upper) with lower < upper (seed 001: lower = upper / 10 "
+                "Argument `lr_bounds` must be (lower, upper) with lower < upper (Smith 2018: lower = upper / 10 "
                 f"for one cycle). Received: lr_bounds={tuple(lr_bounds)!r}."
             )
         if momentum_bounds is not None:
@@ -722,13 +731,13 @@ class _EpochSizedSchedule(ScheduledLR):
 
 
 class CosineRestarts(_EpochSizedSchedule):
-    """Cosine annealing with warm restarts (SGDR), in epochs, with an optional warm-up (seed 004).
+    """Cosine annealing with warm restarts (SGDR), in epochs, with an optional warm-up (Loshchilov & Hutter 2017).
 
     Keras's `CosineDecayRestarts` sized in epochs when training starts: the
     rate falls from `max_lr` to `min_lr` along a cosine over `cycle_epochs`,
     jumps back up, and each next cycle is `t_mul` times longer and rises
     `m_mul` times as high above `min_lr`. With `warmup_epochs`, a linear warm-up from 0 comes
-    first (`WarmUp`). Seed 004: cyclic cosine schedules are the state of the
+    first (`WarmUp`). Loshchilov & Hutter 2017: cyclic cosine schedules are the state of the
     art; an adaptive optimizer (Adam) may need no decay at all.
 
     Args:
@@ -794,7 +803,7 @@ class CosineRestarts(_EpochSizedSchedule):
 
 
 class TwoStage(_EpochSizedSchedule):
-    """A high learning rate, then a low one (seed 004), with an optional warm-up.
+    """A high learning rate, then a low one (He et al. 2016), with an optional warm-up.
 
     Keras's `PiecewiseConstantDecay` sized in epochs: `high_lr` for the first
     `switch_epoch` epochs (after the warm-up), `low_lr` after.
@@ -802,7 +811,7 @@ class TwoStage(_EpochSizedSchedule):
     Args:
         high_lr: The first rate; default: the optimizer's learning rate when
             this callback first starts training.
-        low_lr: The second rate; default: `high_lr / 10` (seed 000: step
+        low_lr: The second rate; default: `high_lr / 10` (Krizhevsky et al. 2012: step
             down by a factor of 10).
         switch_epoch: Epochs at `high_lr`; default: half the run after the
             warm-up.

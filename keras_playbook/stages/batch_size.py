@@ -1,9 +1,10 @@
 """The batch-size finder: the largest batch that fits, and the throughput of each.
 
-Seed 002: "the best batch size is typically the largest batch size that can be
-processed" (larger batches reduce training time; the same final performance
-is attainable at any batch size once the other hyperparameters are retuned).
-Seed 000 (Q6) and seed 001 (§3): the total batch size is constrained by the
+The Tuning Playbook picks the batch size that minimizes training time: larger
+batches reduce it while they still raise throughput, and the same final
+performance is attainable at any batch size once the other hyperparameters
+are retuned.
+Goyal et al. 2017 and Smith 2018: the total batch size is constrained by the
 GPU memory, and a larger batch accepts, and needs, a larger learning rate.
 
 Sizes are per replica (what one device holds); the global batch is that
@@ -18,6 +19,13 @@ memory (nothing to catch), so the finder keeps within `memory_limit`: it
 measures the process's peak resident memory at each size, refuses a size
 whose measured peak went over the limit, and does not try one predicted
 (memory growing in proportion to the batch) to go over it.
+
+References:
+    Godbole et al. 2023, "Deep Learning Tuning Playbook" (choosing the
+    batch size).
+    Goyal et al. 2017, arXiv:1706.02677; Smith 2018, arXiv:1803.09820.
+    Keskar et al. 2017, arXiv:1609.04836; Masters & Luschi 2018,
+    arXiv:1804.07612 (large batches and generalization).
 """
 
 import dataclasses
@@ -36,7 +44,7 @@ from keras_playbook.data import validate_batch_size
 from keras_playbook.journal import Result
 from keras_playbook.stages import trials
 
-_SEED = "seed 002; seed 001, §3"
+_BATCH_SIZE = "Tuning Playbook; Smith 2018"
 MODES = ("power", "binsearch")
 CRITERIA = ("largest", "fastest")
 FITS = "ok"
@@ -58,7 +66,7 @@ class BatchSizeResult(Result):
             peak on GPU; None when unknown) and `status`: "ok", "out of
             memory", "over memory limit" or "predicted over memory limit".
         mode: "power" or "binsearch".
-        criterion: "largest" (the seeds' choice) or "fastest".
+        criterion: "largest" (the Tuning Playbook's choice) or "fastest".
         device: "GPU" or "CPU".
         memory_limit_bytes: Memory the finder allowed itself above the
             process's start (CPU only), or None.
@@ -227,7 +235,7 @@ def find_batch_size(
         pipeline: The training `DataPipeline`.
         mode: "power" doubles until a size does not fit and keeps the last
             that did; "binsearch" then searches between the two.
-        criterion: "largest" (the seeds: the largest batch that fits) or
+        criterion: "largest" (the Tuning Playbook: the largest batch that fits) or
             "fastest" (the highest samples/s among those that fit).
         initial_batch_size: First per-replica size tried.
         max_batch_size: Cap on the per-replica size; the data caps it too
@@ -360,7 +368,7 @@ def _message(result, fitting, chosen):
         return (
             f"Not even batch size {first['batch_size']} per replica fits ({first['status']}): "
             "use a smaller initial_batch_size, a smaller model or input, or mixed "
-            f"precision ({_SEED})."
+            f"precision ({_BATCH_SIZE})."
         )
     failures = [t for t in result.trials if t["status"] != FITS]
     bound = (
@@ -382,5 +390,5 @@ def _message(result, fitting, chosen):
             )
     return message + (
         " The learning rate and momentum found at another batch size no longer "
-        f"hold: run find_lr (and sweep_momentum) again ({_SEED})."
+        f"hold: run find_lr (and sweep_momentum) again ({_BATCH_SIZE})."
     )

@@ -1,4 +1,4 @@
-"""Rounds of experiments and seed-to-seed significance (seed 002), on KerasTuner.
+"""Rounds of experiments and seed-to-seed significance (Tuning Playbook), on KerasTuner.
 
 - `compare_seeds`: re-run configurations over several seeds (initialization
   and data order) and ask whether their difference is larger than the
@@ -8,6 +8,10 @@
   the same budget and the same samples for every scientific value) so the
   comparison is fair; fixed ones keep one value. The best of each scientific
   value are compared, over seeds when asked.
+
+References:
+    Godbole et al. 2023, "Deep Learning Tuning Playbook" (rounds of
+    experiments; scientific, nuisance and fixed hyperparameters; seeds).
 """
 
 import dataclasses
@@ -83,7 +87,7 @@ def _check_value(name, value, caller, argument):
 
 @dataclasses.dataclass
 class SeedComparisonResult(Result):
-    """Configurations re-run over seeds, against seed-to-seed variation (seed 002).
+    """Configurations re-run over seeds, against seed-to-seed variation (Tuning Playbook).
 
     Attributes:
         objective: The metric compared, at each run's best epoch.
@@ -136,7 +140,7 @@ class SeedComparisonResult(Result):
             axes.errorbar(position + 0.25, self.means[name], yerr=self.stds[name], fmt="o", color="k", capsize=4)
         axes.set_xticks(range(len(self.scores)), list(self.scores))
         axes.set_ylabel(f"{self.objective} at the best epoch")
-        axes.set_title(f"{len(self.seeds)} seeds per configuration (seed 002)")
+        axes.set_title(f"{len(self.seeds)} seeds per configuration (Tuning Playbook)")
         figure.tight_layout()
         return figure
 
@@ -154,12 +158,12 @@ def compare_seeds(
     objective="val_loss",
     defaults=None,
     directory=None,
-    project_name="compare_seeds",
+    project_name=None,
     overwrite=False,
     callbacks=(),
     verbose=0,
 ):
-    """Is a difference between configurations larger than seed-to-seed variation? (seed 002)
+    """Is a difference between configurations larger than seed-to-seed variation? (Tuning Playbook)
 
     Every configuration runs once per seed; a seed sets the initial weights
     (a fresh initialization drawn with it) and the order of the training
@@ -230,6 +234,10 @@ def compare_seeds(
         session, train_pipeline, validation_pipeline, defaults=fixed, epochs=epochs,
         weight_decay_mode=weight_decay_mode,
     )
+    project_name = project_name or search.project_name_for(
+        caller, configs=configs, seeds=seed_list, epochs=epochs, mode=weight_decay_mode, objective=objective,
+        fixed=fixed, base=base,
+    )
     tuner, records, role = search.run_search(
         session, oracle, hypermodel, directory=search.default_directory(directory),
         project_name=project_name, overwrite=overwrite, callbacks=callbacks, verbose=verbose,
@@ -297,12 +305,12 @@ def _comparison_message(best, tests, means, stds, objective, num_seeds, alpha):
     if all(test["significant"] for test in tests):
         verdict = (
             f"{best!r} is better by more than seed-to-seed variation (Welch's t-test, "
-            f"p < {alpha}; seed 002)."
+            f"p < {alpha}; Tuning Playbook)."
         )
     else:
         verdict = (
             f"Not every difference is larger than seed-to-seed variation (Welch's t-test at "
-            f"alpha {alpha}; seed 002): do not adopt a change on these runs alone; prefer the "
+            f"alpha {alpha}; Tuning Playbook): do not adopt a change on these runs alone; prefer the "
             "simpler configuration or run more seeds."
         )
     return " ".join([verdict, *parts])
@@ -313,7 +321,7 @@ def _comparison_message(best, tests, means, stds, objective, num_seeds, alpha):
 
 @dataclasses.dataclass
 class RoundResult(Result):
-    """One round of experiments (seed 002): a goal, and the best of each scientific value.
+    """One round of experiments (Tuning Playbook): a goal, and the best of each scientific value.
 
     Attributes:
         goal: What the round asks.
@@ -385,7 +393,7 @@ class RoundResult(Result):
 def _check_round_inputs(session, goal, scientific, nuisance, fixed, max_trials, oracle, caller):
     if not isinstance(goal, str) or not goal.strip():
         raise ValueError(
-            f"{caller}: a round needs a `goal` (seed 002: each round of experiments should "
+            f"{caller}: a round needs a `goal` (Tuning Playbook: each round of experiments should "
             f"have a clear goal), e.g. goal='does dropout help?'. Received: goal={goal!r}."
         )
     for argument, mapping in (("scientific", scientific), ("nuisance", nuisance), ("fixed", fixed)):
@@ -403,7 +411,7 @@ def _check_round_inputs(session, goal, scientific, nuisance, fixed, max_trials, 
         if both:
             raise ValueError(
                 f"{caller}: {both} appear in both `{first}` and `{second}`: each "
-                "hyperparameter is scientific, nuisance or fixed in a round (seed 002)."
+                "hyperparameter is scientific, nuisance or fixed in a round (Tuning Playbook)."
             )
     for name, values in scientific.items():
         if not isinstance(values, (list, tuple)) or not values:
@@ -494,7 +502,7 @@ def run_round(
     callbacks=(),
     verbose=0,
 ):
-    """One round of experiments: scientific, nuisance and fixed hyperparameters (seed 002).
+    """One round of experiments: scientific, nuisance and fixed hyperparameters (Tuning Playbook).
 
     For each scientific value (each combination, with several scientific
     hyperparameters), a KerasTuner oracle tunes the nuisance hyperparameters
@@ -506,7 +514,7 @@ def run_round(
 
     Args:
         session, train_pipeline, validation_pipeline: As for the searches.
-        goal: What the round asks (seed 002: each round has a clear goal).
+        goal: What the round asks (Tuning Playbook: each round has a clear goal).
         scientific: Dict mapping names to lists of values to compare.
         nuisance: Dict mapping names to search spaces: a list of values, or
             `("log", low, high)`, `("linear", low, high)`, `("int", low, high)`.
@@ -521,7 +529,8 @@ def run_round(
         weight_decay_mode, objective, defaults, directory, overwrite,
         callbacks, verbose: As for `grid_weight_decay`.
         project_name: Folder of the round's projects under `directory`;
-            defaults to a slug of the goal.
+            defaults to a slug of the goal and a digest of the round's
+            spaces, budget and settings (`project_name_for`).
         seed: Seed of the nuisance oracle and of the trials.
 
     Returns:
@@ -561,7 +570,10 @@ def run_round(
         name: value for name, value in {**(defaults or {}), **fixed}.items()
         if name not in scientific and name not in nuisance
     }
-    root = os.path.join(search.default_directory(directory), project_name or _slug(goal))
+    root = os.path.join(search.default_directory(directory), project_name or search.project_name_for(
+        _slug(goal), scientific=scientific, nuisance=nuisance, shared=shared, max_trials=max_trials, epochs=epochs,
+        seeds=seed_list, oracle=oracle, mode=weight_decay_mode, objective=objective,
+    ))
     cells, all_records, role, epochs_spent = [], [], "single", 0
     for values in combinations:
         space = search.fixed_space({**shared, **values})
@@ -648,7 +660,7 @@ def _round_message(goal, best_cell, finished, objective, comparison):
     if comparison is None:
         return head + (
             " Single runs per value: re-run with `seeds=5` to tell the difference from "
-            "seed-to-seed variation before adopting it (seed 002)."
+            "seed-to-seed variation before adopting it (Tuning Playbook)."
         ), False
     return f"{head} Over seeds: {comparison['message']}", bool(comparison["ok"])
 

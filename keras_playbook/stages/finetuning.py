@@ -1,18 +1,23 @@
-"""Fine-tuning a pretrained backbone, head first (seed 004).
+"""Fine-tuning a pretrained backbone, head first (Howard & Ruder 2018).
 
-Seed 004: when fine-tuning, start with a lower learning rate than from
+When fine-tuning, start with a lower learning rate than from
 scratch; freeze the early layers, or give them a lower learning rate than the
 later ones. `fine_tune` runs the two phases the practice implies: the head
 alone on the frozen backbone, at the rate a range test finds for it; then
 every layer, with discriminative learning rates (each earlier group's step
 a fraction of the next one's) at the base rate a fresh range test finds.
 `build_model` puts a pooling layer and a classification head on a backbone.
+
+References:
+    Howard & Ruder 2018, arXiv:1801.06146.
+    Smith 2017, arXiv:1506.01186 (the range test of each phase).
 """
 
 import dataclasses
 import os
 
 import keras
+from matplotlib.figure import Figure
 
 from keras_playbook import finetune, validation
 from keras_playbook.journal import Result
@@ -50,6 +55,32 @@ class FineTuneResult(Result):
     best: float
     ok: bool
     message: str
+
+    @property
+    def improved(self):
+        """Whether phase 2's best `monitor` beat phase 1's."""
+        return self.ok
+
+    def plot(self):
+        """Both phases on one time line: training and validation curves, the phase boundary marked."""
+        figure = Figure(figsize=(7, 4))
+        axes = figure.add_subplot()
+        first = len(self.head_history.get("loss", []))
+        for name, style in (("loss", "-"), ("val_loss", "--")):
+            values = list(self.head_history.get(name, [])) + list(self.history.get(name, []))
+            if values:
+                axes.plot(range(1, len(values) + 1), values, style, marker=".", label=name)
+        axes.axvline(first + 0.5, color="grey", linestyle=":", label="phase 1 | phase 2")
+        axes.annotate(f"head only, {self.head_learning_rate:.2g}", (0.5 + 0.0, 1.0), xycoords=("data", "axes fraction"),
+                      xytext=(2, -12), textcoords="offset points", fontsize="small")
+        axes.annotate(f"all groups, base {self.learning_rate:.2g}", (first + 0.5, 1.0),
+                      xycoords=("data", "axes fraction"), xytext=(4, -12), textcoords="offset points",
+                      fontsize="small")
+        axes.set_xlabel("epoch (both phases)")
+        axes.set_ylabel("loss")
+        axes.set_title("Fine-tuning: " + ("phase 2 improved" if self.ok else "phase 2 did not improve"))
+        axes.legend(fontsize="small")
+        return figure
 
 
 def build_model(backbone, num_classes, pooling="avg", dropout=0.0, name=None):
@@ -148,21 +179,33 @@ def check_multipliers(multipliers, num_groups, factor):
 
 
 def summarize(groups, multipliers, head_rate, rate, head_epochs, epochs, gradual, head_history, history):
+    """The `FineTuneResult` of two finished phases; `improved` says whether phase 2 beat phase 1."""
     monitor = "val_loss" if "val_loss" in history else "loss"
     head_best = min(head_history.get(monitor, [float("nan")]))
     best = min(history.get(monitor, [float("nan")]))
     names = [[layer.name for layer in group] for group in groups]
-    ok = best == best and head_best == head_best  # Not NaN.
+    finite = best == best and head_best == head_best  # Not NaN.
+    improved = finite and best < head_best
+    head = f"{len(names[-1])} layer{'s' if len(names[-1]) != 1 else ''}"
     message = (
-        f"Phase 1 trained the head alone ({len(names[-1])} layers) for {head_epochs} epochs at "
+        f"Phase 1 trained the head alone ({head}) for {head_epochs} epochs at "
         f"{head_rate:.3g}: best {monitor} {head_best:.4g}. Phase 2 trained all {len(names)} groups for "
         f"{epochs} epochs at base rate {rate:.3g} with multipliers "
-        f"{', '.join(f'{m:.3g}' for m in multipliers)} (earliest first; seed 004: early layers change "
-        f"less){', thawing one group at a time' if gradual else ''}: best {monitor} {best:.4g}."
+        f"{', '.join(f'{m:.3g}' for m in multipliers)} (earliest first; early layers change "
+        f"less, Howard & Ruder 2018){', thawing one group at a time' if gradual else ''}: best {monitor} {best:.4g}."
     )
-    return FineTuneResult(
+    if improved:
+        message += " The model holds phase 2's best epoch."
+    else:
+        message += (
+            f" Phase 2 made {monitor} worse than the head alone ({head_best:.4g} -> {best:.4g}): the model "
+            "keeps phase 1's best weights. Fine-tune with a lower base rate (learning_rate=), fewer thawed "
+            "groups, or gradual=True (Howard & Ruder 2018)."
+        )
+    result = FineTuneResult(
         groups=names, multipliers=list(multipliers), head_learning_rate=float(head_rate),
         learning_rate=float(rate), head_epochs=head_epochs, epochs=epochs, gradual=bool(gradual),
         head_history=head_history, history=history, monitor=monitor, head_best=float(head_best),
-        best=float(best), ok=bool(ok), message=message,
+        best=float(best), ok=bool(improved), message=message,
     )
+    return result

@@ -1,11 +1,10 @@
 """The learning-rate range test (`find_lr`) and its suggestion rules.
 
-Seed 001, §3-1: "training starts with a small learning rate which is slowly
-increased throughout a pre-training run. [...] as the learning rate increases,
-it eventually becomes too large and causes the loss to increase. The learning
-rate at this extremum is the largest value." The minimum bound of a cyclic
-schedule is that maximum divided by 3-4, or by 10-20 when only one cycle is
-used.
+The range test (Smith 2017; Smith 2018): training starts at a small learning
+rate that rises throughout a short run; as it rises, the loss falls, until
+the rate becomes too large and the loss turns up. The rate at that turn is
+the largest usable one. The lower bound of a cyclic schedule is that maximum
+divided by 3-4, or by 10-20 when only one cycle is used (Smith 2018).
 
 The suggestion rules share one signature, `rule(learning_rates, smoothed)
 -> learning_rate`, over the finite part of the smoothed curve, and are
@@ -30,7 +29,7 @@ from keras_playbook import validation
 from keras_playbook.journal import Result
 from keras_playbook.stages import trials
 
-_SEED = "seed 001, §3-1"
+_RANGE_TEST = "Smith 2017; Smith 2018"
 MODES = ("exponential", "linear")
 MEASURED_ON = ("train", "validation")
 
@@ -346,10 +345,10 @@ def find_lr(
         max_lr: Last learning rate.
         num_steps: Steps from `min_lr` to `max_lr` (at least 10).
         mode: "exponential" (evenly spaced on a log scale) or "linear" (the
-            seed's original form; spends most steps at large rates).
+            form of Smith 2017; spends most steps at large rates).
         on: "train" judges each LR by the step's training loss; "validation"
             by the loss on `num_validation_batches` validation batches after
-            the step (slower, closer to the seed).
+            the step (slower, closer to Smith 2018, who reads the validation loss).
         stop_factor: Stop once the smoothed loss exceeds this times its minimum.
         smoothing: Weight of the past in the moving average (0 for none).
             The default, 0.9, averages about 10 steps; fastai's 0.98 (about
@@ -426,7 +425,7 @@ def _result(test, learning_rates, *, rule, pipeline, optimizer, **settings):
             f"The loss diverged within {len(losses)} steps, at learning rates "
             f"{settings['min_lr']:.2g}-{float(learning_rates[-1]):.2g}: lower min_lr, "
             "check the model and the data (run check_initial_loss), then run "
-            f"find_lr again ({_SEED})."
+            f"find_lr again ({_RANGE_TEST})."
         )
     return LRRangeResult(
         suggested_lr=suggestions.get(rule) if ok else None,
@@ -460,17 +459,17 @@ def _message(ok, fell, suggested, rule, bounds, one_cycle, curve, settings):
             f"The loss never fell by 5% between learning rates {settings['min_lr']:.2g} "
             f"and {settings['max_lr']:.2g} (smoothed {curve[0]:.3g} -> min {curve.min():.3g}): "
             "no learning rate works. Check that the model can learn at all "
-            f"(overfit_small_sample), or widen the range ({_SEED})."
+            f"(overfit_small_sample), or widen the range ({_RANGE_TEST})."
         )
     if not ok:
         return (
             f"The loss was still falling at max_lr={settings['max_lr']:.2g}: the "
             "maximum bound lies above the tested range. Raise max_lr and run find_lr "
-            f"again ({_SEED})."
+            f"again ({_RANGE_TEST})."
         )
     return (
         f"Suggested learning rate {suggested:.2g} ({rule} of the loss curve). The loss "
         f"stops falling at {bounds[1]:.2g}, the maximum bound: use ({bounds[0]:.2g}, "
         f"{bounds[1]:.2g}) for cyclic schedules (max/4) and ({one_cycle[0]:.2g}, "
-        f"{one_cycle[1]:.2g}) for one cycle (max/10) ({_SEED})."
+        f"{one_cycle[1]:.2g}) for one cycle (max/10) ({_RANGE_TEST})."
     )

@@ -1,13 +1,17 @@
 """Short runs from the same start: `probe_lrs` and `sweep_momentum`.
 
-Seed 003, step 3: on the full training data, find the learning rate that
+Johnson, EECS 498 Lecture 11, step 3: on the full training data, find the learning rate that
 makes the loss drop significantly within ~100 iterations; good values to try
-are 1e-1, 1e-2, 1e-3, 1e-4. Seed 001, §3: "short runs with momentum values of
-0.99, 0.97, 0.95, and 0.9 will quickly show the best value for momentum",
-judged by the validation loss (§1-1).
+are 1e-1, 1e-2, 1e-3, 1e-4. Smith 2018: short runs with momentum 0.99, 0.97,
+0.95 and 0.9 quickly show the best momentum, judged by the validation loss.
 
 Every run trains its own copy of the model from the same weights (the
 model's current ones) with a fresh optimizer; the model is not touched.
+
+References:
+    Johnson, EECS 498 Lecture 11, step 3.
+    Smith 2018, "A disciplined approach to neural network hyper-parameters:
+    Part 1", arXiv:1803.09820 (momentum).
 """
 
 import dataclasses
@@ -21,8 +25,8 @@ from keras_playbook import validation
 from keras_playbook.journal import Result
 from keras_playbook.stages import trials
 
-_SEED_003_STEP_3 = "seed 003, step 3"
-_SEED_001 = "seed 001, §3"
+_PROBES = "Johnson, EECS 498 Lecture 11, step 3"
+_MOMENTUM = "Smith 2018"
 DEFAULT_PROBE_LRS = (1e-1, 1e-2, 1e-3, 1e-4)
 DEFAULT_MOMENTUMS = (0.99, 0.97, 0.95, 0.9)
 # Optimizers whose momentum is `momentum` (SGD, RMSprop); Adam's family uses beta_1.
@@ -121,7 +125,7 @@ def probe_lrs(
     seed=0,
     callbacks=None,
 ):
-    """Finds the learning rate that makes the loss go down (seed 003, step 3).
+    """Finds the learning rate that makes the loss go down (Johnson, EECS 498 Lecture 11, step 3).
 
     Each learning rate trains its own copy of the model, from the same
     weights, for `num_steps` steps on the full training data. The loss on a
@@ -133,7 +137,7 @@ def probe_lrs(
         session: The `Session` holding the model.
         pipeline: The training `DataPipeline`.
         learning_rates: Rates to probe.
-        num_steps: Steps per run (the seed says ~100).
+        num_steps: Steps per run (Johnson: ~100).
         min_drop: Relative drop counted as significant.
         num_eval_batches: Batches in the fixed sample the drop is measured on.
         compare_with: A learning rate to compare the choice with (the
@@ -199,11 +203,11 @@ def _probe_message(result):
             f"No learning rate made the loss drop by {result.min_drop:.0%} within "
             f"{result.num_steps} steps (drops: {table}). The model or the data has a "
             "problem (run check_initial_loss and overfit_small_sample), or the rates "
-            f"are all too small or too large ({_SEED_003_STEP_3})."
+            f"are all too small or too large ({_PROBES})."
         )
     message = (
         f"Learning rate {result.chosen_lr:.0e} is the largest that makes the loss go "
-        f"down within {result.num_steps} steps (loss drops: {table}) ({_SEED_003_STEP_3})."
+        f"down within {result.num_steps} steps (loss drops: {table}) ({_PROBES})."
     )
     if result.compared_with is not None:
         ratio = result.compared_with / result.chosen_lr
@@ -300,7 +304,7 @@ def sweep_momentum(
     optimizer_changes=None,
     callbacks=None,
 ):
-    """Short runs at several momentum values; the best by validation loss (seed 001, §3).
+    """Short runs at several momentum values; the best by validation loss (Smith 2018).
 
     For SGD and RMSprop the swept hyperparameter is `momentum`; for Adam,
     AdamW, Adamax, Nadam and Lion it is `beta_1`, the same moving average of
@@ -335,7 +339,7 @@ def sweep_momentum(
     validation.check_int(num_steps, "num_steps", stage)
     if validation_pipeline is None:
         raise ValueError(
-            f"{stage}: momentum is judged by the validation loss (seed 001, §1-1); "
+            f"{stage}: momentum is judged by the validation loss (Smith 2018); "
             "pass `validation_data` to the Playbook."
         )
     if learning_rate is None:
@@ -374,7 +378,7 @@ def _momentum_message(result):
     if result.best_value is None:
         return (
             f"Every run diverged at learning rate {result.learning_rate:.2g}: lower "
-            f"the learning rate (run find_lr) before sweeping {name} ({_SEED_001})."
+            f"the learning rate (run find_lr) before sweeping {name} ({_MOMENTUM})."
         )
     edge = ""
     if result.best_value in (result.values[0], result.values[-1]) and len(result.values) > 2:
@@ -382,5 +386,5 @@ def _momentum_message(result):
     return (
         f"{name}={result.best_value:g} gives the lowest validation loss after "
         f"{result.num_steps} steps at learning rate {result.learning_rate:.2g} "
-        f"(validation loss by {name}: {table}) ({_SEED_001}).{edge}"
+        f"(validation loss by {name}: {table}) ({_MOMENTUM}).{edge}"
     )

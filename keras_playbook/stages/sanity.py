@@ -1,9 +1,14 @@
 """Sanity stages: check the initial loss, overfit a small sample.
 
-Seed 003, steps 1 and 2 ("Choosing hyperparameters without tons of GPUs"):
-before tuning anything, check that an untrained classifier scores about ln C,
-and that the model can memorize ~5-10 mini-batches with regularization off.
-"If our model can't overfit a tiny sample, something is fundamentally broken."
+Johnson, EECS 498 Lecture 11, steps 1 and 2; CS231n's sanity checks: before
+tuning anything, check that an untrained classifier scores about ln C, and
+that the model can memorize ~5-10 mini-batches with regularization off. A
+model that cannot overfit a tiny sample has something fundamentally broken.
+
+References:
+    Johnson, EECS 498 Lecture 11, steps 1-2.
+    Stanford CS231n, "Neural Networks Part 3: Learning and Evaluation"
+    (sanity checks).
 """
 
 import dataclasses
@@ -18,8 +23,8 @@ from keras_playbook import losses, validation
 from keras_playbook.journal import Result
 from keras_playbook.session import read_value
 
-_SEED_003_STEP_1 = "seed 003, step 1"
-_SEED_003_STEP_2 = "seed 003, step 2"
+_INITIAL_LOSS = "Johnson, EECS 498 Lecture 11, step 1"
+_OVERFIT = "Johnson, EECS 498 Lecture 11, step 2"
 
 
 @dataclasses.dataclass
@@ -38,6 +43,12 @@ class InitialLossResult(Result):
         output_std: Standard deviation of the model's raw outputs.
         num_examples: Examples evaluated.
         per_example_losses: Loss of each example (for `plot`).
+        checked: Whether anything was checked: False when no expectation
+            exists for the loss (or the model has several outputs), in
+            which case `ok` only means nothing was found wrong.
+        input_dependence: How much the outputs vary across examples
+            (their standard deviation over the batch axis, the largest over
+            output units); 0 means the output does not depend on the input.
     """
 
     kind = "check_initial_loss"
@@ -53,9 +64,15 @@ class InitialLossResult(Result):
     per_example_losses: list
     ok: bool
     message: str
+    checked: bool = True
+    input_dependence: float | None = None
+
+    def summary(self):
+        verdict = "NOT CHECKED" if self.checked is False and self.ok else ("OK" if self.ok else "CHECK")
+        return f"{self.kind}: {verdict} - {self.message}"
 
     def plot(self):
-        """Histogram of per-example initial losses, with ln C marked."""
+        """Histogram of per-example initial losses, with ln C (or the targets' variance) marked."""
         figure = Figure(figsize=(6, 4))
         axes = figure.add_subplot()
         values = np.asarray(self.per_example_losses, dtype=float)
@@ -177,7 +194,7 @@ def check_initial_loss(session, pipeline, *, num_batches=10, tolerance=0.5, seed
         An `InitialLossResult`.
 
     References:
-        Seed 003, step 1: check initial loss (expect log C).
+        Johnson, EECS 498 Lecture 11, step 1: check initial loss (expect log C).
     """
     stage = "check_initial_loss"
     validation.check_int(num_batches, "num_batches", stage)
@@ -187,48 +204,143 @@ def check_initial_loss(session, pipeline, *, num_batches=10, tolerance=0.5, seed
     with session.preserved():
         model.set_weights(session.initial_weights)
         predictions = model.predict(x, batch_size=pipeline.global_batch_size, verbose=0)
+    dependence = _input_dependence(predictions)
     if isinstance(predictions, (list, tuple, dict)) or _several_losses(model.loss):
+        ok, message = True, (
+            "Nothing was checked: no initial-loss expectation is computed for a model "
+            "with several outputs or losses; check each output's loss by hand "
+            f"({_INITIAL_LOSS})."
+        )
+        if dependence == 0:
+            ok, message = False, _constant_output_message(len(tf.nest.flatten(y)[0]))
         return InitialLossResult(
             loss=math.nan, expected=None, tolerance=tolerance, num_classes=0,
             loss_name=str(model.loss), from_logits=False, output_kind="unknown",
             output_std=math.nan, num_examples=len(tf.nest.flatten(y)[0]),
-            per_example_losses=[], ok=True,
-            message=(
-                "No initial-loss expectation for a model with several outputs "
-                "or losses; check each output's loss by hand "
-                f"({_SEED_003_STEP_1})."
-            ),
+            per_example_losses=[], ok=ok, message=message, checked=not ok,
+            input_dependence=dependence,
         )
     predictions = np.asarray(predictions, dtype=np.float64)
     info = losses.describe_loss(model.loss)
     num_classes = int(predictions.shape[-1])
     expected = info.expected_initial_loss(num_classes)
-    if expected is None:
+    regression = expected is None and info.name in _REGRESSION_LOSSES
+    if regression:
+        per_example = _regression_per_example(info.name, y, predictions)
+        measured = float(np.mean(per_example))
+        expected = _regression_baseline(info.name, y, predictions.shape)
+    elif expected is None:
         per_example = []
         measured = _mean_loss(model.loss, y, predictions.astype(np.float32))
     else:
         per_example = info.per_example(y, predictions.astype(np.float32))
         measured = float(np.mean(per_example))
-    output_kind = _output_kind(predictions, info.kind)
-    ok, message = _initial_loss_verdict(
-        info, measured, expected, tolerance, output_kind, float(predictions.std()),
-        num_classes,
-    )
+    output_kind = _output_kind(predictions, info.kind) if not regression else "values"
+    checked = expected is not None
+    if dependence == 0 and not _zero_last_layer(model):
+        ok, message, checked = False, _constant_output_message(len(predictions)), True
+    elif regression:
+        ok, message = _regression_verdict(info.name, measured, expected, y, predictions)
+    else:
+        ok, message = _initial_loss_verdict(
+            info, measured, expected, tolerance, output_kind, float(predictions.std()),
+            num_classes,
+        )
     return InitialLossResult(
         loss=measured, expected=expected, tolerance=tolerance,
         num_classes=num_classes, loss_name=info.name, from_logits=info.from_logits,
         output_kind=output_kind, output_std=float(predictions.std()),
         num_examples=len(predictions), per_example_losses=list(per_example),
-        ok=ok, message=message,
+        ok=ok, message=message, checked=checked, input_dependence=dependence,
+    )
+
+
+# Regression: the loss of predicting the mean -----------------------------------
+
+_REGRESSION_LOSSES = ("mean_squared_error", "mean_absolute_error")
+REGRESSION_FACTOR = 3.0  # An initial loss above this many times the mean's loss is "far above".
+
+
+def _targets(y, shape):
+    return np.asarray(y, dtype=np.float64).reshape(shape)
+
+
+def _regression_per_example(name, y, predictions):
+    error = _targets(y, predictions.shape) - predictions
+    values = error**2 if name == "mean_squared_error" else np.abs(error)
+    return values.reshape(len(values), -1).mean(axis=1)
+
+
+def _regression_baseline(name, y, shape):
+    """The loss of predicting the targets' mean (MSE: their variance) or median (MAE)."""
+    targets = _targets(y, shape)
+    if name == "mean_squared_error":
+        return float(np.mean((targets - targets.mean(axis=0)) ** 2))
+    return float(np.mean(np.abs(targets - np.median(targets, axis=0))))
+
+
+def _regression_verdict(name, measured, baseline, y, predictions):
+    targets = _targets(y, predictions.shape)
+    mean, spread = float(np.mean(targets)), float(np.std(targets))
+    what = "variance" if name == "mean_squared_error" else "mean absolute deviation"
+    if baseline <= 0:
+        return True, f"The targets are constant: nothing to learn ({_INITIAL_LOSS})."
+    ratio = measured / baseline
+    if ratio <= REGRESSION_FACTOR:
+        return True, (
+            f"Initial {name} {measured:.4g} is {ratio:.2g}x the targets' {what} {baseline:.4g} (the loss "
+            "of predicting their mean): the untrained model starts where it should, near the mean "
+            f"({_INITIAL_LOSS})."
+        )
+    if abs(mean) > spread:
+        cause = (
+            f"the targets are not centred (mean {mean:.4g}, standard deviation {spread:.4g}) while an untrained "
+            "model predicts near 0. Standardize the targets (subtract the mean, divide by the standard "
+            "deviation; undo it on the predictions), or initialize the last layer's bias at the mean"
+        )
+    else:
+        cause = (
+            f"the untrained outputs vary too much (standard deviation {float(predictions.std()):.3g} against "
+            f"the targets' {spread:.3g}): inputs not normalized, or a last layer initialized too large"
+        )
+    return False, (
+        f"Initial {name} {measured:.4g} is {ratio:.3g}x the targets' {what} {baseline:.4g} (the loss of "
+        f"predicting their mean): {cause} ({_INITIAL_LOSS}; CS231n)."
+    )
+
+
+# Outputs that do not depend on the inputs ------------------------------------------
+
+
+def _input_dependence(predictions):
+    """The largest standard deviation over examples of any output unit (0: a constant output)."""
+    spreads = [float(np.max(np.std(np.asarray(p, dtype=np.float64).reshape(len(p), -1), axis=0)))
+               for p in tf.nest.flatten(predictions) if np.size(p)]
+    return max(spreads) if spreads else None
+
+
+def _zero_last_layer(model):
+    """Whether the last weighted layer's kernel is all zeros (a zero-initialized head: constant on purpose)."""
+    layers = [layer for layer in model._flatten_layers(include_self=False, recursive=True) if layer.weights]
+    kernel = getattr(layers[-1], "kernel", None) if layers else None
+    return kernel is not None and not np.any(keras.ops.convert_to_numpy(kernel))
+
+
+def _constant_output_message(count):
+    return (
+        f"The untrained model gives the same output for all {count} examples: its output does not depend "
+        "on its input. Look for a dead layer (every ReLU off, e.g. from a large negative bias), a path that "
+        "multiplies by zero, inputs that never reach the output, or a backbone that expects another input "
+        f"range (keras.applications preprocessing) ({_INITIAL_LOSS}; CS231n)."
     )
 
 
 def _initial_loss_verdict(info, measured, expected, tolerance, output_kind, output_std, num_classes):
     if expected is None:
         return True, (
-            f"Initial loss {measured:.4g}. No expectation exists for loss "
-            f"{info.name!r} (ln C applies to cross-entropy only), so nothing was "
-            f"checked ({_SEED_003_STEP_1})."
+            f"Nothing was checked: initial loss {measured:.4g}, and no expectation exists for loss "
+            f"{info.name!r} (ln C applies to cross-entropy, the targets' variance to mean squared "
+            f"error) ({_INITIAL_LOSS})."
         )
     target = "ln 2" if info.kind == losses.BINARY else f"ln {num_classes}"
     if output_kind == "logits" and not info.from_logits:
@@ -237,7 +349,7 @@ def _initial_loss_verdict(info, measured, expected, tolerance, output_kind, outp
             f"to 1) but the loss {info.name!r} has from_logits=False, so it "
             "treats them as probabilities. Pass "
             f"keras.losses.{_class_name(info.name)}(from_logits=True), or end "
-            f"the model with a softmax/sigmoid activation ({_SEED_003_STEP_1})."
+            f"the model with a softmax/sigmoid activation ({_INITIAL_LOSS})."
         )
     if output_kind == "probabilities" and info.from_logits:
         return False, (
@@ -245,14 +357,14 @@ def _initial_loss_verdict(info, measured, expected, tolerance, output_kind, outp
             f"the loss {info.name!r} has from_logits=True and applies it again: "
             f"the loss sits near {target} by accident and its gradients are "
             "squashed. Remove the final activation or set from_logits=False "
-            f"({_SEED_003_STEP_1})."
+            f"({_INITIAL_LOSS})."
         )
     deviation = (measured - expected) / expected
     if abs(deviation) <= tolerance:
         return True, (
             f"Initial loss {measured:.4g} is close to {target} = {expected:.4g} "
             f"(within {tolerance:.0%}): the model starts by guessing uniformly, as "
-            f"an untrained classifier should ({_SEED_003_STEP_1})."
+            f"an untrained classifier should ({_INITIAL_LOSS})."
         )
     if deviation > 0:
         return False, (
@@ -261,13 +373,13 @@ def _initial_loss_verdict(info, measured, expected, tolerance, output_kind, outp
             f"std {output_std:.3g}). Likely causes: inputs not normalized (scale "
             "them to mean 0, std 1 or to [0, 1]), or a last layer initialized "
             "too large (use a smaller initializer or zero bias) "
-            f"({_SEED_003_STEP_1})."
+            f"({_INITIAL_LOSS})."
         )
     return False, (
         f"Initial loss {measured:.4g} is {-deviation:.0%} below {target} = "
         f"{expected:.4g}, better than chance before any training: expected for "
         "pretrained weights; otherwise suspect labels leaking into the inputs or "
-        f"a loss that does not match the labels ({_SEED_003_STEP_1})."
+        f"a loss that does not match the labels ({_INITIAL_LOSS})."
     )
 
 
@@ -367,7 +479,7 @@ def overfit_small_sample(
     Args:
         session: The `Session` holding the model.
         pipeline: The training `DataPipeline`.
-        num_batches: Global batches in the sample (the seed says 5-10).
+        num_batches: Global batches in the sample (Johnson: 5-10).
         max_steps: Step budget.
         learning_rate: Learning rate, defaulting to the optimizer's current one.
         target_loss: Loss counted as near zero; defaults to 1% of the initial
@@ -380,7 +492,7 @@ def overfit_small_sample(
         An `OverfitResult`.
 
     References:
-        Seed 003, step 2: overfit a small sample (~5-10 mini-batches) to 100%
+        Johnson, EECS 498 Lecture 11, step 2: overfit a small sample (~5-10 mini-batches) to 100%
         training accuracy with regularization off.
     """
     stage = "overfit_small_sample"
@@ -474,20 +586,20 @@ def _overfit_message(result):
         return (
             f"Memorized {result.num_examples} examples in {result.steps} steps "
             f"({loss_path}{accuracy}) with regularization off: the model and the "
-            f"training loop can learn ({_SEED_003_STEP_2})."
+            f"training loop can learn ({_OVERFIT})."
         )
     if result.verdict == "diverged":
         return (
             f"The loss exploded to NaN/inf within {result.steps} steps at learning "
             f"rate {lr:.3g}: the learning rate is too high or the initialization "
-            f"is bad ({_SEED_003_STEP_2}). Try learning_rate={lr / 10:.3g}, check "
+            f"is bad ({_OVERFIT}). Try learning_rate={lr / 10:.3g}, check "
             "the initializers, and look for a bug in the model or the loss."
         )
     if result.verdict == "not_decreasing":
         return (
             f"The loss is not going down ({loss_path} in {result.steps} steps) at "
             f"learning rate {lr:.3g}: the learning rate is too low or the "
-            f"initialization is bad ({_SEED_003_STEP_2}). Try "
+            f"initialization is bad ({_OVERFIT}). Try "
             f"learning_rate={lr * 10:.3g}, check the initializers, and check that "
             "the labels belong to the inputs."
         )
@@ -495,5 +607,5 @@ def _overfit_message(result):
         f"The loss went down ({loss_path}{accuracy}) but the sample was not "
         f"memorized within {result.steps} steps: raise `max_steps` or the "
         "learning rate, or give the model more capacity; a model that cannot "
-        f"overfit a tiny sample has a problem ({_SEED_003_STEP_2})."
+        f"overfit a tiny sample has a problem ({_OVERFIT})."
     )

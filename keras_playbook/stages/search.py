@@ -1,8 +1,8 @@
 """Grids on KerasTuner: the weight-decay grid and the coarse-to-fine LR x WD grid.
 
-- `grid_weight_decay` (seed 001 §3-2): with learning rate, batch size and
+- `grid_weight_decay` (Smith 2018): with learning rate, batch size and
   momentum fixed, try weight decays 0, 1e-5, 1e-4, 1e-3 and keep the best.
-- `tune_lr_wd` (seed 003 steps 4-5): a coarse grid of learning rates around
+- `tune_lr_wd` (Johnson, EECS 498 Lecture 11, steps 4-5): a coarse grid of learning rates around
   the one found so far by weight decays, for a few epochs; then a refined grid
   centred on the best coarse cell, trained longer at a constant learning rate.
 
@@ -10,11 +10,19 @@ Every trial is a KerasTuner trial (`PlaybookTuner` + the Playbook's oracles),
 so results live in KerasTuner's project directory: an interrupted search
 resumes where it stopped, `tuner.results_summary()` and TensorBoard work, and
 KerasTuner's chief/worker mode spreads trials over processes. Each trial is
-scored at its best epoch (seed 002); the result reads the best-epoch advice
+scored at its best epoch (Tuning Playbook); the result reads the best-epoch advice
 and the borders of the ranges off the trials.
+
+References:
+    Smith 2018, arXiv:1803.09820 (the weight-decay grid).
+    Johnson, EECS 498 Lecture 11, steps 4-5 (coarse and refined grids).
+    Godbole et al. 2023, "Deep Learning Tuning Playbook" (best epoch,
+    search-space borders).
 """
 
 import dataclasses
+import hashlib
+import json
 import os
 import tempfile
 
@@ -34,7 +42,7 @@ DEFAULT_LR_FACTORS = (0.1, 0.3, 1.0, 3.0)
 
 _MODE_WORDS = {
     "decoupled": "decoupled (the optimizer's weight_decay: w -= lr * wd * w each step)",
-    "l2": "L2 penalty on kernels (wd * sum(w**2) added to the loss; seed 000's 'weight decay')",
+    "l2": "L2 penalty on kernels (wd * sum(w**2) added to the loss; what many call 'weight decay')",
 }
 
 
@@ -98,7 +106,7 @@ def check_search_inputs(caller, validation_pipeline, epochs, mode):
     """The checks every search stage shares, before any trial."""
     if validation_pipeline is None:
         raise ValueError(
-            f"{caller}: trials are scored on validation data (seed 001: the "
+            f"{caller}: trials are scored on validation data (Smith 2018: the "
             "validation loss is where the clues are), and none was given. Pass "
             "`validation_data=` to the Playbook."
         )
@@ -129,6 +137,33 @@ def fixed_space(values):
     for name, value in values.items():
         space.Fixed(name, value.item() if isinstance(value, np.generic) else value)
     return space
+
+
+def project_name_for(stage, **defining):
+    """The default KerasTuner project of a search: the stage, then a digest of what defines the search.
+
+    Two searches that differ in anything that defines them (grid, epochs,
+    weight-decay mode, objective, fixed values, seeds) get different
+    projects and never collide; the same search gets the same project and
+    resumes.
+
+    Example: `project_name_for("grid_weight_decay", values=[0, 1e-4], epochs=10)`
+    is `"grid_weight_decay_"` followed by 8 hexadecimal digits.
+    """
+    text = json.dumps(_to_builtin(defining), sort_keys=True, default=repr)
+    return f"{stage}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def _to_builtin(value):
+    if isinstance(value, dict):
+        return {str(key): _to_builtin(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_builtin(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, keras_tuner.Objective):
+        return [value.name, value.direction]
+    return value
 
 
 def default_directory(directory):
@@ -178,7 +213,7 @@ class SearchResult(Result):
         best_score: Its score.
         best_epoch: Its best epoch (1-based).
         epochs_spent: Epochs trained over all trials.
-        advice: Best-epoch and border advice (seed 002).
+        advice: Best-epoch and border advice (Tuning Playbook).
         project_dir: KerasTuner's project directory (resume, results_summary).
         role: "single", "chief" or "worker" (a worker lists its own trials).
     """
@@ -236,7 +271,7 @@ def _format(value):
 
 @dataclasses.dataclass
 class WeightDecayResult(SearchResult):
-    """The weight-decay grid (seed 001 §3-2). `best["weight_decay"]` is settled (decoupled mode)."""
+    """The weight-decay grid (Smith 2018). `best["weight_decay"]` is settled (decoupled mode)."""
 
     kind = "grid_weight_decay"
 
@@ -259,14 +294,14 @@ class WeightDecayResult(SearchResult):
             margin = (high - low) * 0.5 or abs(high) * 0.05 or 0.1
             bars.set_ylim(low - margin, high + margin)
         _plot_curves(curves, self.trials, self.objective, "weight_decay")
-        figure.suptitle("Weight-decay grid (seed 001)")
+        figure.suptitle("Weight-decay grid (Smith 2018)")
         figure.tight_layout()
         return figure
 
 
 @dataclasses.dataclass
 class LRWeightDecayResult(SearchResult):
-    """The coarse-to-fine LR x weight-decay search (seed 003 steps 4-5).
+    """The coarse-to-fine LR x weight-decay search (Johnson, EECS 498 Lecture 11, steps 4-5).
 
     Attributes:
         coarse_epochs: Epochs of each coarse trial.
@@ -371,13 +406,13 @@ def grid_weight_decay(
     objective="val_loss",
     defaults=None,
     directory=None,
-    project_name="grid_weight_decay",
+    project_name=None,
     overwrite=False,
     seed=0,
     callbacks=(),
     verbose=0,
 ):
-    """Grid search of the weight decay with everything else fixed (seed 001 §3-2).
+    """Grid search of the weight decay with everything else fixed (Smith 2018).
 
     Each value trains a copy of the model from the Playbook's initial weights
     for `epochs` epochs (one KerasTuner trial each, resumable); each is scored
@@ -387,8 +422,8 @@ def grid_weight_decay(
         session: The Playbook's `Session`.
         train_pipeline: Training `DataPipeline`.
         validation_pipeline: Validation `DataPipeline` (required).
-        values: Weight decays to try (>= 0; seed 001: 1e-3, 1e-4, 1e-5, 0).
-        epochs: Epochs per trial (not tuned; seed 002).
+        values: Weight decays to try (>= 0; Smith 2018: 1e-3, 1e-4, 1e-5, 0).
+        epochs: Epochs per trial (not tuned; Tuning Playbook).
         weight_decay_mode: "decoupled" (the optimizer's `weight_decay`) or
             "l2" (an L2 penalty on the kernels of the trial's copy).
         objective: Metric to score trials on ("val_loss", "val_accuracy", or
@@ -396,8 +431,10 @@ def grid_weight_decay(
         defaults: Fixed values for every trial (learning rate, batch size,
             momentum ... settled by earlier stages).
         directory: KerasTuner's directory; a temporary folder when None.
-        project_name: KerasTuner's project name. Running again with the same
-            directory and name resumes the search.
+        project_name: KerasTuner's project name; default: the stage's name
+            and a digest of what defines the search (`project_name_for`), so
+            another search never collides with it and the same search
+            resumes.
         overwrite: Start the project again instead of resuming.
         seed: Seed of the trials (data order, dropout).
         callbacks: Keras callbacks for every trial (deep-copied by KerasTuner;
@@ -433,6 +470,9 @@ def grid_weight_decay(
         session, train_pipeline, validation_pipeline, defaults=fixed, epochs=epochs,
         weight_decay_mode=weight_decay_mode, seed=seed,
     )
+    project_name = project_name or project_name_for(
+        caller, values=values, epochs=epochs, mode=weight_decay_mode, objective=objective, fixed=fixed, seed=seed,
+    )
     tuner, records, role = run_search(
         session, oracle, hypermodel, directory=default_directory(directory),
         project_name=project_name, overwrite=overwrite, callbacks=callbacks, verbose=verbose,
@@ -456,7 +496,7 @@ def _weight_decay_message(records, best, objective, mode, advice):
     text = (
         f"Best weight decay {chosen:.3g}, {_MODE_WORDS[mode]}: {objective.name} "
         f"{best['score']:.4g} at epoch {best['best_epoch']} of {best['epochs']}{comparison} "
-        "(seed 001 §3-2)."
+        "(Smith 2018)."
     )
     if mode == "l2":
         text += (
@@ -481,21 +521,21 @@ def tune_lr_wd(
     objective="val_loss",
     defaults=None,
     directory=None,
-    project_name="tune_lr_wd",
+    project_name=None,
     overwrite=False,
     seed=0,
     callbacks=(),
     verbose=0,
 ):
-    """Coarse grid for a few epochs, then a refined grid trained longer (seed 003 steps 4-5).
+    """Coarse grid for a few epochs, then a refined grid trained longer (Johnson, EECS 498 Lecture 11, steps 4-5).
 
     The coarse grid crosses learning rates around the one that worked so far
     (`learning_rate * (0.1, 0.3, 1, 3)` unless `learning_rates` is given)
-    with weight decays (seed 003: 1e-4, 1e-5, 0), `coarse_epochs` each; when
+    with weight decays (Johnson: 1e-4, 1e-5, 0), `coarse_epochs` each; when
     its best cell sits on a border, the grid grows past it (up to
-    `max_extensions` times; seed 002). The refined grid is centred on the
+    `max_extensions` times; Tuning Playbook). The refined grid is centred on the
     best coarse cell (see `CoarseToFineOracle`) and trains `fine_epochs`
-    each at a constant learning rate (no decay, as the seed says).
+    each at a constant learning rate (no decay, as Johnson's step 5 says).
 
     Args:
         session: The Playbook's `Session`.
@@ -505,8 +545,8 @@ def tune_lr_wd(
             of the default coarse learning rates.
         learning_rates: Coarse learning rates, overriding the default.
         weight_decays: Coarse weight decays (>= 0).
-        coarse_epochs: Epochs per coarse trial (seed 003: ~1-5).
-        fine_epochs: Epochs per refined trial (seed 003: ~10-20).
+        coarse_epochs: Epochs per coarse trial (Johnson: ~1-5).
+        fine_epochs: Epochs per refined trial (Johnson: ~10-20).
         max_extensions: Times the coarse grid may grow past a border its
             best cell sits on (0: never).
         weight_decay_mode, objective, defaults, directory, project_name,
@@ -553,6 +593,11 @@ def tune_lr_wd(
         session, train_pipeline, validation_pipeline, defaults=fixed, epochs=fine_epochs,
         weight_decay_mode=weight_decay_mode, seed=seed,
     )
+    project_name = project_name or project_name_for(
+        caller, learning_rates=learning_rates, weight_decays=weight_decays, coarse_epochs=coarse_epochs,
+        fine_epochs=fine_epochs, max_extensions=max_extensions, mode=weight_decay_mode, objective=objective,
+        fixed=fixed, seed=seed,
+    )
     tuner, records, role = run_search(
         session, oracle, hypermodel, directory=default_directory(directory),
         project_name=project_name, overwrite=overwrite, callbacks=callbacks, verbose=verbose,
@@ -579,7 +624,7 @@ def tune_lr_wd(
             f"{best['values']['weight_decay']:.3g} ({_MODE_WORDS[weight_decay_mode]}): "
             f"{objective.name} {best['score']:.4g} at epoch {best['best_epoch']} of "
             f"{best['epochs']} ({len(coarse)} coarse trials x {coarse_epochs} epochs, "
-            f"{len(fine)} refined x {fine_epochs}; seed 003 steps 4-5)."
+            f"{len(fine)} refined x {fine_epochs}; Johnson, EECS 498 Lecture 11, steps 4-5)."
         )
         if weight_decay_mode == "l2":
             message += " The learning rate is settled; the L2 weight decay is not (see grid_weight_decay)."

@@ -1,9 +1,15 @@
 """Training for real, watched: the schedule and the monitors `Playbook.fit` adds.
 
-A schedule by name (seed 000's step-down, seed 001's one cycle, seed 004's
-cosine annealing and two-stage schedule) and the watchers of seed 003 step 6
-(learning-curve diagnosis, update ratios) and seed 000 Q3 (weight decay
+A schedule by name (Krizhevsky et al. 2012's step-down, Smith & Topin 2019's one cycle, SGDR's
+cosine annealing and two-stage schedule) and the watchers of Johnson, EECS 498 Lecture 11, step 6
+(learning-curve diagnosis, update ratios) and Loshchilov & Hutter 2019 (weight decay
 against the data loss). Their findings go into the run's `FitRecord`.
+
+References:
+    Krizhevsky et al. 2012; Smith & Topin 2019, arXiv:1708.07120;
+    Loshchilov & Hutter 2017, arXiv:1608.03983 (the schedules).
+    Johnson, EECS 498 Lecture 11, step 6; Stanford CS231n (the watchers).
+    Loshchilov & Hutter 2019, arXiv:1711.05101 (weight decay).
 """
 
 import json
@@ -74,7 +80,13 @@ def schedule_callback(schedule, model, lr_result, has_validation, stage="fit"):
     return TwoStage()
 
 
-def watchers(model, sample):
+def has_weight_decay(model):
+    """Whether any of the model's weights is under weight decay (decoupled or an L2 penalty)."""
+    decoupled, coupled = decayed_variables(model)
+    return bool(decoupled or coupled)
+
+
+def watchers(model, sample, schedule=None, reference_loss=None):
     """The monitors `Playbook.fit` adds: curve diagnosis, update ratios, and weight decay when there is any.
 
     `WeightDecayMonitor` is left out where it cannot work: a model whose
@@ -84,8 +96,10 @@ def watchers(model, sample):
         model: The compiled model.
         sample: A function returning `(x, y)` for the gradients of coupled
             decay (called only when the model has a weight regularizer).
+        schedule: The schedule callback of the run, or None.
+        reference_loss: The untrained model's loss, for `UpdateRatioMonitor`.
     """
-    callbacks = [CurveDiagnosis(verbose=0), UpdateRatioMonitor()]
+    callbacks = [CurveDiagnosis(schedule=schedule, verbose=0), UpdateRatioMonitor(reference_loss=reference_loss)]
     decoupled, coupled = decayed_variables(model)
     if coupled and not isinstance(model.loss, (dict, list, tuple)):
         callbacks.append(WeightDecayMonitor(sample=sample()))
@@ -94,20 +108,22 @@ def watchers(model, sample):
     return callbacks
 
 
-def findings_of(callbacks, history):
+def findings_of(callbacks, history, *, schedule=None, initial_loss=None, weight_decay=None):
     """What a watched run showed, as dicts: the monitors' findings, then `diagnose` of the whole curves.
 
     `CurveDiagnosis` reports findings as they appear during training (an
     early epoch can look like a plateau); the record keeps the diagnosis of
-    the finished curves instead, plus the monitors' findings (a kind a
-    monitor reported with its per-layer evidence is not repeated).
+    the finished curves instead, told which schedule ran, the loss before
+    training and whether there was weight decay, plus the monitors' findings
+    (a kind a monitor reported with its per-layer evidence is not repeated).
     """
     monitors = [finding.to_dict() for callback in callbacks if not isinstance(callback, CurveDiagnosis)
                 for finding in getattr(callback, "findings", [])]
     if not any(isinstance(callback, CurveDiagnosis) for callback in callbacks):
         return monitors
     reported = {finding["kind"] for finding in monitors}
-    return monitors + [finding.to_dict() for finding in diagnose(history) if finding.kind not in reported]
+    found = diagnose(history, schedule=schedule, initial_loss=initial_loss, weight_decay=weight_decay)
+    return monitors + [finding.to_dict() for finding in found if finding.kind not in reported]
 
 
 def describe(callback):

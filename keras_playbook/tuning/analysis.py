@@ -1,12 +1,16 @@
 """Reading a finished search: trial records, best epochs, borders (pure Python).
 
-Seed 002's evaluation of a round of experiments:
+The Tuning Playbook's evaluation of a round of experiments:
 - epochs are not tuned; every trial runs the same number and is scored at
   its best epoch. When the best epoch is always in the first 20% of the
   budget, fewer epochs would do; when it is usually in the last 20%, train
   longer.
 - when the best value of a hyperparameter sits on the border of the range
   searched, the range was too small: widen it.
+
+References:
+    Godbole et al. 2023, "Deep Learning Tuning Playbook" (best epoch,
+    search-space borders).
 """
 
 import json
@@ -81,7 +85,7 @@ def best_record(records, direction):
 
 
 def epoch_advice(records):
-    """Seed 002's best-epoch advice for trials run for the same budget.
+    """The Tuning Playbook's best-epoch advice for trials run for the same budget.
 
     Args:
         records: Trial records (their `best_epoch` and `epochs`).
@@ -101,19 +105,19 @@ def epoch_advice(records):
     if len(early) == len(runs):
         return [
             f"The best epoch is always in the first 20% of the {epochs} epochs "
-            f"(best epochs {best_epochs}): fewer epochs would do (seed 002)."
+            f"(best epochs {best_epochs}): fewer epochs would do (Tuning Playbook)."
         ]
     if len(late) > len(runs) / 2:
         return [
             f"The best epoch is in the last 20% of the {epochs} epochs for "
             f"{len(late)} of {len(runs)} trials (best epochs {best_epochs}): the "
-            "runs were still improving; train longer (seed 002)."
+            "runs were still improving; train longer (Tuning Playbook)."
         ]
     return []
 
 
 def border_advice(space, best_values, label=""):
-    """Seed 002: is the best value of a hyperparameter on the border of its range?
+    """Tuning Playbook: is the best value of a hyperparameter on the border of its range?
 
     Args:
         space: Dict mapping names to what was searched: a list of values, or
@@ -142,12 +146,12 @@ def border_advice(space, best_values, label=""):
             if position >= 0.9:
                 advice.append(
                     f"The best {name} ({best:.3g}) is near the top of the range{where} "
-                    f"[{low:.3g}, {high:.3g}]: widen it upwards (seed 002)."
+                    f"[{low:.3g}, {high:.3g}]: widen it upwards (Tuning Playbook)."
                 )
             elif position <= 0.1 and low > 0:
                 advice.append(
                     f"The best {name} ({best:.3g}) is near the bottom of the range{where} "
-                    f"[{low:.3g}, {high:.3g}]: widen it downwards (seed 002)."
+                    f"[{low:.3g}, {high:.3g}]: widen it downwards (Tuning Playbook)."
                 )
             continue
         values = sorted({value for value in searched if isinstance(value, (int, float)) and not isinstance(value, bool)})
@@ -156,12 +160,12 @@ def border_advice(space, best_values, label=""):
         if best == values[-1]:
             advice.append(
                 f"The best {name} ({best:.3g}) is the largest value tried{where} "
-                f"({_listed(values)}): widen the range upwards (seed 002)."
+                f"({_listed(values)}): widen the range upwards (Tuning Playbook)."
             )
         elif best == values[0] and values[0] > 0:
             advice.append(
                 f"The best {name} ({best:.3g}) is the smallest value tried{where} "
-                f"({_listed(values)}): widen the range downwards (seed 002)."
+                f"({_listed(values)}): widen the range downwards (Tuning Playbook)."
             )
     return advice
 

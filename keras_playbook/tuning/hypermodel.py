@@ -13,7 +13,7 @@ trial's per-epoch metrics to `history.json` in the trial's folder, so the
 learning curves of every trial survive next to KerasTuner's own checkpoint of
 its best epoch.
 
-Weight decay comes two ways (seed 000 calls an L2 penalty "weight decay"):
+Weight decay comes two ways (an L2 penalty is often called "weight decay"):
 `"decoupled"` sets the optimizer's `weight_decay` (each step,
 `w -= learning_rate * weight_decay * w`, as AdamW), `"l2"` adds
 `weight_decay * sum(w**2)` to the loss for every kernel of the trial's copy
@@ -62,7 +62,7 @@ def check_names(names, session, caller, argument):
         if name == EPOCHS:
             raise ValueError(
                 f"{caller}: `epochs` in `{argument}` is not a hyperparameter to tune "
-                "(seed 002: fix the number of epochs for every trial and read the "
+                "(Tuning Playbook: fix the number of epochs for every trial and read the "
                 f"best epoch off each). Pass `epochs=` to {caller} instead."
             )
         if name not in known:

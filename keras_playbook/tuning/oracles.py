@@ -7,7 +7,7 @@ state), so a reloaded project stops early; `GridOracle` finds the next
 configuration from the trials already recorded, which is all a resumed or a
 distributed search needs.
 
-`CoarseToFineOracle` is seed 003's steps 4-5: a coarse learning rate x weight
+`CoarseToFineOracle` is Johnson's steps 4-5 (EECS 498 Lecture 11): a coarse learning rate x weight
 decay grid trained for a few epochs, then a refined grid centred on the best
 coarse cell, trained longer at a constant learning rate. The second stage
 waits (`IDLE`) until every coarse trial has ended, so it also works with
@@ -16,6 +16,10 @@ several workers.
 Both are plain `keras_tuner.Oracle` subclasses: any `keras_tuner.Tuner` runs
 them, with the project directory, resume and chief/worker distribution that
 KerasTuner provides.
+
+References:
+    Johnson, EECS 498 Lecture 11, steps 4-5.
+    Godbole et al. 2023, "Deep Learning Tuning Playbook" (borders).
 """
 
 import json
@@ -184,13 +188,13 @@ class GridOracle(keras_tuner.Oracle):
 
 
 class CoarseToFineOracle(GridOracle):
-    """Seed 003 steps 4-5: a coarse LR x weight-decay grid, then a refined one.
+    """Johnson, EECS 498 Lecture 11, steps 4-5: a coarse LR x weight-decay grid, then a refined one.
 
     Stage one runs every `(learning_rate, weight_decay)` cell of the coarse
     grid for `coarse_epochs`. When its best cell sits on the border of the
     grid (the largest or smallest learning rate, the largest non-zero weight
     decay), the grid grows one step past that border and the new cells run
-    too (seed 002: a best value on the border means the range was too
+    too (Tuning Playbook: a best value on the border means the range was too
     small), up to `max_extensions` times. Stage two waits for all coarse
     trials, takes the best coarse cell and runs a grid centred on it:
     learning rates `best_lr * lr_refine_factors` by weight decays `best_wd *
@@ -203,8 +207,8 @@ class CoarseToFineOracle(GridOracle):
     Args:
         learning_rates: Coarse learning rates (> 0).
         weight_decays: Coarse weight decays (>= 0).
-        coarse_epochs: Epochs per coarse trial (seed 003: ~1-5).
-        fine_epochs: Epochs per refined trial (seed 003: ~10-20).
+        coarse_epochs: Epochs per coarse trial (Johnson: ~1-5).
+        fine_epochs: Epochs per refined trial (Johnson: ~10-20).
         lr_refine_factors: Multipliers of the best learning rate.
         wd_refine_factors: Multipliers of the best weight decay.
         max_extensions: How many times the coarse grid may grow past a
@@ -291,7 +295,7 @@ class CoarseToFineOracle(GridOracle):
                 break
             extensions.append(
                 f"The best coarse cell (lr {lr:.3g}, wd {wd:.3g}) sat on the border of the "
-                f"grid: it grew ({', '.join(grown)}; seed 002)."
+                f"grid: it grew ({', '.join(grown)}; Tuning Playbook)."
             )
         return lrs, wds, extensions
 

@@ -37,7 +37,7 @@ def test_a_healthy_run_keeps_its_learning_rate(strategy, digits):
     callback = StepDownLR(patience=2)
     history = _fit(_model(strategy), digits, callback, epochs=5)
     assert np.all(np.diff(history.history["val_loss"]) < 0)  # Still learning...
-    assert callback.step_downs == []  # ...so the rate is kept (seed 000).
+    assert callback.step_downs == []  # ...so the rate is kept (Krizhevsky et al. 2012).
     assert history.history["learning_rate"] == pytest.approx([0.05] * 5)
 
 

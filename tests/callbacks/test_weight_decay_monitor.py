@@ -70,7 +70,7 @@ def test_warns_when_the_decay_wins_and_diagnose_sees_it(digits):
     history = _model(strategy, lambda: keras.optimizers.SGD(0.05), l2=1.0).fit(
         digits["x_train"], digits["y_train"], batch_size=64, epochs=3, callbacks=[strong], verbose=0)
     (finding,) = strong.findings  # Once for the layer, not at every measurement.
-    assert finding.kind == "weight_decay_dominating" and "seed 000 Q3" in finding.advice
+    assert finding.kind == "weight_decay_dominating" and "Loshchilov & Hutter 2019" in finding.advice
     assert finding.evidence["pull"] > finding.evidence["push"]
     assert "weight_decay_dominating" in [f.kind for f in diagnose(history)]
     mild = WeightDecayMonitor(sample=sample, frequency=4)

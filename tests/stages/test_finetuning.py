@@ -85,7 +85,7 @@ def test_fine_tune_runs_both_phases_and_records_them(strategy, pretrained, digit
     assert result.head_learning_rate == pytest.approx(pb.journal[-5].suggested_lr)
     assert result.learning_rate == pytest.approx(pb.journal[-3].suggested_lr)
     assert result.ok and result.best < 1.0  # Five classes: ln 5 = 1.61 at chance.
-    assert "seed 004" in result.message
+    assert "Howard & Ruder 2018" in result.message
 
 
 def test_fine_tune_refuses_bad_input_before_training(pretrained, digits):
@@ -105,3 +105,90 @@ def test_fine_tune_refuses_bad_input_before_training(pretrained, digits):
     helpers.assert_same_values(before, helpers.variables_of(pb.model))
     assert len(pb.journal) == 1
     assert all(layer.trainable for layer in finetune.weighted_layers(pb.model))
+
+
+def _model_state(pb):
+    # An optimizer that was never built is built (all zeros, as a fresh one) to compare it element for element.
+    pb.session.snapshot()
+    return (
+        [layer.trainable for layer in finetune.weighted_layers(pb.model)],
+        pb.model.optimizer,
+        helpers.variables_of(pb.model),
+        [result.kind for result in pb.journal],
+    )
+
+
+def _assert_as_before(pb, before):
+    trainable, optimizer, variables, kinds = before
+    assert [layer.trainable for layer in finetune.weighted_layers(pb.model)] == trainable
+    assert pb.model.optimizer is optimizer
+    helpers.assert_same_values(variables, helpers.variables_of(pb.model))
+    assert [result.kind for result in pb.journal] == kinds
+
+
+def test_a_failed_fine_tune_leaves_the_model_as_it_was(pretrained, digits, tmp_path):
+    data = _split(digits, 5)
+    backbone = _backbone()
+    backbone.load_weights(pretrained["folder"] / "backbone.weights.h5")
+    inputs = keras.Input((8, 8, 1))
+    logits = keras.layers.Dense(5, name="head")(keras.layers.GlobalAveragePooling2D()(backbone(inputs)))
+    # A head whose logits are multiplied by 0: the loss cannot fall, so the range test finds no rate.
+    model = keras.Model(inputs, keras.layers.Rescaling(0.0, name="zeroed")(logits))
+    pb = Playbook(model, data["train"], data["val"], loss=helpers.LOGITS_LOSS, batch_size=16,
+                  directory=tmp_path, verbose=0)
+    pb.fit(1, verbose=0)  # The optimizer has state to lose.
+    before = _model_state(pb)
+    on_disk = (tmp_path / "journal.json").read_text()
+    with pytest.raises(ValueError, match="found no learning rate"):
+        pb.fine_tune(head_epochs=1, epochs=1, find_lr_steps=30)
+    _assert_as_before(pb, before)
+    assert (tmp_path / "journal.json").read_text() == on_disk
+    pb.fit(1, verbose=0)  # And the next fit trains every layer again.
+    assert any(not np.array_equal(a, b) for a, b in zip(before[2], helpers.variables_of(pb.model)))
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Ctrl-C at the first batch of the second fit it sees (phase 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fits = 0
+
+    def on_train_begin(self, logs=None):
+        self.fits += 1
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.fits == 2:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_in_phase_2_restores_everything(strategy, pretrained, digits):
+    data = _split(digits, 5)
+    pb = Playbook.for_fine_tuning(_backbone(), 5, data["train"], data["val"],
+                                  weights=pretrained["folder"] / "backbone.weights.h5",
+                                  batch_size=16, strategy=strategy, verbose=0)
+    before = _model_state(pb)
+    with pytest.raises(KeyboardInterrupt):
+        pb.fine_tune(head_epochs=1, epochs=2, head_learning_rate=1e-2, learning_rate=1e-3,
+                     callbacks=[_Interrupt()], verbose=0)
+    _assert_as_before(pb, before)
+    assert not isinstance(pb.model.optimizer, finetune.DiscriminativeOptimizer)
+
+
+def test_a_phase_2_that_makes_things_worse_is_not_ok_and_keeps_phase_1(pretrained, digits):
+    from matplotlib.figure import Figure
+
+    data = _split(digits, 5)
+    pb = Playbook.for_fine_tuning(_backbone(), 5, data["train"], data["val"],
+                                  weights=pretrained["folder"] / "backbone.weights.h5", batch_size=16, verbose=0)
+    # A base rate far too high for Adam wrecks the pretrained backbone in phase 2.
+    result = pb.fine_tune(head_epochs=2, epochs=2, head_learning_rate=1e-2, learning_rate=3.0, verbose=0)
+    assert result.best > result.head_best and not result.ok
+    assert "keeps phase 1's best weights" in result.message
+    val_loss = pb.model.evaluate(*data["val"], verbose=0, return_dict=True)["loss"]
+    assert val_loss == pytest.approx(result.head_best, rel=1e-3)  # The model holds phase 1's best epoch.
+    figure = result.plot()
+    assert isinstance(figure, Figure)
+    (axes,) = figure.axes
+    assert len(axes.lines[0].get_xdata()) == 4  # Both phases on one time line.
+    assert pb.journal.latest("fit").restored_best

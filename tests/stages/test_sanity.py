@@ -33,7 +33,7 @@ def test_logits_model_starts_near_ln_c(strategy, digits):
     assert abs(result.loss - math.log(10)) < 0.25 * math.log(10)
     assert result.output_kind == "logits"
     assert result.num_examples == min(10 * 32 * strategy.num_replicas_in_sync, 512)
-    assert "ln 10" in result.message and "seed 003" in result.message
+    assert "ln 10" in result.message and "Johnson, EECS 498 Lecture 11, step 1" in result.message
     assert isinstance(result.plot(), Figure)
 
 
@@ -94,12 +94,17 @@ def test_trained_model_scores_below_chance(digits):
     assert "pretrained" in result.message
 
 
-def test_regression_loss_has_no_expectation(digits):
+def test_a_loss_without_expectation_says_nothing_was_checked(digits):
+    result = _playbook(
+        digits, model=lambda: helpers.mlp(num_classes=1), y=digits["y_train"].astype("float32"), loss="huber"
+    ).check_initial_loss()
+    assert result.expected is None and result.ok and not result.checked
+    assert "Nothing was checked" in result.message and math.isfinite(result.loss)
+    # Digit labels 0-9 as mean-squared-error targets are not centred: that is checked now.
     result = _playbook(
         digits, model=lambda: helpers.mlp(num_classes=1), y=digits["y_train"].astype("float32"), loss="mse"
     ).check_initial_loss()
-    assert result.expected is None and result.ok
-    assert "No expectation" in result.message and math.isfinite(result.loss)
+    assert result.checked and not result.ok and "not centred" in result.message
 
 
 @pytest.mark.parametrize("arguments, match", [({"num_batches": 0}, "num_batches"), ({"tolerance": -0.1}, "tolerance")])
@@ -193,3 +198,53 @@ def test_disable_regularization_turns_everything_off():
     assert model.layers[4].cell.dropout == 0.0 and model.layers[4].cell.recurrent_dropout == 0.0
     assert any("activity_regularizer" in item for item in disabled)
     assert sum(item.startswith("regularizer") for item in disabled) == 2
+
+
+def _regression_data(scale, shift, n=400):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 8)).astype("float32")
+    y = (x @ rng.standard_normal(8) + 0.1 * rng.standard_normal(n)).astype("float32")
+    return x, shift + scale * (y - y.mean()) / y.std()
+
+
+def test_regression_is_checked_against_the_loss_of_predicting_the_mean(strategy):
+    model = lambda: helpers.mlp(num_classes=1, input_dim=8)  # noqa: E731
+    x, y = _regression_data(1.0, 0.0)
+    result = Playbook(model, (x, y), loss="mse", batch_size=32, strategy=strategy, verbose=0).check_initial_loss()
+    assert result.ok and result.checked, result.message
+    assert result.expected == pytest.approx(float(np.var(y[:result.num_examples])), rel=0.2)
+    x, y = _regression_data(50.0, 200.0)  # Unscaled targets: mean 200, std 50.
+    result = Playbook(model, (x, y), loss="mse", batch_size=32, strategy=strategy, verbose=0).check_initial_loss()
+    assert not result.ok and result.checked
+    assert "not centred" in result.message and "Standardize the targets" in result.message
+    assert "OK" not in result.summary().split(" - ")[0]
+
+
+def test_not_checked_is_not_ok_in_disguise():
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    model = keras.Model(inputs, [keras.layers.Dense(1, name="a")(hidden), keras.layers.Dense(1, name="b")(hidden)])
+    x, y = _regression_data(1.0, 0.0)
+    pb = Playbook(model, (x, (y, y)), loss=["mse", "mse"], verbose=0)
+    result = pb.check_initial_loss()
+    assert result.ok and not result.checked and "Nothing was checked" in result.message
+    assert result.summary().startswith("check_initial_loss: NOT CHECKED")
+
+
+def test_an_output_that_does_not_depend_on_the_input_is_flagged(digits):
+    def dead():
+        return keras.Sequential([
+            keras.Input((64,)),
+            keras.layers.Dense(32, activation="relu", bias_initializer=keras.initializers.Constant(-100.0)),
+            keras.layers.Dense(10),
+        ])
+
+    result = _playbook(digits, model=dead).check_initial_loss()
+    assert not result.ok and result.input_dependence == 0 and "does not depend on its input" in result.message
+
+    def zero_head():  # Constant on purpose: a zero-initialized last layer starts exactly at ln C.
+        return keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
+                                 keras.layers.Dense(10, kernel_initializer="zeros")])
+
+    result = _playbook(digits, model=zero_head).check_initial_loss()
+    assert result.ok and result.loss == pytest.approx(math.log(10), rel=1e-4), result.message

@@ -39,8 +39,9 @@ def test_weight_decay_grid(digits, strategy, tmp_path):
     assert result.best == best["values"] and result.best_score == best["score"]
     assert pb.journal.settled()["weight_decay"] == best["values"]["weight_decay"]
     assert result.epochs_spent == 6
-    assert "decoupled" in result.message and "seed 001" in result.message
-    assert result.project_dir == os.path.join(str(tmp_path), "tuning", "grid_weight_decay")
+    assert "decoupled" in result.message and "Smith 2018" in result.message
+    assert os.path.dirname(result.project_dir) == os.path.join(str(tmp_path), "tuning")
+    assert os.path.basename(result.project_dir).startswith("grid_weight_decay_")
     assert "<- best" in result.table()
     assert isinstance(result.plot(), Figure)
     helpers.assert_same_values(before, helpers.variables_of(pb.model))
@@ -55,8 +56,18 @@ def test_running_again_resumes_the_project(digits, tmp_path):
     second = pb.grid_weight_decay(values=[0, 1e-3], epochs=1)
     # Nothing ran again: the same trials, read back from KerasTuner's project.
     assert [t["history"] for t in second.trials] == [t["history"] for t in first.trials]
+    assert second.project_dir == first.project_dir
+    # Another search gets its own project by default: no collision, nothing to overwrite.
+    other = pb.grid_weight_decay(values=[0, 1e-4], epochs=1)
+    assert other.project_dir != first.project_dir and [t["values"]["weight_decay"] for t in other.trials] == [0, 1e-4]
+    # A project named by hand is still checked against what it holds.
+    name = os.path.basename(first.project_dir)
     with pytest.raises(ValueError, match="overwrite=True"):
-        pb.grid_weight_decay(values=[0, 1e-4], epochs=1)
+        pb.grid_weight_decay(values=[0, 1e-2], epochs=1, project_name=name)
+    # Two comparisons of other configurations in one Playbook (the same search would resume).
+    first = pb.compare_seeds({"a": {"weight_decay": 0.0}, "b": {"weight_decay": 1e-3}}, seeds=2, epochs=1)
+    second = pb.compare_seeds({"a": {"weight_decay": 0.0}, "c": {"weight_decay": 1e-2}}, seeds=2, epochs=1)
+    assert first.project_dir != second.project_dir
 
 
 def test_keras_tuner_tools_read_the_project(digits, tmp_path, capsys):
@@ -70,7 +81,8 @@ def test_keras_tuner_tools_read_the_project(digits, tmp_path, capsys):
     assert sorted(os.listdir(logs)) == [t["trial_id"] for t in result.trials]
     assert os.listdir(logs / result.trials[0]["trial_id"] / "execution0")
     tuner = keras_tuner.GridSearch(
-        lambda hp: None, objective="val_loss", directory=str(tmp_path), project_name="grid_weight_decay",
+        lambda hp: None, objective="val_loss", directory=str(tmp_path),
+        project_name=os.path.basename(result.project_dir),
     )
     tuner.results_summary()
     assert "weight_decay" in capsys.readouterr().out

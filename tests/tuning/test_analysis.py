@@ -1,4 +1,4 @@
-"""Best-epoch and border advice (seed 002), on constructed trial records."""
+"""Best-epoch and border advice (Tuning Playbook), on constructed trial records."""
 
 from keras_playbook.tuning.analysis import best_record, border_advice, epoch_advice
 
@@ -9,7 +9,7 @@ def _record(best_epoch, epochs=10, score=1.0, **values):
 
 def test_best_epoch_always_early_says_fewer_epochs():
     advice = epoch_advice([_record(1), _record(2), _record(2)])
-    assert len(advice) == 1 and "fewer epochs" in advice[0] and "seed 002" in advice[0]
+    assert len(advice) == 1 and "fewer epochs" in advice[0] and "Tuning Playbook" in advice[0]
 
 
 def test_best_epoch_usually_late_says_train_longer():

@@ -144,7 +144,7 @@ def test_coarse_grid_grows_past_the_border_its_winner_sits_on(digits, tmp_path):
     learning_rates, weight_decays, extensions = oracle.coarse_axes()
     assert learning_rates == pytest.approx([1e-6, 1e-5, 1e-4, 1e-3])  # Two steps of x10.
     assert weight_decays == [0.0] and len(extensions) == 2
-    assert "up to 0.0001" in extensions[0] and "seed 002" in extensions[0]
+    assert "up to 0.0001" in extensions[0] and "Tuning Playbook" in extensions[0]
     coarse = [t for t in oracle.trials.values() if t.hyperparameters.values["stage"] == "coarse"]
     assert sorted(t.hyperparameters.values["learning_rate"] for t in coarse) == pytest.approx(learning_rates)
     winner = oracle.best_coarse_trial().hyperparameters.values["learning_rate"]
