@@ -31,6 +31,12 @@ def _to_builtin(value):
     return value
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class Result:
     """Base class of stage results (subclasses are dataclasses).
 
@@ -232,6 +238,7 @@ class Journal:
         try:
             with os.fdopen(handle, "w") as file:
                 json.dump(self.to_dict(), file, indent=2)
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a journal is an ordinary file.
             os.replace(temporary, path)
         except BaseException:
             if os.path.exists(temporary):

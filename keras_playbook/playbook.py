@@ -243,17 +243,22 @@ class Playbook:
     def overfit_small_sample(self, num_batches=5, max_steps=500, learning_rate=None, target_loss=None):
         """Memorizes a few batches with regularization off (Johnson, EECS 498 Lecture 11, step 2).
 
-        Trains a copy; the model and its regularization are unchanged. See
+        Trains a copy; the model and its regularization are unchanged. The
+        rate is `learning_rate`, else the settled one (`find_lr`'s), else
+        what a short range test on the sample suggests. See
         `keras_playbook.stages.overfit_small_sample` for the arguments.
 
         Returns:
             An `OverfitResult`, also appended to the journal.
         """
         callbacks = self._progress(max_steps, "Overfitting a small sample")
+        source = "given"
+        if learning_rate is None and "learning_rate" in self.journal.settled() and not self.journal.stale():
+            learning_rate, source = self.journal.settled()["learning_rate"], "settled"
         return self._record(
             sanity.overfit_small_sample(
                 self.session, self.train_data, num_batches=num_batches,
-                max_steps=max_steps, learning_rate=learning_rate,
+                max_steps=max_steps, learning_rate=learning_rate, learning_rate_source=source,
                 target_loss=target_loss, seed=self.seed, callbacks=callbacks,
             )
         )
@@ -332,14 +337,16 @@ class Playbook:
     def find_batch_size(
         self,
         mode="power",
-        criterion="largest",
+        criterion="throughput",
         initial_batch_size=8,
         max_batch_size=None,
-        steps_per_size=3,
+        steps_per_size=5,
         max_trials=25,
         memory_limit=None,
+        min_gain=0.1,
+        min_steps_per_epoch=50,
     ):
-        """Finds the largest batch size that fits in memory, with the throughput of each size.
+        """Finds the batch size that trains fastest: doubling while the throughput still rises materially.
 
         The chosen per-replica size is settled in the journal: `fit` and the
         later stages use it, and a learning rate found at another batch size
@@ -362,9 +369,20 @@ class Playbook:
                 self.session, self.train_data, mode=mode, criterion=criterion,
                 initial_batch_size=initial_batch_size, max_batch_size=max_batch_size,
                 steps_per_size=steps_per_size, max_trials=max_trials,
-                memory_limit=memory_limit,
+                memory_limit=memory_limit, min_gain=min_gain, min_steps_per_epoch=min_steps_per_epoch,
+                retune=self._tuned_at_another_batch_size(),
             )
         )
+
+    def _tuned_at_another_batch_size(self):
+        """Settled values measured at a batch size (a found rate, momentum, ...) -> that batch size."""
+        measured = {}
+        for result in self.journal:
+            if "batch_size" in result.depends_on():
+                for name in result.settles():
+                    measured[name] = result.depends_on()["batch_size"]
+        measured.pop("batch_size", None)
+        return measured
 
     def sweep_momentum(self, values=probes.DEFAULT_MOMENTUMS, num_steps=200, learning_rate=None):
         """Short runs at momentum 0.99, 0.97, 0.95, 0.9: the best by validation loss (Smith 2018).

@@ -7,6 +7,15 @@ are retuned.
 Goyal et al. 2017 and Smith 2018: the total batch size is constrained by the
 GPU memory, and a larger batch accepts, and needs, a larger learning rate.
 
+The default criterion follows throughput: the size doubles while doubling
+still raises the samples per second materially (by `min_gain`), and stops at
+the first doubling that does not; the size before it is chosen. "largest"
+(the largest that fits) and "fastest" (the highest throughput measured) are
+there too. Whatever the criterion, a size never leaves fewer than
+`min_steps_per_epoch` steps per epoch: with a budget of epochs, fewer steps
+train less, and large batches generalize worse at a fixed epoch budget
+(Keskar et al. 2017; Masters & Luschi 2018).
+
 Sizes are per replica (what one device holds); the global batch is that
 times the number of replicas. Each size trains a copy of the model for a few
 real steps: first doubling (`mode="power"`), then, with `mode="binsearch"`,
@@ -35,6 +44,7 @@ import threading
 import time
 
 import keras
+import numpy as np
 import psutil
 import tensorflow as tf
 from matplotlib.figure import Figure
@@ -46,7 +56,8 @@ from keras_playbook.stages import trials
 
 _BATCH_SIZE = "Tuning Playbook; Smith 2018"
 MODES = ("power", "binsearch")
-CRITERIA = ("largest", "fastest")
+CRITERIA = ("throughput", "largest", "fastest")
+NO_GAIN = "no material gain"
 FITS = "ok"
 OUT_OF_MEMORY = "out of memory"
 OVER_LIMIT = "over memory limit"
@@ -66,12 +77,16 @@ class BatchSizeResult(Result):
             peak on GPU; None when unknown) and `status`: "ok", "out of
             memory", "over memory limit" or "predicted over memory limit".
         mode: "power" or "binsearch".
-        criterion: "largest" (the Tuning Playbook's choice) or "fastest".
+        criterion: "throughput" (grow while doubling still pays), "largest"
+            or "fastest".
         device: "GPU" or "CPU".
         memory_limit_bytes: Memory the finder allowed itself above the
             process's start (CPU only), or None.
-        max_batch_size: The cap on the per-replica size.
+        max_batch_size: The cap on the per-replica size (the data's, at
+            `min_steps_per_epoch`, included).
         num_replicas: Replicas in sync.
+        min_gain: Relative throughput gain a doubling must bring.
+        min_steps_per_epoch: Fewest steps per epoch a size may leave.
     """
 
     kind = "find_batch_size"
@@ -86,6 +101,8 @@ class BatchSizeResult(Result):
     num_replicas: int
     ok: bool
     message: str
+    min_gain: float | None = None
+    min_steps_per_epoch: int | None = None
 
     def settles(self):
         return {"batch_size": self.batch_size} if self.ok else {}
@@ -100,7 +117,8 @@ class BatchSizeResult(Result):
             )
             memory = trial["peak_memory_bytes"]
             memory = f"{memory / 2**20:8.0f} MiB" if memory else "         -"
-            lines.append(f"{trial['batch_size']:11d} {trial['global_batch_size']:8d}   {speed}   {memory}")
+            note = f"   ({trial['status_note']})" if trial.get("status_note") else ""
+            lines.append(f"{trial['batch_size']:11d} {trial['global_batch_size']:8d}   {speed}   {memory}{note}")
         return "\n".join(lines)
 
     def plot(self):
@@ -193,7 +211,7 @@ def _default_memory_limit(fraction=0.5):
 
 
 def _check_arguments(mode, criterion, initial_batch_size, max_batch_size, steps_per_size,
-                     max_trials, memory_limit):
+                     max_trials, memory_limit, min_gain, min_steps_per_epoch):
     stage = "find_batch_size"
     if mode not in MODES:
         raise ValueError(f"{stage}: argument `mode` must be one of {MODES}. Received: mode={mode!r}.")
@@ -213,6 +231,8 @@ def _check_arguments(mode, criterion, initial_batch_size, max_batch_size, steps_
     validation.check_int(max_trials, "max_trials", stage)
     if memory_limit is not None:
         validation.check_number(memory_limit, "memory_limit", stage)
+    validation.check_number(min_gain, "min_gain", stage, allow_zero=True)
+    validation.check_int(min_steps_per_epoch, "min_steps_per_epoch", stage)
 
 
 def find_batch_size(
@@ -220,32 +240,48 @@ def find_batch_size(
     pipeline,
     *,
     mode="power",
-    criterion="largest",
+    criterion="throughput",
     initial_batch_size=8,
     max_batch_size=None,
-    steps_per_size=3,
+    steps_per_size=5,
     max_trials=25,
     memory_limit=None,
+    min_gain=0.1,
+    min_steps_per_epoch=50,
+    retune=None,
     callbacks=None,
 ):
-    """Finds the largest per-replica batch size that fits, measuring throughput.
+    """Finds the per-replica batch size that trains fastest without hurting, measuring throughput.
 
     Args:
         session: The `Session` holding the model.
         pipeline: The training `DataPipeline`.
-        mode: "power" doubles until a size does not fit and keeps the last
-            that did; "binsearch" then searches between the two.
-        criterion: "largest" (the Tuning Playbook: the largest batch that fits) or
-            "fastest" (the highest samples/s among those that fit).
+        mode: "power" doubles until a size does not fit (or, for
+            "throughput", stops paying) and keeps the last that did;
+            "binsearch" then searches between the last that fitted and the
+            first that did not.
+        criterion: "throughput" (default; the Tuning Playbook's batch size
+            that minimizes training time): grow while a doubling raises the
+            samples/s by at least `min_gain`; "largest": the largest that
+            fits; "fastest": the highest samples/s measured.
         initial_batch_size: First per-replica size tried.
         max_batch_size: Cap on the per-replica size; the data caps it too
             (one global batch never exceeds the dataset).
         steps_per_size: Timed training steps per size, after one untimed
-            warm-up step (which traces the step function).
+            warm-up step (which traces the step function); the median step
+            time gives the throughput.
         max_trials: At most this many sizes are tried.
         memory_limit: On CPU, bytes the search may use above the process's
             memory at its start; defaults to half of the host's available
             memory. Ignored on GPU, where running out raises and is caught.
+        min_gain: The relative gain in samples/s a doubling must bring to be
+            worth it (0.1: 10%).
+        min_steps_per_epoch: A size never leaves fewer steps per epoch than
+            this (with a known number of examples); 1 lifts the cap.
+        retune: Values settled so far that hold for one batch size (the
+            Playbook's learning rate, momentum, ...), mapped to that size:
+            the message says to retune those measured at another size than
+            the chosen one.
         callbacks: Extra callbacks for each trial's `fit`.
 
     Returns:
@@ -259,11 +295,13 @@ def find_batch_size(
     ```
     """
     _check_arguments(mode, criterion, initial_batch_size, max_batch_size, steps_per_size,
-                     max_trials, memory_limit)
+                     max_trials, memory_limit, min_gain, min_steps_per_epoch)
     replicas = pipeline.num_replicas
     cap = max_batch_size or 2**31
+    data_cap = None
     if pipeline.num_examples is not None:
-        cap = min(cap, max(pipeline.num_examples // replicas, 1))
+        data_cap = max(pipeline.num_examples // (replicas * min_steps_per_epoch), 1)
+        cap = min(cap, data_cap)
     gpus = tf.config.list_logical_devices("GPU")
     device = "GPU" if gpus else "CPU"
     limit = None if gpus else int(memory_limit or _default_memory_limit())
@@ -281,10 +319,13 @@ def find_batch_size(
     fitted, failed = None, None
     while len(results) < max_trials:
         if measure(size):
-            fitted = size
-            if size >= cap:
+            if criterion == "throughput" and fitted is not None and not _pays(results, fitted, size, min_gain):
+                results[size]["status_note"] = NO_GAIN
                 break
-            size = min(2 * size, cap)
+            fitted = size
+            if 2 * size > cap:  # Sizes stay the initial one times powers of 2, within the cap.
+                break
+            size = 2 * size
         else:
             failed = size
             break
@@ -296,7 +337,15 @@ def find_batch_size(
             else:
                 failed = size
     trials_table = [results[size] for size in results]
-    return _result(trials_table, mode, criterion, device, limit, cap, replicas)
+    result = _result(trials_table, mode, criterion, device, limit, cap, replicas, fitted)
+    result.min_gain, result.min_steps_per_epoch = float(min_gain), int(min_steps_per_epoch)
+    result.message = _message(result, pipeline.num_examples, data_cap, retune or {})
+    return result
+
+
+def _pays(results, smaller, larger, min_gain):
+    """Whether going from `smaller` to `larger` raised the samples/s by at least `min_gain`."""
+    return results[larger]["samples_per_second"] >= (1 + min_gain) * results[smaller]["samples_per_second"]
 
 
 def _measure(model, pipeline, size, steps, gpus, limit, start_memory, results, callbacks):
@@ -327,8 +376,9 @@ def _measure(model, pipeline, size, steps, gpus, limit, start_memory, results, c
         trial["status"] = OVER_LIMIT
         return trial
     examples = _examples_in_steps(pipeline.num_examples, global_size, 0, len(timer.times) - 1)
-    elapsed = timer.times[-1] - timer.times[0]
-    trial["samples_per_second"] = examples / elapsed if elapsed > 0 else math.inf
+    per_step = float(np.median(np.diff(timer.times))) if len(timer.times) > 1 else 0.0
+    steps = len(timer.times) - 1
+    trial["samples_per_second"] = examples / (per_step * steps) if per_step > 0 else math.inf
     return trial
 
 
@@ -345,50 +395,65 @@ def _predicted_memory(size, results, start_memory):
     return max(used, 0) * size / largest
 
 
-def _result(trials_table, mode, criterion, device, limit, cap, replicas):
+def _result(trials_table, mode, criterion, device, limit, cap, replicas, fitted):
     fitting = [trial for trial in trials_table if trial["status"] == FITS]
     chosen = None
     if fitting:
-        key = (lambda t: t["batch_size"]) if criterion == "largest" else (lambda t: t["samples_per_second"])
-        chosen = max(fitting, key=key)
-    result = BatchSizeResult(
+        if criterion == "throughput":
+            chosen = next(trial for trial in fitting if trial["batch_size"] == fitted)
+        else:
+            key = (lambda t: t["batch_size"]) if criterion == "largest" else (lambda t: t["samples_per_second"])
+            chosen = max(fitting, key=key)
+    return BatchSizeResult(
         batch_size=None if chosen is None else chosen["batch_size"],
         global_batch_size=None if chosen is None else chosen["global_batch_size"],
         trials=trials_table, mode=mode, criterion=criterion, device=device,
         memory_limit_bytes=limit, max_batch_size=int(cap), num_replicas=replicas,
         ok=chosen is not None, message="",
     )
-    result.message = _message(result, fitting, chosen)
-    return result
 
 
-def _message(result, fitting, chosen):
-    if chosen is None:
+def _message(result, num_examples, data_cap, retune):
+    if result.batch_size is None:
         first = result.trials[0]
         return (
             f"Not even batch size {first['batch_size']} per replica fits ({first['status']}): "
             "use a smaller initial_batch_size, a smaller model or input, or mixed "
             f"precision ({_BATCH_SIZE})."
         )
+    chosen = next(t for t in result.trials if t["batch_size"] == result.batch_size)
+    speed = f"{chosen['batch_size']} per replica ({chosen['global_batch_size']} global, {chosen['samples_per_second']:.0f} samples/s)"
     failures = [t for t in result.trials if t["status"] != FITS]
-    bound = (
-        f"the first size that did not fit was {failures[0]['batch_size']} ({failures[0]['status']})"
-        if failures else f"every size up to the cap {result.max_batch_size} fitted"
-    )
-    why = "the largest that fits" if result.criterion == "largest" else "the fastest"
-    message = (
-        f"Batch size {chosen['batch_size']} per replica ({chosen['global_batch_size']} global, "
-        f"{chosen['samples_per_second']:.0f} samples/s) is {why}; {bound}."
-    )
-    fastest = max(fitting, key=lambda t: t["samples_per_second"])
-    if result.criterion == "largest" and fastest is not chosen:
-        gain = fastest["samples_per_second"] / chosen["samples_per_second"] - 1
-        if gain > 0.1:
-            message += (
-                f" Batch {fastest['batch_size']} ran {gain:.0%} faster: the batch size is "
-                "meant to minimize training time, consider criterion='fastest'."
-            )
-    return message + (
-        " The learning rate and momentum found at another batch size no longer "
-        f"hold: run find_lr (and sweep_momentum) again ({_BATCH_SIZE})."
-    )
+    no_gain = [t for t in result.trials if t.get("status_note") == NO_GAIN]
+    stopped = failures or no_gain
+    capped_by_data = (data_cap is not None and result.max_batch_size == data_cap and not stopped
+                      and 2 * result.batch_size > data_cap)
+    if result.criterion == "throughput" and no_gain:
+        gain = no_gain[0]["samples_per_second"] / chosen["samples_per_second"] - 1
+        why = (
+            f"Batch size {speed}: doubling it to {no_gain[0]['batch_size']} gained only {gain:+.0%} samples/s "
+            f"(less than {result.min_gain:.0%}), so a larger batch would not train faster (Tuning Playbook: "
+            "the batch size that minimizes training time)."
+        )
+    elif result.criterion == "throughput":
+        why = f"Batch size {speed}: every doubling up to it raised the throughput by at least {result.min_gain:.0%}."
+    else:
+        which = "the largest that fits" if result.criterion == "largest" else "the fastest measured"
+        why = f"Batch size {speed} is {which}."
+    if failures:
+        why += f" The first size that did not fit was {failures[0]['batch_size']} ({failures[0]['status']})."
+    if capped_by_data:
+        why += (
+            f" Larger batches would leave fewer than {result.min_steps_per_epoch} steps per epoch of the "
+            f"{num_examples} examples: at this data size the batch size barely matters for speed, and fewer "
+            "steps train less in the same epochs (Keskar et al. 2017; Masters & Luschi 2018)."
+        )
+    retune = sorted(name for name, size in retune.items() if size != result.batch_size)
+    if retune:
+        why += (
+            f" {', '.join(retune)} {'was' if len(retune) == 1 else 'were'} tuned at another batch size: retune "
+            "at this one (find_lr, then sweep_momentum, the weight-decay grid; Tuning Playbook; Goyal et al. 2017)."
+        )
+    else:
+        why += " Find the learning rate at this batch size next (find_lr)."
+    return why

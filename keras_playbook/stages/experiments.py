@@ -640,6 +640,12 @@ def run_round(
         comparison = compared.to_dict()
         epochs_spent += compared.epochs_spent
     message, ok = _round_message(goal, best_cell, finished, objective, comparison)
+    unused = max_trials - per_cell * len(combinations)
+    if unused:
+        message += (
+            f" max_trials={max_trials} does not split evenly over the {len(combinations)} scientific values: "
+            f"each got {per_cell} trials and {unused} went unused (give a multiple of {len(combinations)})."
+        )
     return RoundResult(
         goal=goal, objective=objective.name, direction=objective.direction,
         scientific=_jsonable(scientific), nuisance=_jsonable(nuisance), fixed=dict(shared),

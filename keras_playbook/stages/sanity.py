@@ -109,6 +109,12 @@ class OverfitResult(Result):
         accuracies: Training accuracy after each pass (empty without one).
         steps_per_pass: Steps in one pass over the sample.
         regularization_disabled: What was turned off in the trial copy.
+        regularization_left_on: What could not be turned off (losses a
+            layer adds itself with `add_loss`).
+        learning_rate_source: Where the rate came from: "given", "settled"
+            (an earlier stage's), "range test" (a short range test on the
+            sample) or "optimizer" (the compiled rate, when the range test
+            found none).
     """
 
     kind = "overfit_small_sample"
@@ -126,6 +132,8 @@ class OverfitResult(Result):
     regularization_disabled: list
     ok: bool
     message: str
+    regularization_left_on: list = dataclasses.field(default_factory=list)
+    learning_rate_source: str = "given"
 
     def plot(self):
         """Training loss (log scale) and accuracy against steps."""
@@ -399,14 +407,37 @@ _DROPOUT_LAYERS = (
 )
 
 
+def _is_augmentation(layer):
+    """Random data augmentation: Keras's image preprocessing layers that draw at random when training."""
+    names = ("AugMix", "CutMix", "MixUp", "RandAugment", "Solarization")
+    name = type(layer).__name__
+    return isinstance(layer, keras.layers.Layer) and (name.startswith("Random") or name in names) and (
+        type(layer).__module__.startswith("keras")
+    )
+
+
+def _inference_call(layer):
+    """Makes `layer` always run as at inference (an augmentation layer then passes its input through)."""
+    original = layer.call
+
+    def call(*args, **kwargs):
+        kwargs["training"] = False
+        return original(*args, **kwargs)
+
+    layer.call = call
+
+
 def disable_regularization(model):
-    """Turns off dropout, noise and weight/activity regularizers, in place.
+    """Turns off dropout, noise, augmentation and weight/activity regularizers, in place.
 
     Meant for a trial copy of a model (never the user's): sets dropout rates
     and Gaussian noise to zero (including RNN cells' `dropout` and
-    `recurrent_dropout`), and removes kernel/bias/... regularizers from the
-    variables and activity regularizers from the layers. Losses a model adds
-    itself in `call()` (`add_loss`) cannot be told apart and stay on.
+    `recurrent_dropout`), runs random augmentation layers (`RandomFlip`,
+    `RandomTranslation`, ..., `MixUp`) as at inference, and removes
+    kernel/bias/... regularizers from the variables and activity
+    regularizers from the layers. Losses a model adds itself in `call()`
+    (`add_loss`) cannot be told apart and stay on (`losses_left_on` names
+    them).
 
     Args:
         model: A `keras.Model` that has not been traced yet.
@@ -423,6 +454,9 @@ def disable_regularization(model):
         if isinstance(layer, keras.layers.GaussianNoise) and layer.stddev:
             disabled.append(f"noise: {layer.name} (stddev {layer.stddev})")
             layer.stddev = 0.0
+        if _is_augmentation(layer):
+            disabled.append(f"augmentation: {layer.name} ({type(layer).__name__})")
+            _inference_call(layer)
         for attribute in ("dropout", "recurrent_dropout"):
             value = layer.__dict__.get(attribute)
             if isinstance(value, float) and value > 0:
@@ -438,6 +472,16 @@ def disable_regularization(model):
     return sorted(set(disabled))
 
 
+def losses_left_on(model, x_batch):
+    """The layers whose own `add_loss` terms stay on in a copy (run once on a batch to see them)."""
+    model(x_batch, training=True)
+    return sorted({f"add_loss: {layer.name}" for layer in model._flatten_layers(include_self=False, recursive=True)
+                   if layer.losses and not any(v.regularizer is not None for v in layer.weights)})
+
+
+MEMORIZED_ACCURACY = 0.99  # Training accuracy on the sample that counts as memorized.
+
+
 class _StopWhenMemorized(keras.callbacks.Callback):
     """Stops training once a pass over the sample is fully right or near-zero loss."""
 
@@ -447,12 +491,12 @@ class _StopWhenMemorized(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        if logs.get("accuracy", 0.0) >= 1.0 or logs.get("loss", math.inf) <= self.target_loss:
+        if logs.get("accuracy", 0.0) >= MEMORIZED_ACCURACY or logs.get("loss", math.inf) <= self.target_loss:
             self.model.stop_training = True
 
 
 def _memorized(loss, accuracy, target_loss):
-    return (accuracy is not None and accuracy >= 1.0) or (
+    return (accuracy is not None and accuracy >= MEMORIZED_ACCURACY) or (
         math.isfinite(loss) and loss <= target_loss
     )
 
@@ -464,6 +508,7 @@ def overfit_small_sample(
     num_batches=5,
     max_steps=500,
     learning_rate=None,
+    learning_rate_source="given",
     target_loss=None,
     seed=0,
     callbacks=None,
@@ -471,17 +516,24 @@ def overfit_small_sample(
     """Trains a copy of the model to memorize a few batches, regularization off.
 
     A copy starting from the Playbook's initial weights, with dropout, noise,
-    weight regularizers and the optimizer's weight decay turned off, trains on
-    `num_batches` global batches until the training accuracy reaches 100% or
-    the loss falls to `target_loss`, at most `max_steps` steps. The user's
-    model, its regularization and its optimizer are not touched.
+    random augmentation, weight regularizers and the optimizer's weight decay
+    turned off, trains on `num_batches` global batches until the training
+    accuracy reaches 99% or the loss falls to `target_loss`, at most
+    `max_steps` steps. The rate is one that can memorize: the one given (or
+    settled), else what a short range test on the sample suggests (at the
+    compiled default rate many healthy models need far more steps). The
+    user's model, its regularization and its optimizer are not touched.
 
     Args:
         session: The `Session` holding the model.
         pipeline: The training `DataPipeline`.
         num_batches: Global batches in the sample (Johnson: 5-10).
         max_steps: Step budget.
-        learning_rate: Learning rate, defaulting to the optimizer's current one.
+        learning_rate: Learning rate; None runs a short range test on the
+            sample (`find_lr`'s rule) and uses its suggestion, falling back
+            to the optimizer's rate when it finds none.
+        learning_rate_source: How the caller chose `learning_rate` ("given",
+            "settled"), for the result.
         target_loss: Loss counted as near zero; defaults to 1% of the initial
             loss.
         seed: Seed of the sample and its shuffling.
@@ -510,8 +562,14 @@ def overfit_small_sample(
         and losses.describe_loss(session.model.loss).kind is not None
     )
 
+    source = learning_rate_source if learning_rate is not None else "range test"
+    if learning_rate is None:
+        learning_rate = _sample_range_test(session, pipeline, sample, seed)
+        if learning_rate is None:
+            source = "optimizer"
     model = session.trial_model()
     disabled = disable_regularization(model)
+    left_on = losses_left_on(model, tf.nest.map_structure(lambda a: a[: pipeline.global_batch_size], sample[0]))
     changes = {"weight_decay": None}
     if learning_rate is not None:
         changes["learning_rate"] = learning_rate
@@ -571,9 +629,30 @@ def overfit_small_sample(
         regularization_disabled=sorted(disabled),
         ok=verdict == "memorized",
         message="",
+        regularization_left_on=left_on,
+        learning_rate_source=source,
     )
     result.message = _overfit_message(result)
     return result
+
+
+def _sample_range_test(session, pipeline, sample, seed):
+    """The rate a short range test on the sample suggests (None when it finds none)."""
+    from keras_playbook.data import DataPipeline
+    from keras_playbook.stages import lr_range
+
+    count = len(tf.nest.flatten(sample[0])[0])
+    sample_pipeline = DataPipeline(
+        tf.data.Dataset.from_tensor_slices(sample), per_replica_batch_size=pipeline.per_replica_batch_size,
+        num_replicas=pipeline.num_replicas, num_examples=count, shuffle=True, seed=seed, arrays=sample,
+    )
+    found = lr_range.find_lr(session, sample_pipeline, num_steps=60, min_lr=1e-6, max_lr=10.0,
+                             optimizer_changes={"weight_decay": 0.0} if _has_decay(session) else None, seed=seed)
+    return found.suggested_lr
+
+
+def _has_decay(session):
+    return bool(session.model.optimizer.get_config().get("weight_decay"))
 
 
 def _overfit_message(result):
@@ -582,30 +661,38 @@ def _overfit_message(result):
         "" if result.final_accuracy is None else f", accuracy {result.final_accuracy:.0%}"
     )
     lr = result.learning_rate
+    where = {"given": "the rate given", "settled": "the settled rate", "range test": "the rate a range test on the "
+             "sample suggests", "optimizer": "the optimizer's rate (a range test on the sample found none)"}.get(
+        result.learning_rate_source, "the rate given")
+    at = f"learning rate {lr:.3g} ({where})"
+    off = ", ".join(sorted({item.split(":")[0] for item in result.regularization_disabled})) or "nothing to turn off"
+    left = (f" Left on: {', '.join(result.regularization_left_on)} (a layer's own add_loss cannot be turned off; "
+            "if it fights the data loss, memorizing may need it removed).") if result.regularization_left_on else ""
     if result.verdict == "memorized":
         return (
             f"Memorized {result.num_examples} examples in {result.steps} steps "
-            f"({loss_path}{accuracy}) with regularization off: the model and the "
-            f"training loop can learn ({_OVERFIT})."
+            f"({loss_path}{accuracy}) at {at}, with regularization off ({off}): the model and the "
+            f"training loop can learn ({_OVERFIT}).{left}"
         )
     if result.verdict == "diverged":
         return (
-            f"The loss exploded to NaN/inf within {result.steps} steps at learning "
-            f"rate {lr:.3g}: the learning rate is too high or the initialization "
-            f"is bad ({_OVERFIT}). Try learning_rate={lr / 10:.3g}, check "
-            "the initializers, and look for a bug in the model or the loss."
+            f"The loss exploded to NaN/inf within {result.steps} steps at {at}: the learning rate is too "
+            f"high or the initialization is bad ({_OVERFIT}). Try learning_rate={lr / 10:.3g}, check "
+            f"the initializers, and look for a bug in the model or the loss.{left}"
         )
     if result.verdict == "not_decreasing":
         return (
-            f"The loss is not going down ({loss_path} in {result.steps} steps) at "
-            f"learning rate {lr:.3g}: the learning rate is too low or the "
-            f"initialization is bad ({_OVERFIT}). Try "
-            f"learning_rate={lr * 10:.3g}, check the initializers, and check that "
-            "the labels belong to the inputs."
+            f"The loss is not going down ({loss_path} in {result.steps} steps) at {at}, with regularization "
+            f"off ({off}): the model cannot learn this sample"
+            + (f"; the learning rate may be too low (try learning_rate={lr * 10:.3g} or leave it to the range "
+               "test)" if result.learning_rate_source != "range test" else "")
+            + ". Check that the loss matches the output "
+            "(from_logits, the number of units), that the labels belong to the inputs, and that no layer is "
+            f"dead (check_initial_loss) ({_OVERFIT}).{left}"
         )
     return (
         f"The loss went down ({loss_path}{accuracy}) but the sample was not "
-        f"memorized within {result.steps} steps: raise `max_steps` or the "
-        "learning rate, or give the model more capacity; a model that cannot "
-        f"overfit a tiny sample has a problem ({_OVERFIT})."
+        f"memorized within {result.steps} steps at {at}, with regularization off ({off}): give the model "
+        f"more capacity, or raise `max_steps`; a model that cannot overfit a tiny sample has a problem "
+        f"({_OVERFIT}).{left}"
     )

@@ -623,8 +623,8 @@ def tune_lr_wd(
             f"Best learning rate {best['values']['learning_rate']:.3g} with weight decay "
             f"{best['values']['weight_decay']:.3g} ({_MODE_WORDS[weight_decay_mode]}): "
             f"{objective.name} {best['score']:.4g} at epoch {best['best_epoch']} of "
-            f"{best['epochs']} ({len(coarse)} coarse trials x {coarse_epochs} epochs, "
-            f"{len(fine)} refined x {fine_epochs}; Johnson, EECS 498 Lecture 11, steps 4-5)."
+            f"{best['epochs']}: {len(coarse)} coarse trials x {coarse_epochs} epochs, "
+            f"{len(fine)} refined x {fine_epochs} (Johnson, EECS 498 Lecture 11, steps 4-5)."
         )
         if weight_decay_mode == "l2":
             message += " The learning rate is settled; the L2 weight decay is not (see grid_weight_decay)."

@@ -42,13 +42,13 @@ def _playbook(digits, model=None, strategy=None):
 def test_doubling_reaches_the_data_cap(strategy, digits):
     pb = _playbook(digits, strategy=strategy)
     before = helpers.variables_of(pb.model)
-    result = pb.find_batch_size(initial_batch_size=16)
+    result = pb.find_batch_size(initial_batch_size=16, criterion="largest", min_steps_per_epoch=1)
     replicas = strategy.num_replicas_in_sync
     cap = len(digits["x_train"]) // replicas
     sizes = [trial["batch_size"] for trial in result.trials]
     expected = [16]
-    while expected[-1] < cap:
-        expected.append(min(2 * expected[-1], cap))
+    while 2 * expected[-1] <= cap:
+        expected.append(2 * expected[-1])
     assert sizes == expected
     assert result.batch_size == cap
     assert result.global_batch_size == cap * replicas
@@ -62,7 +62,7 @@ def test_binary_search_finds_the_exact_out_of_memory_edge(strategy, digits):
         [keras.Input((64,)), AllocatesTooMuchAbove(40), keras.layers.Dense(10)], name="hog"
     )
     pb = _playbook(digits, model=model, strategy=strategy)
-    result = pb.find_batch_size(mode="binsearch", initial_batch_size=8)
+    result = pb.find_batch_size(mode="binsearch", initial_batch_size=8, criterion="largest", min_steps_per_epoch=1)
     statuses = {trial["batch_size"]: trial["status"] for trial in result.trials}
     assert statuses[32] == "ok" and statuses[64] == "out of memory"
     assert statuses[40] == "ok" and statuses[41] == "out of memory"
@@ -74,7 +74,8 @@ def test_power_mode_stops_at_the_first_failure(digits):
     model = keras.Sequential(
         [keras.Input((64,)), AllocatesTooMuchAbove(40), keras.layers.Dense(10)], name="hog"
     )
-    result = _playbook(digits, model=model).find_batch_size(mode="power", initial_batch_size=8)
+    result = _playbook(digits, model=model).find_batch_size(mode="power", initial_batch_size=8, criterion="largest",
+                                                            min_steps_per_epoch=1)
     assert [trial["batch_size"] for trial in result.trials] == [8, 16, 32, 64]
     assert result.batch_size == 32
 
@@ -86,7 +87,7 @@ def test_memory_limit_keeps_the_search_within_host_memory(digits):
     )
     pb = _playbook(digits, model=wide)
     limit = 24 * 2**20  # Activations of 8192 floats cost 32 KiB per example.
-    result = pb.find_batch_size(initial_batch_size=16, memory_limit=limit)
+    result = pb.find_batch_size(initial_batch_size=16, memory_limit=limit, criterion="largest", min_steps_per_epoch=1)
     statuses = [trial["status"] for trial in result.trials]
     assert statuses[-1] in ("over memory limit", "predicted over memory limit")
     assert result.batch_size < len(digits["x_train"])
@@ -94,14 +95,15 @@ def test_memory_limit_keeps_the_search_within_host_memory(digits):
 
 
 def test_fastest_criterion_picks_the_highest_throughput(digits):
-    result = _playbook(digits).find_batch_size(criterion="fastest", initial_batch_size=32, max_batch_size=128)
+    result = _playbook(digits).find_batch_size(criterion="fastest", initial_batch_size=32, max_batch_size=128,
+                                               min_steps_per_epoch=1)
     fitting = [trial for trial in result.trials if trial["status"] == "ok"]
     assert result.batch_size == max(fitting, key=lambda t: t["samples_per_second"])["batch_size"]
     assert max(trial["batch_size"] for trial in result.trials) == 128
 
 
 def test_result_table_plot_and_round_trip(digits):
-    result = _playbook(digits).find_batch_size(initial_batch_size=64, max_batch_size=128)
+    result = _playbook(digits).find_batch_size(initial_batch_size=64, max_batch_size=128, min_steps_per_epoch=1)
     assert "samples/s" in result.table()
     assert isinstance(result.plot(), Figure)
     again = Result.from_dict(result.to_dict())
@@ -111,7 +113,8 @@ def test_result_table_plot_and_round_trip(digits):
 def test_a_new_batch_size_makes_an_earlier_learning_rate_stale(digits):
     pb = _playbook(digits)
     pb.find_lr(num_steps=30)
-    pb.find_batch_size(initial_batch_size=64, max_batch_size=128)
+    found = pb.find_batch_size(initial_batch_size=64, max_batch_size=128, criterion="largest", min_steps_per_epoch=1)
+    assert "learning_rate was tuned at another batch size" in found.message
     assert "learning_rate" in pb.journal.stale()
     assert "STALE" in str(pb.journal)
     with pytest.raises(ValueError, match=r"Run pb.find_lr\(\) again"):
@@ -152,3 +155,38 @@ def test_bad_arguments_fail_before_training(digits, arguments, error, match):
     with pytest.raises(error, match=match):
         pb.find_batch_size(**arguments)
     assert len(pb.journal) == 1
+
+
+def test_default_keeps_enough_steps_per_epoch_and_says_what_to_retune(strategy, digits):
+    pb = _playbook(digits, strategy=strategy)
+    result = pb.find_batch_size()
+    replicas = strategy.num_replicas_in_sync
+    assert result.criterion == "throughput" and result.ok
+    # 512 examples and at least 50 steps per epoch: at most 10 per replica, in powers of 2 from 8.
+    assert result.batch_size * replicas * 50 <= len(digits["x_train"]) or result.batch_size == 8 // replicas
+    assert "fewer than 50 steps per epoch" in result.message or result.batch_size == 8
+    assert "Find the learning rate at this batch size next" in result.message  # Nothing tuned yet: no "stale".
+    assert "no longer hold" not in result.message
+
+
+class _SlowPerExample(keras.layers.Layer):
+    """Identity that sleeps 5 ms per example: throughput stops rising with the batch size."""
+
+    def call(self, inputs):
+        import time
+
+        def wait(batch):
+            time.sleep(0.005 * int(batch.shape[0]))
+            return batch
+
+        out = tf.py_function(wait, [inputs], inputs.dtype)
+        out.set_shape(inputs.shape)
+        return out
+
+
+def test_doubling_stops_when_it_no_longer_pays(digits):
+    model = keras.Sequential([keras.Input((64,)), _SlowPerExample(), keras.layers.Dense(10)], name="slow")
+    result = _playbook(digits, model=model).find_batch_size(min_steps_per_epoch=1, steps_per_size=3)
+    sizes = [trial["batch_size"] for trial in result.trials]
+    assert sizes == [8, 16] and result.batch_size == 8, result.table()
+    assert "gained only" in result.message and "no material gain" in result.table()

@@ -124,7 +124,7 @@ def test_overfit_memorizes_with_regularization_off(strategy, digits):
     before = helpers.variables_of(pb.model)
     result = pb.overfit_small_sample(num_batches=4, max_steps=400)
     assert result.verdict == "memorized" and result.ok, result.message
-    assert result.final_accuracy == 1.0
+    assert result.final_accuracy >= 0.99
     assert result.steps < 400
     assert result.num_examples == 4 * 32 * strategy.num_replicas_in_sync
     assert any(item.startswith("dropout") for item in result.regularization_disabled)
@@ -147,10 +147,10 @@ def test_overfit_with_huge_learning_rate_diverges(strategy, digits):
 
 def test_overfit_with_tiny_learning_rate_does_not_decrease(digits):
     pb = _playbook(digits, optimizer=keras.optimizers.SGD(1e-9))
-    result = pb.overfit_small_sample(num_batches=2, max_steps=20)
+    result = pb.overfit_small_sample(num_batches=2, max_steps=20, learning_rate=1e-9)
     assert result.verdict == "not_decreasing" and not result.ok
     assert "too low" in result.message
-    assert result.learning_rate == pytest.approx(1e-9)
+    assert result.learning_rate == pytest.approx(1e-9) and result.learning_rate_source == "given"
 
 
 def test_overfit_too_short_budget_says_so(digits):
@@ -248,3 +248,47 @@ def test_an_output_that_does_not_depend_on_the_input_is_flagged(digits):
 
     result = _playbook(digits, model=zero_head).check_initial_loss()
     assert result.ok and result.loss == pytest.approx(math.log(10), rel=1e-4), result.message
+
+
+def _cnn(augment=False, add_loss=False):
+    layers = [keras.Input((8, 8, 1))]
+    if augment:
+        layers += [keras.layers.RandomFlip("horizontal"), keras.layers.RandomTranslation(0.2, 0.2)]
+    layers += [keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.BatchNormalization(),
+               keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.GlobalAveragePooling2D()]
+    if add_loss:
+        layers.append(_ActivityPenalty(name="penalty"))
+    layers.append(keras.layers.Dense(10))
+    return keras.Sequential(layers)
+
+
+class _ActivityPenalty(keras.layers.Layer):
+    def call(self, inputs):
+        self.add_loss(1e-4 * keras.ops.mean(keras.ops.square(inputs)))
+        return inputs
+
+
+def test_healthy_models_memorize_at_a_rate_found_on_the_sample(digits):
+    # Models no other test uses, compiled with the usual defaults: none is called broken.
+    images = digits["x_train"].reshape(-1, 8, 8, 1)
+    cases = [
+        (lambda: _cnn(augment=True), images, keras.optimizers.Adam()),
+        (lambda: _cnn(add_loss=True), images, keras.optimizers.SGD(0.01, momentum=0.9)),
+        (lambda: helpers.mlp(hidden=64), digits["x_train"], keras.optimizers.SGD(0.01)),
+    ]
+    for build, x, optimizer in cases:
+        result = _playbook(digits, model=build, x=x, optimizer=optimizer).overfit_small_sample()
+        assert result.ok and result.learning_rate_source == "range test", result.message
+        assert result.steps < 500
+    augmented = _playbook(digits, model=lambda: _cnn(augment=True), x=images).overfit_small_sample()
+    assert sum(item.startswith("augmentation") for item in augmented.regularization_disabled) == 2
+    penalized = _playbook(digits, model=lambda: _cnn(add_loss=True), x=images).overfit_small_sample()
+    assert penalized.regularization_left_on == ["add_loss: penalty"] and "Left on" in penalized.message
+
+
+def test_a_model_without_capacity_still_fails(digits):
+    def bottleneck():  # One unit in the middle cannot separate ten classes.
+        return keras.Sequential([keras.Input((64,)), keras.layers.Dense(1), keras.layers.Dense(10)])
+
+    result = _playbook(digits, model=bottleneck).overfit_small_sample()
+    assert not result.ok and result.verdict in ("too_slow", "not_decreasing"), result.message
