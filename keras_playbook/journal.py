@@ -18,14 +18,14 @@ _FORMAT_VERSION = 1
 _RESULT_TYPES = {}
 
 
-def _to_builtin(value):
+def to_builtin(value):
     """Converts NumPy scalars/arrays (also nested) to JSON-ready builtins."""
     if isinstance(value, dict):
-        return {str(key): _to_builtin(item) for key, item in value.items()}
+        return {str(key): to_builtin(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_builtin(item) for item in value]
+        return [to_builtin(item) for item in value]
     if isinstance(value, np.ndarray):
-        return _to_builtin(value.tolist())
+        return to_builtin(value.tolist())
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -71,7 +71,7 @@ class Result:
     def to_dict(self):
         """Returns a JSON-ready dict, with the result's `kind` under "kind"."""
         fields = {
-            field.name: _to_builtin(getattr(self, field.name))
+            field.name: to_builtin(getattr(self, field.name))
             for field in dataclasses.fields(self)
         }
         return {"kind": self.kind, **fields}

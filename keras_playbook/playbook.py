@@ -402,7 +402,7 @@ class Playbook:
             probes.sweep_momentum(
                 self.session, train, validation_data, values=values,
                 learning_rate=learning_rate, num_steps=num_steps,
-                optimizer_changes=self._optimizer_changes(),
+                optimizer_changes=self._optimizer_changes(), seed=self.seed,
                 callbacks=self._progress(num_steps, "Sweeping momentum: one run"),
             )
         )

@@ -235,7 +235,7 @@ def compare_seeds(
         weight_decay_mode=weight_decay_mode,
     )
     project_name = project_name or search.project_name_for(
-        caller, configs=configs, seeds=seed_list, epochs=epochs, mode=weight_decay_mode, objective=objective,
+        caller, configs=configs, seeds=seed_list, epochs=epochs, mode=weight_decay_mode, objective=[objective.name, objective.direction],
         fixed=fixed, base=base,
     )
     tuner, records, role = search.run_search(
@@ -572,7 +572,7 @@ def run_round(
     }
     root = os.path.join(search.default_directory(directory), project_name or search.project_name_for(
         _slug(goal), scientific=scientific, nuisance=nuisance, shared=shared, max_trials=max_trials, epochs=epochs,
-        seeds=seed_list, oracle=oracle, mode=weight_decay_mode, objective=objective,
+        seeds=seed_list, oracle=oracle, mode=weight_decay_mode, objective=[objective.name, objective.direction],
     ))
     cells, all_records, role, epochs_spent = [], [], "single", 0
     for values in combinations:
@@ -639,7 +639,8 @@ def run_round(
         )
         comparison = compared.to_dict()
         epochs_spent += compared.epochs_spent
-    message, ok = _round_message(goal, best_cell, finished, objective, comparison)
+    message, ok = _round_message(goal, best_cell, finished, objective, comparison,
+                                 analysis.search_noise(all_records, objective.name))
     unused = max_trials - per_cell * len(combinations)
     if unused:
         message += (
@@ -655,7 +656,7 @@ def run_round(
     )
 
 
-def _round_message(goal, best_cell, finished, objective, comparison):
+def _round_message(goal, best_cell, finished, objective, comparison, noise):
     others = [cell for cell in finished if cell is not best_cell]
     runner = min(others, key=lambda cell: abs(cell["best_score"] - best_cell["best_score"]))
     nuisance = _label(best_cell["best_values"]) or "no nuisance hyperparameters"
@@ -664,7 +665,16 @@ def _round_message(goal, best_cell, finished, objective, comparison):
         f"(nuisance tuned: {nuisance}); next: {runner['label']} at {runner['best_score']:.4g}."
     )
     if comparison is None:
-        return head + (
+        gap = abs(best_cell["best_score"] - runner["best_score"])
+        if noise is not None and gap <= analysis.TIE_SIGMAS * math.sqrt(2) * noise:
+            verdict = (f" A tie: the gap {gap:.3g} is within the noise of single runs (noise of one run "
+                       f"{noise:.3g}, from the curves' epoch-to-epoch spread): no value is meaningfully better.")
+        elif noise is not None:
+            verdict = (f" The gap {gap:.3g} is more than the noise of single runs allows (noise of one run "
+                       f"{noise:.3g}), but the best of several tuned values is an optimistic estimate.")
+        else:
+            verdict = ""
+        return head + verdict + (
             " Single runs per value: re-run with `seeds=5` to tell the difference from "
             "seed-to-seed variation before adopting it (Tuning Playbook)."
         ), False

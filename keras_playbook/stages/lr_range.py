@@ -72,6 +72,37 @@ def smooth(losses, smoothing):
     return np.asarray([average.update(loss) for loss in losses], dtype=np.float64)
 
 
+def zero_phase(losses, smoothing):
+    """The moving average run forwards, then backwards: a smoothing that does not lag.
+
+    The causal average the test stops on trails the raw loss by about
+    1 / (1 - smoothing) steps, so its minimum shows where the raw loss is
+    already rising; averaged both ways, the curve is smooth and in phase.
+    """
+    forward = smooth(losses, smoothing)
+    return smooth(forward[::-1], smoothing)[::-1]
+
+
+FLOOR_SHARE = 0.05  # The upper bound: where the loss first comes within 5% of its fall of the floor.
+
+
+def upper_bound_index(losses, smoothing):
+    """Where a range test's loss reaches its floor: the upper bound of cyclic schedules.
+
+    On the zero-phase smoothed curve, the first step whose loss is within
+    `FLOOR_SHARE` of the whole fall (start - minimum) of the minimum: the
+    bottom of the valley, before the rise. For a model that learns the task
+    within the test (the loss falls to a floor and stays there until the
+    cliff), that is where the floor begins, not its far end at the cliff.
+    """
+    curve = zero_phase(losses, smoothing)
+    lowest = int(np.argmin(curve))
+    fall = curve[0] - curve[lowest]
+    if fall <= 0:
+        return lowest
+    return int(np.argmax(curve[: lowest + 1] <= curve[lowest] + FLOOR_SHARE * fall))
+
+
 # Suggestion rules: (learning_rates, smoothed) -> learning rate --------------
 
 
@@ -137,7 +168,9 @@ class LRRangeResult(Result):
         suggested_lr: The learning rate to train with (by `rule`), or None
             when the curve gives no answer (see `message`).
         lr_bounds: `(max_lr / 4, max_lr)` for cyclic schedules, where the
-            maximum is the LR at which the smoothed loss stops falling.
+            maximum is the LR at which the loss reaches its floor, on the
+            finished curve smoothed both ways (no lag; see
+            `upper_bound_index`), before it rises.
         one_cycle_lr_bounds: `(max_lr / 10, max_lr)`, the bounds for a single
             cycle (one-cycle policy).
         suggestions: Every rule's suggestion, by rule name.
@@ -392,7 +425,7 @@ def find_lr(
         validation_dataset = _batched(sample, validation_pipeline.global_batch_size)
     model = trials.trial_copy(session, **{**(optimizer_changes or {}), "learning_rate": float(min_lr)})
     test = _RangeTest(learning_rates, float(smoothing), float(stop_factor), validation_dataset)
-    trials.train_steps(model, pipeline.dataset, num_steps, callbacks=[test, *(callbacks or [])])
+    trials.train_steps(model, trials.fixed_order(pipeline, seed), num_steps, callbacks=[test, *(callbacks or [])])
     del model
     return _result(
         test, learning_rates[: len(test.losses)], rule=rule, min_lr=min_lr, max_lr=max_lr,
@@ -414,7 +447,7 @@ def _result(test, learning_rates, *, rule, pipeline, optimizer, **settings):
     if finite >= 3:
         suggestions = {name: function(rates, curve) for name, function in SUGGESTION_RULES.items()}
         lowest = int(np.argmin(curve))
-        maximum = float(rates[lowest])
+        maximum = float(rates[upper_bound_index(losses[:finite], settings["smoothing"])])
         bounds, one_cycle = [maximum / 4.0, maximum], [maximum / 10.0, maximum]
         fell = curve[lowest] < 0.95 * curve[0]
         still_falling = test.stop_reason is None and lowest >= len(curve) - max(2, len(curve) // 20)

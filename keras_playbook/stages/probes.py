@@ -168,7 +168,7 @@ def probe_lrs(
         model = trials.trial_copy(session, weights=start, **changes, learning_rate=learning_rate)
         if initial_loss is None:
             initial_loss = _evaluate(model, sample)
-        step_losses.append(trials.train_steps(model, pipeline.dataset, num_steps, callbacks or []))
+        step_losses.append(trials.train_steps(model, trials.fixed_order(pipeline, seed), num_steps, callbacks or []))
         final_losses.append(_evaluate(model, sample))
     diverged = [
         not (math.isfinite(final) and all(math.isfinite(loss) for loss in losses)) or final >= initial_loss
@@ -302,6 +302,7 @@ def sweep_momentum(
     learning_rate=None,
     num_steps=200,
     optimizer_changes=None,
+    seed=0,
     callbacks=None,
 ):
     """Short runs at several momentum values; the best by validation loss (Smith 2018).
@@ -319,6 +320,7 @@ def sweep_momentum(
         learning_rate: Learning rate of the runs; defaults to the optimizer's.
         num_steps: Steps per run.
         optimizer_changes: Other changes to the optimizer's config.
+        seed: Seed of the data order, the same for every run (a fair comparison).
         callbacks: Extra callbacks for each run's `fit`.
 
     Returns:
@@ -354,7 +356,7 @@ def sweep_momentum(
         model = trials.trial_copy(
             session, weights=start, **changes, learning_rate=float(learning_rate), **{name: value}
         )
-        step_losses.append(trials.train_steps(model, pipeline.dataset, num_steps, callbacks or []))
+        step_losses.append(trials.train_steps(model, trials.fixed_order(pipeline, seed), num_steps, callbacks or []))
         finite = all(math.isfinite(loss) for loss in step_losses[-1])
         validation_losses.append(_evaluate(model, validation_pipeline.dataset) if finite else math.nan)
     scored = [(loss, value) for loss, value in zip(validation_losses, values) if math.isfinite(loss)]

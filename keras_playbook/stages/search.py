@@ -23,6 +23,7 @@ References:
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 
@@ -31,7 +32,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from keras_playbook import validation
-from keras_playbook.journal import Result
+from keras_playbook.journal import Result, to_builtin
 from keras_playbook.tuning import analysis
 from keras_playbook.tuning.hypermodel import WEIGHT_DECAY_MODES, PlaybookHyperModel, PlaybookTuner
 from keras_playbook.tuning.oracles import STAGE, CoarseToFineOracle, GridOracle
@@ -150,20 +151,8 @@ def project_name_for(stage, **defining):
     Example: `project_name_for("grid_weight_decay", values=[0, 1e-4], epochs=10)`
     is `"grid_weight_decay_"` followed by 8 hexadecimal digits.
     """
-    text = json.dumps(_to_builtin(defining), sort_keys=True, default=repr)
+    text = json.dumps(to_builtin(defining), sort_keys=True, default=repr)
     return f"{stage}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
-
-
-def _to_builtin(value):
-    if isinstance(value, dict):
-        return {str(key): _to_builtin(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_builtin(item) for item in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, keras_tuner.Objective):
-        return [value.name, value.direction]
-    return value
 
 
 def default_directory(directory):
@@ -216,6 +205,14 @@ class SearchResult(Result):
         advice: Best-epoch and border advice (Tuning Playbook).
         project_dir: KerasTuner's project directory (resume, results_summary).
         role: "single", "chief" or "worker" (a worker lists its own trials).
+        noise: The noise of one trial's score: the median over trials of
+            their curves' epoch-to-epoch spread near the end
+            (`analysis.curve_noise`); None when the runs are too short.
+        meaningful: Whether the best beats every other trial by more than
+            that noise allows (None when it cannot be told).
+        adopted: The values settled: the best when it is meaningfully
+            better, else the simplest of those tied with it (the smallest
+            weight decay, the rate closest to the one settled before).
     """
 
     kind = "search"
@@ -233,6 +230,10 @@ class SearchResult(Result):
     role: str
     ok: bool
     message: str
+    # Keyword-only, after the subclasses' fields: older journals load without them.
+    noise: float | None = dataclasses.field(default=None, kw_only=True)
+    meaningful: bool | None = dataclasses.field(default=None, kw_only=True)
+    adopted: dict = dataclasses.field(default_factory=dict, kw_only=True)
 
     def depends_on(self):
         return {"batch_size": self.fixed["batch_size"]} if "batch_size" in self.fixed else {}
@@ -240,7 +241,8 @@ class SearchResult(Result):
     def _settles_from_search(self, names):
         if self.role == "worker" or not self.best:
             return {}
-        settled = {name: self.best[name] for name in names if name in self.best}
+        chosen = self.adopted or self.best
+        settled = {name: chosen[name] for name in names if name in chosen}
         if self.weight_decay_mode != "decoupled":
             settled.pop("weight_decay", None)
         return settled
@@ -254,6 +256,8 @@ class SearchResult(Result):
             cells = [_format(trial["values"].get(name)) for name in names]
             cells.append(_format(trial["score"]))
             marker = "  <- best" if trial["values"] == self.best else ""
+            if self.adopted and self.adopted != self.best and trial["values"] == self.adopted:
+                marker = "  <- adopted (tied with the best)"
             lines.append(
                 "  ".join(f"{cell:>14}" for cell in cells)
                 + f"   {trial['best_epoch']:>4} / {trial['epochs']}{marker}"
@@ -284,15 +288,19 @@ class WeightDecayResult(SearchResult):
         bars, curves = figure.subplots(1, 2)
         labels = [_format(trial["values"].get("weight_decay")) for trial in self.trials]
         scores = [np.nan if trial["score"] is None else trial["score"] for trial in self.trials]
-        colors = ["tab:green" if trial["values"] == self.best else "tab:blue" for trial in self.trials]
-        bars.bar(labels, scores, color=colors)
+        chosen = self.adopted or self.best
+        colors = ["tab:green" if trial["values"] == chosen else "tab:blue" for trial in self.trials]
+        band = None if self.noise is None else analysis.TIE_SIGMAS * self.noise
+        bars.bar(labels, scores, color=colors, yerr=band, capsize=4 if band else 0)
         bars.set_xlabel(f"weight decay ({self.weight_decay_mode})")
-        bars.set_ylabel(f"{self.objective} at the best epoch")
+        bars.set_ylabel(f"{self.objective} at the best epoch" + (" (+-2 noise)" if band else ""))
         finite = [score for score in scores if np.isfinite(score)]
-        if finite:
-            low, high = min(finite), max(finite)
-            margin = (high - low) * 0.5 or abs(high) * 0.05 or 0.1
-            bars.set_ylim(low - margin, high + margin)
+        if finite and (min(finite) > 0 or max(finite) < 0):
+            # Bars start at zero: a tie does not look like a win on a zoomed axis.
+            low, high = min(0.0, min(finite)), max(0.0, max(finite))
+            bars.set_ylim(low * 1.1, high * 1.1 + (band or 0))
+        if self.meaningful is False:
+            bars.set_title("a tie: no value beats the others by more than the noise", fontsize="small")
         _plot_curves(curves, self.trials, self.objective, "weight_decay")
         figure.suptitle("Weight-decay grid (Smith 2018)")
         figure.tight_layout()
@@ -343,7 +351,8 @@ class LRWeightDecayResult(SearchResult):
             axes.set_xlabel("learning rate")
             axes.set_ylabel(f"weight decay ({self.weight_decay_mode})")
             epochs = self.coarse_epochs if stage == "coarse" else self.fine_epochs
-            axes.set_title(f"{stage} grid, {epochs} epochs: {self.objective}")
+            noise = "" if self.noise is None else f" (noise of one run {self.noise:.2g})"
+            axes.set_title(f"{stage} grid, {epochs} epochs: {self.objective}{noise}", fontsize="small")
             figure.colorbar(image, ax=axes)
         figure.tight_layout()
         return figure
@@ -471,39 +480,69 @@ def grid_weight_decay(
         weight_decay_mode=weight_decay_mode, seed=seed,
     )
     project_name = project_name or project_name_for(
-        caller, values=values, epochs=epochs, mode=weight_decay_mode, objective=objective, fixed=fixed, seed=seed,
+        caller, values=values, epochs=epochs, mode=weight_decay_mode, objective=[objective.name, objective.direction], fixed=fixed, seed=seed,
     )
     tuner, records, role = run_search(
         session, oracle, hypermodel, directory=default_directory(directory),
         project_name=project_name, overwrite=overwrite, callbacks=callbacks, verbose=verbose,
     )
     best, spent, head = summarize(records, objective, role)
+    noise = analysis.search_noise(records, objective.name)
+    ties = analysis.ties_with_best(records, objective.direction, noise)
+    adopted = min(ties, key=lambda record: record["values"]["weight_decay"]) if ties else None
+    meaningful = None if best is None or noise is None else len(ties) == 1
     advice = []
     if best is not None and role != "worker":
-        advice = analysis.border_advice({"weight_decay": values}, best["values"]) + analysis.epoch_advice(records)
-    message = head or _weight_decay_message(records, best, objective, weight_decay_mode, advice)
+        if meaningful is not False:  # Border advice on a tie would chase noise.
+            advice = analysis.border_advice({"weight_decay": values}, best["values"])
+        advice += analysis.epoch_advice(records)
+    message = head or _weight_decay_message(records, best, adopted, ties, noise, objective, weight_decay_mode, advice)
     return WeightDecayResult(
-        **_result_fields(records, best, spent, objective, weight_decay_mode, fixed, advice, tuner, role, message)
+        **_result_fields(records, best, spent, objective, weight_decay_mode, fixed, advice, tuner, role, message),
+        noise=noise, meaningful=meaningful, adopted={} if adopted is None else dict(adopted["values"]),
     )
 
 
-def _weight_decay_message(records, best, objective, mode, advice):
-    chosen = best["values"]["weight_decay"]
+def _weight_decay_message(records, best, adopted, ties, noise, objective, mode, advice):
+    chosen = adopted["values"]["weight_decay"]
     without = [r for r in analysis.scored(records) if r["values"].get("weight_decay") == 0]
     comparison = ""
-    if without and chosen != 0:
+    if without and best["values"]["weight_decay"] != 0:
         comparison = f" ({_format(without[0]['score'])} without weight decay)"
     text = (
-        f"Best weight decay {chosen:.3g}, {_MODE_WORDS[mode]}: {objective.name} "
+        f"Best weight decay {best['values']['weight_decay']:.3g}, {_MODE_WORDS[mode]}: {objective.name} "
         f"{best['score']:.4g} at epoch {best['best_epoch']} of {best['epochs']}{comparison} "
         "(Smith 2018)."
     )
+    text += " " + _noise_sentence(best, adopted, ties, noise, "weight decay", chosen, len(analysis.scored(records)))
     if mode == "l2":
         text += (
             f" Not settled for fit: add kernel_regularizer=keras.regularizers.L2({chosen:.3g}) "
             "to your layers, or search with weight_decay_mode='decoupled'."
         )
     return " ".join([text, *advice])
+
+
+def _noise_sentence(best, adopted, ties, noise, what, chosen, count):
+    """Whether the best is meaningfully better than the rest, and what is kept (Tuning Playbook)."""
+    if noise is None:
+        return ("The runs are too short to measure their noise: treat the ranking with care, or compare the "
+                "close values over seeds (compare_seeds; Tuning Playbook).")
+    band = analysis.TIE_SIGMAS * math.sqrt(2) * noise
+    if len(ties) == 1:
+        return (
+            f"It beats every other value by more than the noise allows (noise of one run {noise:.3g}, from the "
+            f"curves' epoch-to-epoch spread; a difference under {band:.3g} would be chance). The best of {count} "
+            "single runs is still an optimistic estimate: compare_seeds re-measures it over seeds (Tuning Playbook)."
+        )
+    tied = ", ".join(_format(record["score"]) for record in ties)
+    kept = "the best" if adopted is best else f"the simplest {what} {_format(chosen)}"
+    return (
+        f"A tie: {len(ties)} values score within {band:.3g} of the best ({tied}; noise of one run {noise:.3g}, "
+        f"from the curves' epoch-to-epoch spread), so none is meaningfully better; keeping {kept} "
+        "(Tuning Playbook: is the improvement better than random variation?). To tell them apart, compare "
+        "them over seeds (compare_seeds)."
+    )
 
 
 def tune_lr_wd(
@@ -595,7 +634,7 @@ def tune_lr_wd(
     )
     project_name = project_name or project_name_for(
         caller, learning_rates=learning_rates, weight_decays=weight_decays, coarse_epochs=coarse_epochs,
-        fine_epochs=fine_epochs, max_extensions=max_extensions, mode=weight_decay_mode, objective=objective,
+        fine_epochs=fine_epochs, max_extensions=max_extensions, mode=weight_decay_mode, objective=[objective.name, objective.direction],
         fixed=fixed, seed=seed,
     )
     tuner, records, role = run_search(
@@ -606,14 +645,22 @@ def tune_lr_wd(
     coarse = [record for record in records if record["values"].get(STAGE) == "coarse"]
     best, spent, head = summarize(fine or coarse, objective, role)
     spent = int(sum(record["epochs"] for record in records))
+    noise = analysis.search_noise(fine or coarse, objective.name)
+    ties = analysis.ties_with_best(fine or coarse, objective.direction, noise)
+    current = learning_rate if learning_rate is not None else (best["values"]["learning_rate"] if best else None)
+    adopted = min(ties, key=lambda record: (
+        abs(math.log(record["values"]["learning_rate"] / current)), record["values"]["weight_decay"],
+    )) if ties else None
+    meaningful = None if best is None or noise is None else len(ties) == 1
     advice, grown = [], []
     if best is not None and role != "worker":
         searched_lrs, searched_wds, grown = oracle.coarse_axes()
-        coarse_best = analysis.best_record(coarse, objective.direction)
-        if coarse_best is not None:
+        coarse_noise = analysis.search_noise(coarse, objective.name)
+        coarse_ties = analysis.ties_with_best(coarse, objective.direction, coarse_noise)
+        if len(coarse_ties) == 1:  # Border advice on a tie would chase noise.
             advice += analysis.border_advice(
                 {"learning_rate": searched_lrs, "weight_decay": searched_wds},
-                coarse_best["values"], "coarse grid",
+                coarse_ties[0]["values"], "coarse grid",
             )
         advice += analysis.epoch_advice(fine)
     if head:
@@ -626,6 +673,9 @@ def tune_lr_wd(
             f"{best['epochs']}: {len(coarse)} coarse trials x {coarse_epochs} epochs, "
             f"{len(fine)} refined x {fine_epochs} (Johnson, EECS 498 Lecture 11, steps 4-5)."
         )
+        cell = f"learning rate {adopted['values']['learning_rate']:.3g} with weight decay {adopted['values']['weight_decay']:.3g}"
+        message += " " + _noise_sentence(best, adopted, ties, noise, "cell (the rate closest to the one found, the "
+                                         "least weight decay):", cell, len(fine or coarse))
         if weight_decay_mode == "l2":
             message += " The learning rate is settled; the L2 weight decay is not (see grid_weight_decay)."
         message = " ".join([message, *grown, *advice])
@@ -633,4 +683,5 @@ def tune_lr_wd(
         **_result_fields(records, best, spent, objective, weight_decay_mode, fixed, advice, tuner, role, message),
         coarse_epochs=coarse_epochs,
         fine_epochs=fine_epochs,
+        noise=noise, meaningful=meaningful, adopted={} if adopted is None else dict(adopted["values"]),
     )

@@ -78,6 +78,16 @@ def train_steps(model, dataset, num_steps, callbacks=()):
     return recorder.losses
 
 
+def fixed_order(pipeline, seed):
+    """A fresh copy of the pipeline's dataset: the same data order on every call with the same seed.
+
+    A pipeline's own dataset reshuffles on every pass, so two short runs
+    read from it see different orders; runs that are compared (probes at
+    several rates) or repeated (a range test run again) each take this copy.
+    """
+    return pipeline.with_batch_size(pipeline.per_replica_batch_size, seed=seed).dataset
+
+
 def current_learning_rate(optimizer):
     """The optimizer's learning rate now, as a float (also for mirrored variables and schedules)."""
     return float(read_value(optimizer.learning_rate))

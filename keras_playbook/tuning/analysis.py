@@ -84,6 +84,46 @@ def best_record(records, direction):
     return pick(candidates, key=lambda record: record["score"])
 
 
+TIE_SIGMAS = 2.0  # A difference below this many standard errors of a difference is a tie.
+
+
+def curve_noise(record, objective_name):
+    """The epoch-to-epoch noise of a trial's objective curve near its end (a robust standard deviation).
+
+    Consecutive epochs of a converging run differ by its trend plus noise;
+    the spread (MAD) of those differences over the second half of the curve,
+    divided by sqrt(2), estimates the noise of one epoch's value. It is free
+    (no extra trial) and is what a single run's score carries by chance.
+    """
+    values = np.asarray(record["history"].get(objective_name, []), dtype=float)
+    values = values[np.isfinite(values)]
+    changes = np.diff(values[len(values) // 2:])
+    if len(changes) < 2:
+        return None
+    return float(1.4826 * np.median(np.abs(changes - np.median(changes))) / math.sqrt(2))
+
+
+def search_noise(records, objective_name):
+    """The median of the trials' curve noise, or None when the curves are too short to tell."""
+    noises = [noise for noise in (curve_noise(r, objective_name) for r in scored(records)) if noise is not None]
+    return float(np.median(noises)) if noises else None
+
+
+def ties_with_best(records, direction, noise):
+    """The scored records whose score is within noise of the best one (the best included).
+
+    Two single runs differ by chance by about sqrt(2) x the noise of one;
+    below `TIE_SIGMAS` times that, a difference is not a result.
+    """
+    best = best_record(records, direction)
+    if best is None:
+        return []
+    if noise is None:
+        return [best]
+    margin = TIE_SIGMAS * math.sqrt(2) * noise
+    return [r for r in scored(records) if abs(r["score"] - best["score"]) <= margin]
+
+
 def epoch_advice(records):
     """The Tuning Playbook's best-epoch advice for trials run for the same budget.
 

@@ -62,7 +62,8 @@ def test_binary_search_finds_the_exact_out_of_memory_edge(strategy, digits):
         [keras.Input((64,)), AllocatesTooMuchAbove(40), keras.layers.Dense(10)], name="hog"
     )
     pb = _playbook(digits, model=model, strategy=strategy)
-    result = pb.find_batch_size(mode="binsearch", initial_batch_size=8, criterion="largest", min_steps_per_epoch=1)
+    result = pb.find_batch_size(mode="binsearch", initial_batch_size=8, criterion="largest", min_steps_per_epoch=1,
+                                steps_per_size=2)
     statuses = {trial["batch_size"]: trial["status"] for trial in result.trials}
     assert statuses[32] == "ok" and statuses[64] == "out of memory"
     assert statuses[40] == "ok" and statuses[41] == "out of memory"
@@ -75,6 +76,7 @@ def test_power_mode_stops_at_the_first_failure(digits):
         [keras.Input((64,)), AllocatesTooMuchAbove(40), keras.layers.Dense(10)], name="hog"
     )
     result = _playbook(digits, model=model).find_batch_size(mode="power", initial_batch_size=8, criterion="largest",
+                                                            steps_per_size=2,
                                                             min_steps_per_epoch=1)
     assert [trial["batch_size"] for trial in result.trials] == [8, 16, 32, 64]
     assert result.batch_size == 32

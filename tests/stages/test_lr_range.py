@@ -240,3 +240,26 @@ def test_verbose_playbook_shows_one_bar_and_reports_bad_steps_by_name(digits, ca
         pb.find_lr(num_steps=5)
     pb.find_lr(num_steps=20)
     assert "Learning-rate range test" in capsys.readouterr().out
+
+
+def test_the_same_call_gives_the_same_answer(digits):
+    pb = _playbook(digits)
+    first, second = pb.find_lr(), pb.find_lr()
+    assert first.losses == second.losses and first.suggested_lr == second.suggested_lr
+
+
+def test_the_upper_bound_sits_before_the_rise_when_the_task_is_learned_within_the_test():
+    # An easy task the model learns within the test: the loss falls to a floor and stays there until
+    # the cliff. The upper bound is where the floor begins, not at the cliff where the lagging
+    # average has its minimum.
+    from keras_playbook.stages import lr_range
+
+    rates = np.geomspace(1e-5, 10, 100)
+    losses = np.where(rates < 1e-3, 0.7, np.where(rates < 1.0, 0.7 * np.exp(-20 * (np.log10(rates) + 3)) + 0.01,
+                                                  0.01 + 5 * (rates - 1.0)))
+    losses = losses * (1 + 0.02 * np.random.default_rng(0).standard_normal(100))
+    index = lr_range.upper_bound_index(losses, 0.9)
+    lagging = int(np.argmin(lr_range.smooth(losses, 0.9)))
+    assert rates[index] < 0.05 < rates[lagging]
+    rise = int(np.argmax(rates >= 1.0))
+    assert index < rise

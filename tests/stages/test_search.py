@@ -173,3 +173,32 @@ def test_a_stale_learning_rate_is_refused(digits, tmp_path):
     pb.find_batch_size(initial_batch_size=8, max_batch_size=16, steps_per_size=1)
     with pytest.raises(ValueError, match="measured at batch_size=64.*pb.find_lr"):
         pb.grid_weight_decay(directory=tmp_path)
+
+
+def test_default_project_names_are_the_same_in_every_process():
+    import subprocess
+    import sys
+
+    from keras_playbook.stages.search import project_name_for
+
+    arguments = dict(values=[0.0, 1e-4], epochs=10, mode="decoupled", objective=["val_loss", "min"],
+                     fixed={"learning_rate": 3e-3, "batch_size": 64}, seed=0)
+    here = project_name_for("grid_weight_decay", **arguments)
+    code = ("from keras_playbook.stages.search import project_name_for; "
+            f"print(project_name_for('grid_weight_decay', **{arguments!r}))")
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()[-1]
+    assert here == there and here.startswith("grid_weight_decay_")
+    assert project_name_for("grid_weight_decay", **{**arguments, "epochs": 5}) != here
+
+
+def test_a_tie_keeps_no_weight_decay_and_gives_no_border_advice(digits):
+    pb = _playbook(digits)
+    # Weight decays far too small to matter: whatever wins, wins by noise.
+    result = pb.grid_weight_decay(values=[0.0, 1e-9, 1e-8], epochs=6)
+    assert result.noise is not None and result.meaningful is False, result.message
+    assert result.adopted["weight_decay"] == 0.0 and pb.journal.settled()["weight_decay"] == 0.0
+    assert "A tie" in result.message and "widen" not in result.message
+    assert not any("widen" in advice for advice in result.advice)
+    figure = result.plot()
+    bars = figure.axes[0]
+    assert bars.get_ylim()[0] <= 0  # Bars from zero: the tie does not look like a win.

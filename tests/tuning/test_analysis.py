@@ -51,3 +51,30 @@ def test_best_record_follows_the_direction():
     assert best_record(records, "max")["score"] == 0.9
     assert best_record(records, "min")["score"] == 0.5
     assert best_record([_record(1, score=None)], "min") is None
+
+
+def _curve_record(curve, **values):
+    import numpy as np
+
+    curve = list(curve)
+    return {"history": {"val_loss": curve}, "score": float(np.min(curve)), "values": values,
+            "best_epoch": int(np.argmin(curve)) + 1, "epochs": len(curve)}
+
+
+def test_a_difference_within_the_curves_noise_is_a_tie():
+    import numpy as np
+
+    from keras_playbook.tuning.analysis import curve_noise, search_noise, ties_with_best
+
+    rng = np.random.default_rng(0)
+    # Two regression runs at ~3441 whose curves wobble by ~1 from epoch to epoch; best 3441.00 vs 3441.25.
+    runs = [3441.0 + rng.normal(0, 1.0, 12) for _ in range(2)]
+    for run, best in zip(runs, (3441.00, 3441.25)):
+        run += best - run.min()
+    records = [_curve_record(runs[0], weight_decay=1e-3), _curve_record(runs[1], weight_decay=0.0)]
+    noise = search_noise(records, "val_loss")
+    assert 0.3 < noise < 3 and curve_noise(records[0], "val_loss") is not None
+    assert len(ties_with_best(records, "min", noise)) == 2  # 0.25 apart: a tie, not a result.
+    far = [_curve_record(runs[0], weight_decay=1e-3), _curve_record(runs[1] + 50, weight_decay=0.0)]
+    assert [r["values"] for r in ties_with_best(far, "min", search_noise(far, "val_loss"))] == [{"weight_decay": 1e-3}]
+    assert curve_noise(_curve_record([1.0, 0.9, 0.8]), "val_loss") is None  # Too short to tell.
