@@ -275,6 +275,7 @@ class Playbook:
         rule=lr_range.DEFAULT_RULE,
         num_validation_batches=4,
         allow_repeat=True,
+        repeats=3,
     ):
         """Runs the learning-rate range test (Smith 2017; Smith 2018).
 
@@ -305,7 +306,7 @@ class Playbook:
                 stop_factor=stop_factor, smoothing=smoothing, rule=rule,
                 num_validation_batches=num_validation_batches,
                 allow_repeat=allow_repeat, optimizer_changes=self._optimizer_changes(),
-                seed=self.seed,
+                repeats=repeats, seed=self.seed,
                 callbacks=self._progress(num_steps, "Learning-rate range test"),
             )
         )

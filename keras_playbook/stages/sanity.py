@@ -646,7 +646,7 @@ def _sample_range_test(session, pipeline, sample, seed):
         tf.data.Dataset.from_tensor_slices(sample), per_replica_batch_size=pipeline.per_replica_batch_size,
         num_replicas=pipeline.num_replicas, num_examples=count, shuffle=True, seed=seed, arrays=sample,
     )
-    found = lr_range.find_lr(session, sample_pipeline, num_steps=60, min_lr=1e-6, max_lr=10.0,
+    found = lr_range.find_lr(session, sample_pipeline, num_steps=60, min_lr=1e-6, max_lr=10.0, repeats=1,
                              optimizer_changes={"weight_decay": 0.0} if _has_decay(session) else None, seed=seed)
     return found.suggested_lr
 

@@ -103,7 +103,7 @@ def test_runs_under_two_replicas_and_settles_the_learning_rate(strategy, digits)
 
 def test_divergence_stops_the_test_early(strategy, digits):
     pb = _playbook(digits, optimizer=keras.optimizers.SGD(0.01), strategy=strategy)
-    result = pb.find_lr(min_lr=1e-3, max_lr=1e4, num_steps=200)
+    result = pb.find_lr(min_lr=1e-3, max_lr=1e4, num_steps=200, repeats=1)
     assert result.steps_run < 200
     assert result.stop_reason is not None
     assert result.lr_bounds[1] < 1e4
@@ -132,7 +132,7 @@ def test_works_with_each_optimizer(digits, optimizer):
 def test_validation_mode_measures_the_validation_loss(strategy, digits):
     pb = _playbook(digits, strategy=strategy)
     # A range too low to learn anything: every measurement is the initial validation loss.
-    result = pb.find_lr(min_lr=1e-12, max_lr=1e-11, num_steps=10, on="validation", num_validation_batches=2)
+    result = pb.find_lr(min_lr=1e-12, max_lr=1e-11, num_steps=10, on="validation", num_validation_batches=2, repeats=1)
     sample = pb.validation_data.sample(2, seed=pb.seed)
     expected = pb.model.evaluate(sample[0], sample[1], verbose=0)
     assert result.on == "validation"
@@ -263,3 +263,13 @@ def test_the_upper_bound_sits_before_the_rise_when_the_task_is_learned_within_th
     assert rates[index] < 0.05 < rates[lagging]
     rise = int(np.argmax(rates >= 1.0))
     assert index < rise
+
+
+def test_the_suggestion_is_the_median_over_data_orders(digits):
+    result = _playbook(digits).find_lr()
+    found = [rate for rate in result.suggestions_by_order if rate is not None]
+    assert len(result.suggestions_by_order) == 3 and len(found) >= 2
+    assert result.suggested_lr == sorted(found)[(len(found) - 1) // 2]
+    assert "data orders the suggestion ranged" in result.message
+    single = _playbook(digits).find_lr(repeats=1)
+    assert single.suggestions_by_order == [] and "data orders" not in single.message
