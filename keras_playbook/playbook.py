@@ -21,7 +21,7 @@ from keras_playbook.journal import JOURNAL_FILENAME, Journal
 from keras_playbook.records import FitRecord, SetupRecord
 from keras_playbook.session import Session, innermost_optimizer, resolve_strategy
 from keras_playbook.stages import batch_size as batch_size_stage
-from keras_playbook.stages import experiments, finetuning, lr_range, probes, sanity, search, training, trials
+from keras_playbook.stages import experiments, finetuning, lr_range, probes, sanity, search, short_runs, training
 
 FIT_OVERRIDES = ("learning_rate", "weight_decay", "batch_size", "momentum", "beta_1")
 _OPTIMIZER_SETTINGS = ("weight_decay", "momentum", "beta_1")
@@ -432,7 +432,7 @@ class Playbook:
         settled = self.journal.settled()
         if "learning_rate" in settled:
             return settled["learning_rate"]
-        return float(f"{trials.current_learning_rate(self.model.optimizer):.7g}")
+        return float(f"{short_runs.current_learning_rate(self.model.optimizer):.7g}")
 
     def _search_options(self, directory, callbacks, caller):
         if callbacks is not None and not isinstance(callbacks, (list, tuple)):

@@ -52,7 +52,7 @@ from matplotlib.figure import Figure
 from keras_playbook import validation
 from keras_playbook.data import validate_batch_size
 from keras_playbook.journal import Result
-from keras_playbook.stages import trials
+from keras_playbook.stages import short_runs
 
 _BATCH_SIZE = "Tuning Playbook; Smith 2018"
 MODES = ("power", "binsearch")
@@ -306,7 +306,7 @@ def find_batch_size(
     device = "GPU" if gpus else "CPU"
     limit = None if gpus else int(memory_limit or _default_memory_limit())
     start_memory = psutil.Process().memory_info().rss
-    model = trials.trial_copy(session)
+    model = short_runs.working_copy(session)
     results = {}
 
     def measure(size):

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 
 from keras_playbook import validation
 from keras_playbook.journal import Result
-from keras_playbook.stages import trials
+from keras_playbook.stages import short_runs
 
 _RANGE_TEST = "Smith 2017; Smith 2018"
 MODES = ("exponential", "linear")
@@ -440,9 +440,9 @@ def find_lr(
         validation_dataset = _batched(sample, validation_pipeline.global_batch_size)
     results = []
     for order in range(repeats):
-        model = trials.trial_copy(session, **{**(optimizer_changes or {}), "learning_rate": float(min_lr)})
+        model = short_runs.working_copy(session, **{**(optimizer_changes or {}), "learning_rate": float(min_lr)})
         test = _RangeTest(learning_rates, float(smoothing), float(stop_factor), validation_dataset)
-        trials.train_steps(model, trials.fixed_order(pipeline, seed + order), num_steps,
+        short_runs.train_steps(model, short_runs.fixed_order(pipeline, seed + order), num_steps,
                            callbacks=[test, *(callbacks or [])])
         del model
         results.append(_result(

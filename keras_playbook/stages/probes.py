@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from keras_playbook import validation
 from keras_playbook.journal import Result
-from keras_playbook.stages import trials
+from keras_playbook.stages import short_runs
 
 _PROBES = "Johnson, EECS 498 Lecture 11, step 3"
 _MOMENTUM = "Smith 2018"
@@ -165,10 +165,10 @@ def probe_lrs(
     initial_loss = None
     final_losses, step_losses = [], []
     for learning_rate in learning_rates:
-        model = trials.trial_copy(session, weights=start, **changes, learning_rate=learning_rate)
+        model = short_runs.working_copy(session, weights=start, **changes, learning_rate=learning_rate)
         if initial_loss is None:
             initial_loss = _evaluate(model, sample)
-        step_losses.append(trials.train_steps(model, trials.fixed_order(pipeline, seed), num_steps, callbacks or []))
+        step_losses.append(short_runs.train_steps(model, short_runs.fixed_order(pipeline, seed), num_steps, callbacks or []))
         final_losses.append(_evaluate(model, sample))
     diverged = [
         not (math.isfinite(final) and all(math.isfinite(loss) for loss in losses)) or final >= initial_loss
@@ -345,7 +345,7 @@ def sweep_momentum(
             "pass `validation_data` to the Playbook."
         )
     if learning_rate is None:
-        learning_rate = trials.current_learning_rate(session.model.optimizer)
+        learning_rate = short_runs.current_learning_rate(session.model.optimizer)
     validation.check_number(learning_rate, "learning_rate", stage)
     values = sorted((float(value) for value in values), reverse=True)
     start = session.model.get_weights()
@@ -353,10 +353,10 @@ def sweep_momentum(
     changes.pop(name, None)
     validation_losses, step_losses = [], []
     for value in values:
-        model = trials.trial_copy(
+        model = short_runs.working_copy(
             session, weights=start, **changes, learning_rate=float(learning_rate), **{name: value}
         )
-        step_losses.append(trials.train_steps(model, trials.fixed_order(pipeline, seed), num_steps, callbacks or []))
+        step_losses.append(short_runs.train_steps(model, short_runs.fixed_order(pipeline, seed), num_steps, callbacks or []))
         finite = all(math.isfinite(loss) for loss in step_losses[-1])
         validation_losses.append(_evaluate(model, validation_pipeline.dataset) if finite else math.nan)
     scored = [(loss, value) for loss, value in zip(validation_losses, values) if math.isfinite(loss)]

@@ -108,7 +108,7 @@ class OverfitResult(Result):
         losses: Training loss after each pass over the sample.
         accuracies: Training accuracy after each pass (empty without one).
         steps_per_pass: Steps in one pass over the sample.
-        regularization_disabled: What was turned off in the trial copy.
+        regularization_disabled: What was turned off in the working copy.
         regularization_left_on: What could not be turned off (losses a
             layer adds itself with `add_loss`).
         learning_rate_source: Where the rate came from: "given", "settled"
@@ -430,7 +430,7 @@ def _inference_call(layer):
 def disable_regularization(model):
     """Turns off dropout, noise, augmentation and weight/activity regularizers, in place.
 
-    Meant for a trial copy of a model (never the user's): sets dropout rates
+    Meant for a working copy of a model (never the user's): sets dropout rates
     and Gaussian noise to zero (including RNN cells' `dropout` and
     `recurrent_dropout`), runs random augmentation layers (`RandomFlip`,
     `RandomTranslation`, ..., `MixUp`) as at inference, and removes

@@ -113,7 +113,7 @@ def test_border_and_epoch_advice(digits):
 def test_tune_lr_wd_centres_on_find_lr_and_settles(digits, tmp_path):
     pb = _playbook(digits)
     found = pb.find_lr(num_steps=40)
-    result = pb.tune_lr_wd(coarse_epochs=1, fine_epochs=2, weight_decays=[0.0, 1e-4])
+    result = pb.tune_lr_wd(coarse_epochs=1, fine_epochs=2, weight_decays=[0.0, 1e-4], max_extensions=0)
     coarse = result.stage_trials("coarse")
     fine = result.stage_trials("fine")
     lrs = sorted({t["values"]["learning_rate"] for t in coarse})

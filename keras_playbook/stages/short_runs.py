@@ -1,11 +1,11 @@
-"""Short trial runs from a copy of the model: the measuring stages' common tool.
+"""Short runs from a copy of the model: the measuring stages' common tool.
 
 The learning-rate range test, the LR probes, the momentum sweep and the
 batch-size finder all train a separate copy of the model (the user's model is
 never touched) for a fixed number of steps and read the loss of each step.
 
 Keras's per-batch `logs["loss"]` is the running mean of the epoch so far, not
-the loss of the batch. Trial runs therefore use epochs of one step
+the loss of the batch. Short runs therefore use epochs of one step
 (`steps_per_epoch=1` on a repeated dataset; Keras keeps the iterator between
 epochs when `steps_per_epoch` is set), which resets the mean every step: the
 logged value is then the batch's own loss, measured directly, for about 1 ms
@@ -36,7 +36,7 @@ class StepLosses(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def trial_copy(session, *, weights=None, metrics=None, **optimizer_changes):
+def working_copy(session, *, weights=None, metrics=None, **optimizer_changes):
     """Returns a compiled copy of the session's model, in the strategy's scope.
 
     Args:
