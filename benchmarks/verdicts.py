@@ -214,6 +214,14 @@ def _best_accuracy(record):
     return max(record.history[name])
 
 
+def _seeded_playbook(build, data, loss, metrics, seed):
+    """A Playbook at batch 32 whose initial weights and data order come from `seed`."""
+    keras.utils.set_random_seed(seed)
+    train, validation = data()
+    return Playbook(build, train, validation_data=validation, loss=loss, metrics=metrics,
+                    batch_size=32, seed=seed, verbose=0)
+
+
 def run_batch(epochs, seeds):
     problems = {"digits": (lambda: mlp(), digits, LOGITS, ["accuracy"]),
                 "breast cancer": (lambda: mlp(30, 1), cancer, BINARY_LOGITS, [BINARY_ACCURACY])}
@@ -222,10 +230,7 @@ def run_batch(epochs, seeds):
         chosen = []
         for seed in range(seeds):
             for way in scores:
-                keras.utils.set_random_seed(seed)
-                train, validation = data()
-                pb = Playbook(build, train, validation_data=validation, loss=loss, metrics=metrics,
-                              batch_size=32, seed=seed, verbose=0)
+                pb = _seeded_playbook(build, data, loss, metrics, seed)
                 if way == "find_batch_size":
                     chosen.append(pb.find_batch_size().batch_size)
                 pb.find_lr()
@@ -245,10 +250,7 @@ def run_one_cycle(epochs, seeds):
         final = {"one_cycle": [], "constant": []}
         for seed in range(seeds):
             for way in final:
-                keras.utils.set_random_seed(seed)
-                train, validation = data()
-                pb = Playbook(build, train, validation_data=validation, loss=loss, metrics=metrics,
-                              batch_size=32, seed=seed, verbose=0)
+                pb = _seeded_playbook(build, data, loss, metrics, seed)
                 found = pb.find_lr()
                 if not found.ok:
                     final[way].append(float("nan"))
