@@ -105,9 +105,9 @@ class FitRecord(Result):
         else:
             settled = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
                                 for key, value in sorted(hyperparameters.items()))
-            verdict = "did not work" if severe else "trained"
+            verdict = "Training did not work:" if severe else "Trained"
             message = (
-                f"Training {verdict}: {epochs} epochs ({settled or 'model defaults'}"
+                f"{verdict} {epochs} epochs ({settled or 'model defaults'}"
                 f"{', schedule ' + schedule['name'] if schedule else ''}); final "
                 f"{monitor} {values[-1]:.4g}, best {values.min():.4g} at epoch "
                 f"{best_epoch}" + (", whose weights the model now holds." if restored_best else ".")

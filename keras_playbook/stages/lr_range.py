@@ -551,7 +551,7 @@ def _message(ok, fell, suggested, rule, bounds, one_cycle, curve, settings):
         )
     return (
         f"Suggested learning rate {suggested:.2g} ({rule} of the loss curve). The loss "
-        f"stops falling at {bounds[1]:.2g}, the maximum bound: use ({bounds[0]:.2g}, "
+        f"reaches its floor at {bounds[1]:.2g}, the maximum bound: use ({bounds[0]:.2g}, "
         f"{bounds[1]:.2g}) for cyclic schedules (max/4) and ({one_cycle[0]:.2g}, "
         f"{one_cycle[1]:.2g}) for one cycle (max/10) ({_RANGE_TEST})."
     )

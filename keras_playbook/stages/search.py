@@ -536,7 +536,7 @@ def _noise_sentence(best, adopted, ties, noise, what, chosen, count):
             "single runs is still an optimistic estimate: compare_seeds re-measures it over seeds (Tuning Playbook)."
         )
     tied = ", ".join(_format(record["score"]) for record in ties)
-    kept = "the best" if adopted is best else f"the simplest {what} {_format(chosen)}"
+    kept = f"the simplest {what} {_format(chosen)}" + (", also the best" if adopted is best else "")
     return (
         f"A tie: {len(ties)} values score within {band:.3g} of the best ({tied}; noise of one run {noise:.3g}, "
         f"from the curves' epoch-to-epoch spread), so none is meaningfully better; keeping {kept} "
