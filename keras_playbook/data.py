@@ -222,6 +222,12 @@ def make_pipeline(
         shuffle = False
         cardinality = int(examples.cardinality())
         num_examples = cardinality if cardinality >= 0 else None
+        if num_examples is None and isinstance(data, tf.data.Dataset) and int(data.cardinality()) >= 0:
+            # Unbatching loses the count. The source has a known, finite length (an in-memory
+            # dataset, as a rule: file readers report none), so counting it is one cheap pass; a
+            # known count lets Keras size its progress bar and stops its "ran out of data" warning.
+            num_examples = int(examples.reduce(np.int64(0), lambda count, _: count + 1))
+            examples = examples.apply(tf.data.experimental.assert_cardinality(num_examples))
     _check_not_empty(examples, name)
     per_replica = batch_size
     if per_replica is None:

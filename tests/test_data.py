@@ -196,3 +196,24 @@ def test_python_lists_and_a_list_of_labels_per_output_are_read_as_model_fit_read
     pb = Playbook(two, (x, [x[:, 0], x[:, 1]]), loss=["mse", "mse"], verbose=0)
     history = pb.fit(1, verbose=0)  # Two outputs, two label arrays: not one stacked (2, 200) array.
     assert {"a_loss", "b_loss"} <= set(history.history)
+
+
+def test_a_batched_in_memory_dataset_keeps_its_length(capsys):
+    import warnings
+
+    from keras_playbook import Playbook
+    from tests import helpers
+
+    data = helpers.digits_data()
+    train = tf.data.Dataset.from_tensor_slices((data["x_train"], data["y_train"])).batch(32)
+    validation = tf.data.Dataset.from_tensor_slices((data["x_val"], data["y_val"])).batch(32)
+    pb = Playbook(helpers.mlp(), train, validation_data=validation, loss=helpers.LOGITS_LOSS,
+                  optimizer=keras.optimizers.SGD(0.05, momentum=0.9), verbose=0)
+    assert pb.train_data.num_examples == 512 and pb.validation_data.num_examples == 128
+    assert int(pb.train_data.dataset.cardinality()) == 16
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pb.sweep_momentum(values=[0.9, 0.95], num_steps=5, learning_rate=0.05)
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+    pb.fit(1, verbose=1)
+    assert "Unknown" not in capsys.readouterr().out
