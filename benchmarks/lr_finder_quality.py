@@ -142,8 +142,9 @@ def run(problem, smoothing):
     print(f"\n== {problem['name']}: {len(x_train)} training examples, {problem['epochs']} epochs per run")
     print("   sweep:", "  ".join(f"{lr:.2g}:{value:.3f}" for lr, value in sweep.items()))
     print(f"   best of sweep: lr={best_lr:.2g}, score {sweep[best_lr]:.4f}  ({sweep_seconds:.0f} s)")
-    compute_ratio = result.steps_run / sweep_steps
-    print(f"   range test: {result.steps_run} steps vs sweep {sweep_steps} steps: "
+    steps = result.total_steps or result.steps_run  # All data orders the test ran over.
+    compute_ratio = steps / sweep_steps
+    print(f"   range test: {steps} steps vs sweep {sweep_steps} steps: "
           f"compute ratio {compute_ratio:.4f} ({finder_seconds:.1f} s vs {sweep_seconds:.0f} s)")
     ratios = {}
     for rule in SUGGESTION_RULES:

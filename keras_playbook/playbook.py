@@ -455,6 +455,7 @@ class Playbook:
         project_name=None,
         overwrite=False,
         callbacks=None,
+        confirm_seeds=3,
     ):
         """Grid search of the weight decay, everything else fixed (Smith 2018).
 
@@ -462,8 +463,11 @@ class Playbook:
         weights, at the settled learning rate, batch size and momentum,
         each scored at its best epoch. Results live in KerasTuner's project
         folder (`directory`, by default `<Playbook directory>/tuning`, else a
-        temporary folder): running it again resumes. In decoupled mode the
-        best value is settled for `fit`. See
+        temporary folder): running it again resumes. When the best single
+        run is not the smallest weight decay, both run again over
+        `confirm_seeds` seeds and the best is kept only if it wins by more
+        than seed-to-seed variation. In decoupled mode the adopted value is
+        settled for `fit`. See
         `keras_playbook.stages.grid_weight_decay` for the arguments.
 
         Returns:
@@ -484,7 +488,8 @@ class Playbook:
                 self.session, self.train_data, self.validation_data, values=values,
                 epochs=epochs, weight_decay_mode=weight_decay_mode, objective=objective,
                 defaults=self._search_settings("grid_weight_decay", searched=("weight_decay",)),
-                project_name=project_name, overwrite=overwrite, seed=self.seed, **options,
+                project_name=project_name, overwrite=overwrite, confirm_seeds=confirm_seeds,
+                seed=self.seed, **options,
             )
         )
 

@@ -193,6 +193,7 @@ class LRRangeResult(Result):
         optimizer: Class name of the optimizer.
         suggestions_by_order: The suggestion of each data order the test
             ran over (`repeats`; None where an order found none).
+        total_steps: Steps run over all data orders (its cost).
     """
 
     kind = "find_lr"
@@ -219,6 +220,7 @@ class LRRangeResult(Result):
     ok: bool
     message: str
     suggestions_by_order: list = dataclasses.field(default_factory=list)
+    total_steps: int | None = None
 
     def settles(self):
         return {"learning_rate": self.suggested_lr} if self.ok else {}
@@ -459,6 +461,8 @@ SPREAD_WARNING = 3.0  # Suggestions across data orders further apart than this f
 def _over_orders(results):
     """The run whose suggestion is the median over data orders, told the spread of the others."""
     found = [result for result in results if result.ok]
+    for result in results:
+        result.total_steps = sum(run.steps_run for run in results)
     if len(results) == 1:
         return results[0]
     if len(found) * 2 <= len(results):  # Most orders found nothing: say what the first said.

@@ -213,6 +213,8 @@ class SearchResult(Result):
         adopted: The values settled: the best when it is meaningfully
             better, else the simplest of those tied with it (the smallest
             weight decay, the rate closest to the one settled before).
+        confirmation: The seed comparison that decided `meaningful`
+            (`compare_seeds`'s result as a dict), or None.
     """
 
     kind = "search"
@@ -234,6 +236,7 @@ class SearchResult(Result):
     noise: float | None = dataclasses.field(default=None, kw_only=True)
     meaningful: bool | None = dataclasses.field(default=None, kw_only=True)
     adopted: dict = dataclasses.field(default_factory=dict, kw_only=True)
+    confirmation: dict | None = dataclasses.field(default=None, kw_only=True)
 
     def depends_on(self):
         return {"batch_size": self.fixed["batch_size"]} if "batch_size" in self.fixed else {}
@@ -417,6 +420,7 @@ def grid_weight_decay(
     directory=None,
     project_name=None,
     overwrite=False,
+    confirm_seeds=3,
     seed=0,
     callbacks=(),
     verbose=0,
@@ -425,7 +429,12 @@ def grid_weight_decay(
 
     Each value trains a copy of the model from the Playbook's initial weights
     for `epochs` epochs (one KerasTuner trial each, resumable); each is scored
-    at its best epoch.
+    at its best epoch. The best of single runs is an optimistic estimate:
+    when it is not the smallest weight decay tried, the two are run again
+    over `confirm_seeds` seeds (`compare_seeds`, its own project), and the
+    best is adopted only when it beats the smaller value by more than
+    seed-to-seed variation (Tuning Playbook); otherwise the smaller value is
+    kept.
 
     Args:
         session: The Playbook's `Session`.
@@ -445,6 +454,8 @@ def grid_weight_decay(
             another search never collides with it and the same search
             resumes.
         overwrite: Start the project again instead of resuming.
+        confirm_seeds: Seeds of the confirmation run (>= 2), or 0 to adopt
+            the best single run as it is.
         seed: Seed of the trials (data order, dropout).
         callbacks: Keras callbacks for every trial (deep-copied by KerasTuner;
             a `TensorBoard` callback gets one log folder per trial).
@@ -467,6 +478,8 @@ def grid_weight_decay(
     caller = "grid_weight_decay"
     check_search_inputs(caller, validation_pipeline, epochs, weight_decay_mode)
     values = check_weight_decays(values, caller)
+    if confirm_seeds != 0:
+        validation.check_int(confirm_seeds, "confirm_seeds", caller, minimum=2)
     objective = make_objective(objective, session, caller)
     fixed = {name: value for name, value in (defaults or {}).items() if name != "weight_decay"}
     oracle = GridOracle(
@@ -491,19 +504,48 @@ def grid_weight_decay(
     ties = analysis.ties_with_best(records, objective.direction, noise)
     adopted = min(ties, key=lambda record: record["values"]["weight_decay"]) if ties else None
     meaningful = None if best is None or noise is None else len(ties) == 1
+    confirmation = None
+    simplest = min(analysis.scored(records), key=lambda r: r["values"]["weight_decay"], default=None)
+    if confirm_seeds and best is not None and role == "single" and simplest is not best:
+        confirmation = _confirm_over_seeds(
+            session, train_pipeline, validation_pipeline, best, simplest, confirm_seeds, epochs,
+            weight_decay_mode, objective, fixed, directory, project_name, overwrite, callbacks, verbose,
+        )
+        meaningful = bool(confirmation["ok"])
+        adopted = best if meaningful else simplest
+        spent += confirmation["epochs_spent"]
     advice = []
     if best is not None and role != "worker":
         if meaningful is not False:  # Border advice on a tie would chase noise.
             advice = analysis.border_advice({"weight_decay": values}, best["values"])
         advice += analysis.epoch_advice(records)
-    message = head or _weight_decay_message(records, best, adopted, ties, noise, objective, weight_decay_mode, advice)
+    message = head or _weight_decay_message(records, best, adopted, ties, noise, objective, weight_decay_mode, advice,
+                                            confirmation)
     return WeightDecayResult(
         **_result_fields(records, best, spent, objective, weight_decay_mode, fixed, advice, tuner, role, message),
         noise=noise, meaningful=meaningful, adopted={} if adopted is None else dict(adopted["values"]),
+        confirmation=confirmation,
     )
 
 
-def _weight_decay_message(records, best, adopted, ties, noise, objective, mode, advice):
+def _confirm_over_seeds(session, train_pipeline, validation_pipeline, best, simplest, seeds, epochs, mode,
+                        objective, fixed, directory, project_name, overwrite, callbacks, verbose):
+    """The best and the simplest weight decay over seeds: `compare_seeds`'s result, as a dict."""
+    from keras_playbook.stages import experiments  # It builds on this module.
+
+    names = {"best": best["values"]["weight_decay"], "simplest": simplest["values"]["weight_decay"]}
+    configs = {f"weight_decay={value:g}": {"weight_decay": value} for value in names.values()}
+    compared = experiments.compare_seeds(
+        session, train_pipeline, validation_pipeline, configs, seeds=seeds, epochs=epochs,
+        weight_decay_mode=mode, objective=objective, defaults=fixed, directory=directory,
+        project_name=None if project_name is None else f"{project_name}_confirm", overwrite=overwrite,
+        callbacks=callbacks, verbose=verbose,
+    )
+    confirmed = compared.ok and compared.best_config == f"weight_decay={names['best']:g}"
+    return {**compared.to_dict(), "ok": bool(confirmed)}
+
+
+def _weight_decay_message(records, best, adopted, ties, noise, objective, mode, advice, confirmation=None):
     chosen = adopted["values"]["weight_decay"]
     without = [r for r in analysis.scored(records) if r["values"].get("weight_decay") == 0]
     comparison = ""
@@ -514,7 +556,17 @@ def _weight_decay_message(records, best, adopted, ties, noise, objective, mode, 
         f"{best['score']:.4g} at epoch {best['best_epoch']} of {best['epochs']}{comparison} "
         "(Smith 2018)."
     )
-    text += " " + _noise_sentence(best, adopted, ties, noise, "weight decay", chosen, len(analysis.scored(records)))
+    if confirmation is None:
+        text += " " + _noise_sentence(best, adopted, ties, noise, "weight decay", chosen,
+                                      len(analysis.scored(records)))
+    elif confirmation["ok"]:
+        text += (f" Confirmed over {len(confirmation['seeds'])} seeds against weight decay "
+                 f"{_format(min(r['values']['weight_decay'] for r in analysis.scored(records)))}: "
+                 f"{confirmation['message']}")
+    else:
+        text += (f" Over {len(confirmation['seeds'])} seeds it does not beat the smaller value by more than "
+                 f"seed-to-seed variation, so weight decay {_format(chosen)} is kept (the best of single runs "
+                 f"is an optimistic estimate; Tuning Playbook): {confirmation['message']}")
     if mode == "l2":
         text += (
             f" Not settled for fit: add kernel_regularizer=keras.regularizers.L2({chosen:.3g}) "
