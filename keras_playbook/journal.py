@@ -184,6 +184,21 @@ class Journal:
             hyperparameters.update(result.settles())
         return hyperparameters
 
+    def measured_at(self, setting):
+        """Settled values whose measurement holds for one value of `setting` -> that value.
+
+        E.g. `measured_at("batch_size")` is `{"learning_rate": 32}` after a
+        `find_lr` at batch size 32: what must be retuned if the batch size
+        changes.
+        """
+        measured = {}
+        for result in self._results:
+            if setting in result.depends_on():
+                for name in result.settles():
+                    measured[name] = result.depends_on()[setting]
+        measured.pop(setting, None)
+        return measured
+
     def stale(self, current=None):
         """Returns the settled values whose measurement no longer holds.
 

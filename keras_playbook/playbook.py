@@ -124,6 +124,7 @@ class Playbook:
         path = None if directory is None else os.path.join(os.fspath(directory), JOURNAL_FILENAME)
         self.journal = Journal(path)
         self.journal.append(self._setup_record())
+        self._untrained_losses = {}  # By batch size: see `_untrained_loss`.
 
     # Properties -------------------------------------------------------------
 
@@ -371,19 +372,9 @@ class Playbook:
                 initial_batch_size=initial_batch_size, max_batch_size=max_batch_size,
                 steps_per_size=steps_per_size, max_trials=max_trials,
                 memory_limit=memory_limit, min_gain=min_gain, min_steps_per_epoch=min_steps_per_epoch,
-                retune=self._tuned_at_another_batch_size(),
+                retune=self.journal.measured_at("batch_size"),
             )
         )
-
-    def _tuned_at_another_batch_size(self):
-        """Settled values measured at a batch size (a found rate, momentum, ...) -> that batch size."""
-        measured = {}
-        for result in self.journal:
-            if "batch_size" in result.depends_on():
-                for name in result.settles():
-                    measured[name] = result.depends_on()["batch_size"]
-        measured.pop("batch_size", None)
-        return measured
 
     def sweep_momentum(self, values=probes.DEFAULT_MOMENTUMS, num_steps=200, learning_rate=None):
         """Short runs at momentum 0.99, 0.97, 0.95, 0.9: the best by validation loss (Smith 2018).
@@ -714,9 +705,7 @@ class Playbook:
             source = validation_data if validation_data is not None else train_data
             sample = train_data.sample(4, seed=self.seed)
             initial_loss = _loss_on(self.model, sample, train_data.global_batch_size)
-            with self.session.preserved():  # The untrained model's loss: what "has learned" is measured from.
-                self.model.set_weights(self.session.initial_weights)
-                untrained = _loss_on(self.model, sample, train_data.global_batch_size)
+            untrained = self._untrained_loss(sample, train_data.global_batch_size)
             watching = training.watchers(
                 self.model, lambda: source.sample(2, seed=self.seed)[:2], scheduler, reference_loss=untrained,
             )
@@ -889,9 +878,20 @@ class Playbook:
                 layer_groups, multipliers, head_rate, rate, head_epochs, epochs, gradual,
                 head_record.history, self.journal.latest("fit").history,
             )
-            if not result.improved:
+            if not result.ok:  # Phase 2 did not improve on phase 1.
                 self.model.set_weights(head_weights)
         return self._record(result)
+
+    def _untrained_loss(self, sample, batch_size):
+        """The loss of the model at its initial weights on `sample`: what "has learned" is measured from.
+
+        Measured once per batch size (the sample is drawn with the Playbook's seed) and kept.
+        """
+        if batch_size not in self._untrained_losses:
+            with self.session.preserved():
+                self.model.set_weights(self.session.initial_weights)
+                self._untrained_losses[batch_size] = _loss_on(self.model, sample, batch_size)
+        return self._untrained_losses[batch_size]
 
     @contextlib.contextmanager
     def _all_or_nothing(self):

@@ -38,6 +38,9 @@ class FineTuneResult(Result):
         head_history, history: Per-epoch curves of each phase.
         monitor: The curve the phases are compared on.
         head_best, best: Best `monitor` value of each phase.
+
+    `ok` says whether phase 2's best beat phase 1's (else the model keeps
+    phase 1's best weights).
     """
 
     kind = "fine_tune"
@@ -55,11 +58,6 @@ class FineTuneResult(Result):
     best: float
     ok: bool
     message: str
-
-    @property
-    def improved(self):
-        """Whether phase 2's best `monitor` beat phase 1's."""
-        return self.ok
 
     def plot(self):
         """Both phases on one time line: training and validation curves, the phase boundary marked."""
@@ -179,7 +177,7 @@ def check_multipliers(multipliers, num_groups, factor):
 
 
 def summarize(groups, multipliers, head_rate, rate, head_epochs, epochs, gradual, head_history, history):
-    """The `FineTuneResult` of two finished phases; `improved` says whether phase 2 beat phase 1."""
+    """The `FineTuneResult` of two finished phases; it is OK when phase 2 beat phase 1."""
     monitor = "val_loss" if "val_loss" in history else "loss"
     head_best = min(head_history.get(monitor, [float("nan")]))
     best = min(history.get(monitor, [float("nan")]))
