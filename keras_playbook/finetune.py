@@ -562,6 +562,7 @@ class GradualUnfreezing(ConfigurableCallback):
         self.patience = patience
         self.min_delta = float(min_delta)
         self.thawed = []
+        self._before = None  # Each layer's trainability before training, while `fit` runs.
         self._trainable_from = len(self.groups) - 1
         self._best = None
         self._wait = 0
@@ -570,6 +571,7 @@ class GradualUnfreezing(ConfigurableCallback):
     def on_train_begin(self, logs=None):
         if any(isinstance(layer, str) for group in self.groups for layer in group):
             self.groups = layer_groups(self.model, groups=self.groups, head=self.groups[-1])
+        self._before = trainable_state(self.model)
         self.thawed, self._best, self._wait, self._since = [], None, 0, 0
         self._trainable_from = len(self.groups) - 1
         freeze_to(self.model, self.groups, self._trainable_from)
@@ -596,6 +598,21 @@ class GradualUnfreezing(ConfigurableCallback):
             self.thawed.append({"epoch": epoch + 1, "group": self._trainable_from})
             self._since, self._wait, self._best = 0, 0, None
         logs["trainable_groups"] = len(self.groups) - self._trainable_from
+
+    def restore(self):
+        """Gives every layer back the trainability it had when training started.
+
+        At the end of a finished `fit` the groups thawed so far stay thawed
+        (what the schedule reached). Keras does not call `on_train_end` when
+        `fit` raises; after an interrupted `fit` call this to undo the
+        freezing (the Playbook does). Safe to call more than once.
+        """
+        if self._before is not None:
+            restore_trainable(self.model, self._before)
+            self._before = None
+
+    def on_train_end(self, logs=None):
+        self._before = None
 
     def get_config(self):
         return {

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from keras_playbook import data as data_module
 from keras_playbook import finetune, losses, validation
-from keras_playbook.callbacks import StepProgress
+from keras_playbook.callbacks import StepProgress, restore_momentum
 from keras_playbook.journal import JOURNAL_FILENAME, Journal
 from keras_playbook.records import FitRecord, SetupRecord
 from keras_playbook.session import Session, innermost_optimizer, resolve_strategy
@@ -185,6 +185,16 @@ class Playbook:
     def _record(self, result):
         return self.journal.append(result)
 
+    def _session(self):
+        """The session a stage runs on, healed of what an interrupted bare `OneCycle` left behind.
+
+        Keras calls no `on_train_end` when `fit` raises, so a `OneCycle` the
+        user passed to their own `fit` can leave a cycling momentum on the
+        optimizer (`restore_momentum`); every stage starts from the user's.
+        """
+        restore_momentum(self.model)
+        return self.session
+
     def _stage_pipelines(self):
         """Training and validation pipelines at the settled batch size."""
         batch_size = self.journal.settled().get("batch_size", self.train_data.per_replica_batch_size)
@@ -236,7 +246,7 @@ class Playbook:
         """
         return self._record(
             sanity.check_initial_loss(
-                self.session, self.train_data, num_batches=num_batches,
+                self._session(), self.train_data, num_batches=num_batches,
                 tolerance=tolerance, seed=self.seed,
             )
         )
@@ -258,7 +268,7 @@ class Playbook:
             learning_rate, source = self.journal.settled()["learning_rate"], "settled"
         return self._record(
             sanity.overfit_small_sample(
-                self.session, self.train_data, num_batches=num_batches,
+                self._session(), self.train_data, num_batches=num_batches,
                 max_steps=max_steps, learning_rate=learning_rate, learning_rate_source=source,
                 target_loss=target_loss, seed=self.seed, callbacks=callbacks,
             )
@@ -302,7 +312,7 @@ class Playbook:
         train, validation_data = self._stage_pipelines()
         return self._record(
             lr_range.find_lr(
-                self.session, train, validation_pipeline=validation_data,
+                self._session(), train, validation_pipeline=validation_data,
                 min_lr=min_lr, max_lr=max_lr, num_steps=num_steps, mode=mode, on=on,
                 stop_factor=stop_factor, smoothing=smoothing, rule=rule,
                 num_validation_batches=num_validation_batches,
@@ -329,7 +339,7 @@ class Playbook:
         compare_with = found.suggested_lr if found is not None else None
         return self._record(
             probes.probe_lrs(
-                self.session, train, learning_rates=learning_rates, num_steps=num_steps,
+                self._session(), train, learning_rates=learning_rates, num_steps=num_steps,
                 min_drop=min_drop, compare_with=compare_with,
                 optimizer_changes=self._optimizer_changes(), seed=self.seed,
                 callbacks=self._progress(num_steps, "Probing a learning rate"),
@@ -368,7 +378,7 @@ class Playbook:
         """
         return self._record(
             batch_size_stage.find_batch_size(
-                self.session, self.train_data, mode=mode, criterion=criterion,
+                self._session(), self.train_data, mode=mode, criterion=criterion,
                 initial_batch_size=initial_batch_size, max_batch_size=max_batch_size,
                 steps_per_size=steps_per_size, max_trials=max_trials,
                 memory_limit=memory_limit, min_gain=min_gain, min_steps_per_epoch=min_steps_per_epoch,
@@ -392,7 +402,7 @@ class Playbook:
             learning_rate = self.journal.settled().get("learning_rate")
         return self._record(
             probes.sweep_momentum(
-                self.session, train, validation_data, values=values,
+                self._session(), train, validation_data, values=values,
                 learning_rate=learning_rate, num_steps=num_steps,
                 optimizer_changes=self._optimizer_changes(), seed=self.seed,
                 callbacks=self._progress(num_steps, "Sweeping momentum: one run"),
@@ -476,7 +486,7 @@ class Playbook:
         options = self._search_options(directory, callbacks, "grid_weight_decay")
         return self._record(
             search.grid_weight_decay(
-                self.session, self.train_data, self.validation_data, values=values,
+                self._session(), self.train_data, self.validation_data, values=values,
                 epochs=epochs, weight_decay_mode=weight_decay_mode, objective=objective,
                 defaults=self._search_settings("grid_weight_decay", searched=("weight_decay",)),
                 project_name=project_name, overwrite=overwrite, confirm_seeds=confirm_seeds,
@@ -497,13 +507,18 @@ class Playbook:
         directory=None,
         project_name=None,
         overwrite=False,
+        confirm_seeds=3,
         callbacks=None,
     ):
         """Coarse LR x weight-decay grid, then a refined one trained longer (Johnson, EECS 498 Lecture 11, steps 4-5).
 
         The coarse learning rates surround `learning_rate`, by default the one
-        `find_lr` settled (else the optimizer's). The best refined cell's
-        learning rate and (decoupled) weight decay are settled for `fit`. See
+        `find_lr` settled (else the optimizer's). The best refined cell is
+        re-measured over `confirm_seeds` seeds against the cell closest to
+        that rate with the least weight decay, and kept only if it wins by
+        more than seed-to-seed variation (the best of many single runs is an
+        optimistic estimate; Tuning Playbook). The kept cell's learning rate
+        and (decoupled) weight decay are settled for `fit`. See
         `keras_playbook.stages.tune_lr_wd` for the arguments.
 
         Returns:
@@ -526,13 +541,13 @@ class Playbook:
         defaults.pop("learning_rate", None)
         return self._record(
             search.tune_lr_wd(
-                self.session, self.train_data, self.validation_data,
+                self._session(), self.train_data, self.validation_data,
                 learning_rate=learning_rate, learning_rates=learning_rates,
                 weight_decays=weight_decays, coarse_epochs=coarse_epochs,
                 fine_epochs=fine_epochs, max_extensions=max_extensions,
                 weight_decay_mode=weight_decay_mode,
                 objective=objective, defaults=defaults, project_name=project_name,
-                overwrite=overwrite, seed=self.seed, **options,
+                overwrite=overwrite, confirm_seeds=confirm_seeds, seed=self.seed, **options,
             )
         )
 
@@ -570,7 +585,7 @@ class Playbook:
         searched = _names_in(configs.values() if isinstance(configs, dict) else [])
         return self._record(
             experiments.compare_seeds(
-                self.session, self.train_data, self.validation_data, configs, seeds=seeds,
+                self._session(), self.train_data, self.validation_data, configs, seeds=seeds,
                 epochs=epochs, alpha=alpha, weight_decay_mode=weight_decay_mode,
                 objective=objective, defaults=self._search_settings("compare_seeds", searched=searched),
                 project_name=project_name, overwrite=overwrite, **options,
@@ -621,7 +636,7 @@ class Playbook:
         fixed_values = fixed if isinstance(fixed, dict) else None
         return self._record(
             experiments.run_round(
-                self.session, self.train_data, self.validation_data, goal=goal,
+                self._session(), self.train_data, self.validation_data, goal=goal,
                 scientific=scientific, nuisance=nuisance, fixed=fixed, max_trials=max_trials,
                 epochs=epochs, seeds=seeds, alpha=alpha, oracle=oracle,
                 weight_decay_mode=weight_decay_mode, objective=objective,
@@ -694,6 +709,7 @@ class Playbook:
         hyperparameters = {**self.journal.settled(), **overrides}
         _validate_hyperparameters(hyperparameters)
         self._check_not_stale("fit", hyperparameters, overrides)
+        self._session()  # Heals a momentum left cycling by an interrupted OneCycle.
         scheduler = training.schedule_callback(
             schedule, self.model, self.journal.latest("find_lr"), self.validation_data is not None
         )
@@ -715,14 +731,16 @@ class Playbook:
                 monitor="val_loss" if validation_data is not None else "loss", mode="min",
                 patience=int(epochs) + 1, restore_best_weights=True,
             )]
-        history = self.model.fit(
-            train_data.dataset,
-            validation_data=None if validation_data is None else validation_data.dataset,
-            epochs=int(epochs),
-            callbacks=([scheduler] if scheduler is not None else []) + list(callbacks or []) + watching + keep_best,
-            shuffle=False,  # The pipeline reshuffles arrays itself.
-            verbose=verbose,
-        )
+        every = ([scheduler] if scheduler is not None else []) + list(callbacks or []) + watching + keep_best
+        with training.restored_on_interruption(every):
+            history = self.model.fit(
+                train_data.dataset,
+                validation_data=None if validation_data is None else validation_data.dataset,
+                epochs=int(epochs),
+                callbacks=every,
+                shuffle=False,  # The pipeline reshuffles arrays itself.
+                verbose=verbose,
+            )
         self._record(FitRecord.from_history(
             history, hyperparameters, schedule=training.describe(scheduler),
             findings=training.findings_of(

@@ -271,3 +271,32 @@ def test_freeze_to_after_freezing_everything_does_not_warn(recwarn):
     finetune.freeze_to(model, groups, 1)  # One change: the head thaws as the rest stays frozen.
     assert not [w for w in recwarn if "is frozen" in str(w.message)]
     assert [layer.trainable for layer in finetune.weighted_layers(model)] == [False, True]
+
+
+def test_an_interrupted_gradual_unfreezing_gives_the_trainability_back(strategy, digits):
+    from keras_playbook import Playbook
+
+    class _CtrlC(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 1:
+                raise KeyboardInterrupt
+
+    with strategy.scope():
+        model = _backbone_model()
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=LOSS)
+    groups = finetune.layer_groups(model, n=3)
+    groups[0][0].trainable = False  # Frozen by the user on purpose: stays so.
+    before = [layer.trainable for layer in finetune.leaf_layers(model)]
+    x, y = _images(digits)
+    callback = finetune.GradualUnfreezing(groups, every_epochs=1)
+    with pytest.raises(KeyboardInterrupt):  # A bare callback: Keras calls no on_train_end.
+        model.fit(x, y, batch_size=64, epochs=2, callbacks=[callback, _CtrlC()], verbose=0)
+    assert [layer.trainable for layer in finetune.leaf_layers(model)] != before
+    callback.restore()
+    assert [layer.trainable for layer in finetune.leaf_layers(model)] == before
+
+    pb = Playbook(model, (x, y), batch_size=64, strategy=strategy, verbose=0)
+    with pytest.raises(KeyboardInterrupt):  # Inside the Playbook: given back on the way out of fit.
+        pb.fit(2, callbacks=[finetune.GradualUnfreezing(groups, every_epochs=1), _CtrlC()], watch=False,
+               learning_rate=1e-3, verbose=0)
+    assert [layer.trainable for layer in finetune.leaf_layers(pb.model)] == before

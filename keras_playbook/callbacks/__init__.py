@@ -11,6 +11,7 @@ from keras_playbook.callbacks.schedules import ScheduledLR as ScheduledLR
 from keras_playbook.callbacks.schedules import StepDownLR as StepDownLR
 from keras_playbook.callbacks.schedules import TwoStage as TwoStage
 from keras_playbook.callbacks.schedules import WarmUp as WarmUp
+from keras_playbook.callbacks.schedules import restore_momentum as restore_momentum
 
 __all__ = [
     "CosineRestarts",
@@ -24,4 +25,5 @@ __all__ = [
     "UpdateRatioMonitor",
     "WarmUp",
     "WeightDecayMonitor",
+    "restore_momentum",
 ]

@@ -355,6 +355,43 @@ class _CyclingValue(keras.Variable):
     __hash__ = keras.Variable.__hash__
 
 
+def restore_momentum(model):
+    """Puts back the momentum (or `beta_1`) a `OneCycle` left cycling on a model's optimizer.
+
+    `OneCycle` gives the optimizer a variable in place of its float momentum
+    for the length of `fit` and restores it in `on_train_end`, which Keras
+    does not call when `fit` raises. A model left so trains at the last
+    cycled value, its optimizer's `get_config()` is not JSON and a saved
+    copy does not load. This heals it (the Playbook calls it before every
+    stage; the next `OneCycle` heals it too).
+
+    Args:
+        model: A compiled Keras model.
+
+    Returns:
+        True if a cycling value was replaced by the user's.
+
+    Example:
+
+    ```python
+    try:
+        model.fit(x, y, epochs=5, callbacks=[OneCycle((1e-3, 1e-2))])
+    except KeyboardInterrupt:
+        restore_momentum(model)
+    ```
+    """
+    optimizer = innermost_optimizer(getattr(model, "optimizer", None))
+    restored = False
+    for name in ("momentum", "beta_1"):
+        current = getattr(optimizer, name, None)
+        if isinstance(current, _CyclingValue):
+            object.__setattr__(optimizer, name, current.original)
+            restored = True
+    if restored:
+        model.make_train_function(force=True)  # Trace the update again, reading the user's float.
+    return restored
+
+
 def momentum_attribute(optimizer):
     """The optimizer (inside a loss-scale wrapper) and the name of its momentum."""
     inner = innermost_optimizer(optimizer)
@@ -540,11 +577,22 @@ class OneCycle(_PerStepSchedule):
             logs[self._momentum[1]] = self._last_momentum
 
     def on_train_end(self, logs=None):
-        if self._momentum is not None:
-            optimizer, name, _, original = self._momentum
-            object.__setattr__(optimizer, name, original)
-            self._momentum = None
-            self.model.make_train_function(force=True)  # Back to the user's momentum.
+        self.restore()
+
+    def restore(self):
+        """Puts the user's momentum (or `beta_1`) back on the optimizer.
+
+        Called at the end of training; Keras does not call `on_train_end`
+        when `fit` raises (Ctrl-C, an error in another callback), so after an
+        interrupted `fit` call this yourself (the Playbook does), or
+        `restore_momentum(model)` when the callback is gone. Safe to call
+        more than once.
+
+        Returns:
+            True if a cycling value was replaced.
+        """
+        self._momentum = None
+        return restore_momentum(self.model) if self.model is not None else False
 
     def get_config(self):
         return {

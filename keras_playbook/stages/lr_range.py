@@ -6,10 +6,11 @@ the rate becomes too large and the loss turns up. The rate at that turn is
 the largest usable one. The lower bound of a cyclic schedule is that maximum
 divided by 3-4, or by 10-20 when only one cycle is used (Smith 2018).
 
-The suggestion rules share one signature, `rule(learning_rates, smoothed)
--> learning_rate`, over the finite part of the smoothed curve, and are
-swappable through `find_lr(rule=...)`; every rule's answer is kept on the
-result.
+The suggestion rules share one signature, `rule(learning_rates, smoothed,
+losses=None, smoothing=0.9) -> learning_rate`, over the finite part of the
+curve (`smoothed` the causal average the test stops on, `losses` each step's
+own loss), and are swappable through `find_lr(rule=...)`; every rule's answer
+is kept on the result.
 
 References:
     Smith, "Cyclical Learning Rates for Training Neural Networks", 2017.
@@ -107,10 +108,46 @@ def upper_bound_index(losses, smoothing):
     return int(np.argmax(curve[: lowest + 1] <= curve[lowest] + FLOOR_SHARE * fall))
 
 
+def stopped_falling(losses, smoothing):
+    """Whether a range test's loss stopped falling before the end of the range, without a stop.
+
+    The test stops once the causal average passes `stop_factor` x its
+    minimum, and that average lags. A loss that has not set it off may
+    still have stopped falling, in two ways:
+    - it turned up: the median of the last 3 steps lies more than a quarter
+      of the whole fall (start - minimum of the zero-phase curve,
+      `zero_phase`) above the minimum: the cliff has begun;
+    - it flattened: a model that learns the task within the test reaches a
+      floor and holds it, noisily, while the rate keeps rising. The median
+      of the last `FLOOR_SPAN` of the steps lies less than `FLOOR_SHARE` of
+      the fall below the median of the steps just before, or by less than
+      the noise allows (three standard errors of the difference of two
+      medians, the noise read off the first differences, which a trend does
+      not inflate).
+    Otherwise the loss was still falling at the top of the range.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    curve = zero_phase(losses, smoothing)
+    fall = curve[0] - curve.min()
+    tail = max(3, int(round(FLOOR_SPAN * len(losses))))
+    if fall <= 0 or len(losses) < 3 * tail:
+        return False
+    if np.median(losses[-3:]) > curve.min() + 0.25 * fall:
+        return True
+    steps = np.diff(losses[-2 * tail:])
+    noise = 1.4826 * np.median(np.abs(steps - np.median(steps))) / math.sqrt(2)  # One step's, robustly.
+    standard_error = math.sqrt(2) * 1.2533 * noise / math.sqrt(tail)  # Of a difference of two medians.
+    drop = np.median(losses[-2 * tail: -tail]) - np.median(losses[-tail:])
+    return bool(drop <= max(FLOOR_SHARE * fall, 3.0 * standard_error))
+
+
+FLOOR_SPAN = 0.1  # The share of a range test's last steps over which a flat loss counts as a floor.
+
+
 # Suggestion rules: (learning_rates, smoothed) -> learning rate --------------
 
 
-def steepest(learning_rates, smoothed):
+def steepest(learning_rates, smoothed, losses=None, smoothing=0.9):
     """Where the smoothed loss falls fastest per log-LR, before its minimum.
 
     The slope at each point is taken over a centred window of 5% of the
@@ -130,7 +167,7 @@ def steepest(learning_rates, smoothed):
     return float(learning_rates[int(centres[np.argmin(slopes)])])
 
 
-def valley(learning_rates, smoothed):
+def valley(learning_rates, smoothed, losses=None, smoothing=0.9):
     """Halfway down the longest descending stretch of the curve (fastai's "valley").
 
     The stretch ends at the point with the longest decreasing subsequence
@@ -148,15 +185,30 @@ def valley(learning_rates, smoothed):
     return float(learning_rates[start + int(third) + int(third / 2)])
 
 
-def minimum_over_ten(learning_rates, smoothed):
+def minimum_over_ten(learning_rates, smoothed, losses=None, smoothing=0.9):
     """A tenth of the learning rate at the smoothed loss's minimum."""
     return float(learning_rates[int(np.argmin(smoothed))]) / 10.0
+
+
+def floor_over_ten(learning_rates, smoothed, losses=None, smoothing=0.9):
+    """A tenth of the learning rate where the loss reaches its floor: the one-cycle lower bound.
+
+    The floor is found on the finished curve (`upper_bound_index`: each
+    step's own loss under a centred running median), not on the causal
+    average, whose minimum lags the raw loss by about 1 / (1 - smoothing)
+    steps and so sits where the loss already rises. The rate to train at
+    is a tenth of the largest usable one, as Smith 2018 puts the lower bound
+    of one cycle; the suggestion and `one_cycle_lr_bounds` agree.
+    """
+    curve = smoothed if losses is None else losses
+    return float(learning_rates[upper_bound_index(curve, smoothing)]) / 10.0
 
 
 SUGGESTION_RULES = {
     "steepest": steepest,
     "valley": valley,
     "minimum/10": minimum_over_ten,
+    "floor/10": floor_over_ten,
 }
 DEFAULT_RULE = "minimum/10"
 
@@ -498,12 +550,17 @@ def _result(test, learning_rates, *, rule, pipeline, optimizer, **settings):
     rates, curve = np.asarray(learning_rates[:finite]), smoothed[:finite]
     suggestions, bounds, one_cycle, ok = {}, None, None, False
     if finite >= 3:
-        suggestions = {name: function(rates, curve) for name, function in SUGGESTION_RULES.items()}
+        suggestions = {name: function(rates, curve, losses[:finite], settings["smoothing"])
+                       for name, function in SUGGESTION_RULES.items()}
         lowest = int(np.argmin(curve))
         maximum = float(rates[upper_bound_index(losses[:finite], settings["smoothing"])])
         bounds, one_cycle = [maximum / 4.0, maximum], [maximum / 10.0, maximum]
         fell = curve[lowest] < 0.95 * curve[0]
-        still_falling = test.stop_reason is None and lowest >= len(curve) - max(2, len(curve) // 20)
+        still_falling = (
+            test.stop_reason is None
+            and lowest >= len(curve) - max(2, len(curve) // 20)
+            and not stopped_falling(losses[:finite], settings["smoothing"])
+        )
         ok = bool(fell and not still_falling)
         message = _message(ok, fell, suggestions[rule], rule, bounds, one_cycle, curve, settings)
     else:

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from keras_playbook import validation
 from keras_playbook.journal import Result, to_builtin
 from keras_playbook.tuning import analysis
-from keras_playbook.tuning.hypermodel import WEIGHT_DECAY_MODES, PlaybookHyperModel, PlaybookTuner
+from keras_playbook.tuning.hypermodel import EPOCHS, WEIGHT_DECAY_MODES, PlaybookHyperModel, PlaybookTuner
 from keras_playbook.tuning.oracles import STAGE, CoarseToFineOracle, GridOracle
 
 DEFAULT_WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3)
@@ -528,21 +528,30 @@ def grid_weight_decay(
     )
 
 
-def _confirm_over_seeds(session, train_pipeline, validation_pipeline, best, simplest, seeds, epochs, mode,
+def _confirm_over_seeds(session, train_pipeline, validation_pipeline, best, reference, seeds, epochs, mode,
                         objective, fixed, directory, project_name, overwrite, callbacks, verbose):
-    """The best and the simplest weight decay over seeds: `compare_seeds`'s result, as a dict."""
+    """The best single run's values against a reference's, over seeds: `compare_seeds`'s result, as a dict.
+
+    Its `ok` is True only when the best wins by more than seed-to-seed
+    variation (Tuning Playbook: is the improvement better than chance?).
+    """
     from keras_playbook.stages import experiments  # It builds on this module.
 
-    names = {"best": best["values"]["weight_decay"], "simplest": simplest["values"]["weight_decay"]}
-    configs = {f"weight_decay={value:g}": {"weight_decay": value} for value in names.values()}
+    def searched(values):
+        return {key: value for key, value in sorted(values.items()) if key not in fixed and key not in (STAGE, EPOCHS)}
+
+    def name(values):
+        return ", ".join(f"{key.replace('_', ' ')} {value:g}" for key, value in searched(values).items())
+
+    configs = {name(record["values"]): searched(record["values"]) for record in (best, reference)}
     compared = experiments.compare_seeds(
         session, train_pipeline, validation_pipeline, configs, seeds=seeds, epochs=epochs,
         weight_decay_mode=mode, objective=objective, defaults=fixed, directory=directory,
         project_name=None if project_name is None else f"{project_name}_confirm", overwrite=overwrite,
         callbacks=callbacks, verbose=verbose,
     )
-    confirmed = compared.ok and compared.best_config == f"weight_decay={names['best']:g}"
-    return {**compared.to_dict(), "ok": bool(confirmed)}
+    confirmed = compared.ok and compared.best_config == name(best["values"])
+    return {**compared.to_dict(), "ok": bool(confirmed), "reference": name(reference["values"])}
 
 
 def _weight_decay_message(records, best, adopted, ties, noise, objective, mode, advice, confirmation=None):
@@ -560,19 +569,23 @@ def _weight_decay_message(records, best, adopted, ties, noise, objective, mode, 
         text += " " + _noise_sentence(best, adopted, ties, noise, "weight decay", chosen,
                                       len(analysis.scored(records)))
     elif confirmation["ok"]:
-        text += (f" Confirmed over {len(confirmation['seeds'])} seeds against weight decay "
-                 f"{_format(min(r['values']['weight_decay'] for r in analysis.scored(records)))}: "
-                 f"{confirmation['message']}")
-    else:
-        text += (f" Over {len(confirmation['seeds'])} seeds it does not beat the smaller value by more than "
-                 f"seed-to-seed variation, so weight decay {_format(chosen)} is kept (the best of single runs "
-                 f"is an optimistic estimate; Tuning Playbook): {confirmation['message']}")
+        text += " " + _confirmation_sentence(confirmation, f"weight decay {_format(chosen)}")
     if mode == "l2":
         text += (
             f" Not settled for fit: add kernel_regularizer=keras.regularizers.L2({chosen:.3g}) "
             "to your layers, or search with weight_decay_mode='decoupled'."
         )
     return " ".join([text, *advice])
+
+
+def _confirmation_sentence(confirmation, kept):
+    """What re-measuring the best single run over seeds showed, and what is kept."""
+    seeds = len(confirmation["seeds"])
+    if confirmation["ok"]:
+        return f"Confirmed over {seeds} seeds against {confirmation['reference']}: {confirmation['message']}"
+    return (f"Over {seeds} seeds it does not beat {confirmation['reference']} by more than seed-to-seed "
+            f"variation, so {kept} is kept (the best of single runs is an optimistic estimate; Tuning "
+            f"Playbook): {confirmation['message']}")
 
 
 def _noise_sentence(best, adopted, ties, noise, what, chosen, count):
@@ -614,6 +627,7 @@ def tune_lr_wd(
     directory=None,
     project_name=None,
     overwrite=False,
+    confirm_seeds=3,
     seed=0,
     callbacks=(),
     verbose=0,
@@ -641,7 +655,10 @@ def tune_lr_wd(
         max_extensions: Times the coarse grid may grow past a border its
             best cell sits on (0: never).
         weight_decay_mode, objective, defaults, directory, project_name,
-        overwrite, seed, callbacks, verbose: As for `grid_weight_decay`.
+        overwrite, confirm_seeds, seed, callbacks, verbose: As for
+            `grid_weight_decay`; the confirmation re-measures the best cell
+            against the cell with the rate closest to `learning_rate` and the
+            least weight decay.
 
     Returns:
         An `LRWeightDecayResult`; `plot()` draws the two heat maps.
@@ -660,6 +677,8 @@ def tune_lr_wd(
     check_search_inputs(caller, validation_pipeline, coarse_epochs, weight_decay_mode)
     validation.check_int(fine_epochs, "fine_epochs", caller)
     validation.check_int(max_extensions, "max_extensions", caller, minimum=0)
+    if confirm_seeds != 0:
+        validation.check_int(confirm_seeds, "confirm_seeds", caller, minimum=2)
     if learning_rates is None:
         validation.check_number(learning_rate, "learning_rate", caller)
         learning_rates = [float(f"{learning_rate * factor:.4g}") for factor in DEFAULT_LR_FACTORS]
@@ -700,10 +719,25 @@ def tune_lr_wd(
     noise = analysis.search_noise(fine or coarse, objective.name)
     ties = analysis.ties_with_best(fine or coarse, objective.direction, noise)
     current = learning_rate if learning_rate is not None else (best["values"]["learning_rate"] if best else None)
-    adopted = min(ties, key=lambda record: (
-        abs(math.log(record["values"]["learning_rate"] / current)), record["values"]["weight_decay"],
-    )) if ties else None
+
+    def closest(candidates):  # The rate closest to the one found, then the least weight decay.
+        return min(candidates, key=lambda record: (
+            abs(math.log(record["values"]["learning_rate"] / current)), record["values"]["weight_decay"],
+        ), default=None)
+
+    adopted = closest(ties)
     meaningful = None if best is None or noise is None else len(ties) == 1
+    confirmation = None
+    reference = closest(analysis.scored(fine or coarse))
+    if confirm_seeds and best is not None and role == "single" and reference is not best:
+        confirmation = _confirm_over_seeds(
+            session, train_pipeline, validation_pipeline, best, reference, confirm_seeds,
+            fine_epochs if fine else coarse_epochs, weight_decay_mode, objective, fixed, directory, project_name,
+            overwrite, callbacks, verbose,
+        )
+        meaningful = bool(confirmation["ok"])
+        adopted = best if meaningful else reference
+        spent += confirmation["epochs_spent"]
     advice, grown = [], []
     if best is not None and role != "worker":
         searched_lrs, searched_wds, grown = oracle.coarse_axes()
@@ -726,8 +760,12 @@ def tune_lr_wd(
             f"{len(fine)} refined x {fine_epochs} (Johnson, EECS 498 Lecture 11, steps 4-5)."
         )
         cell = f"learning rate {adopted['values']['learning_rate']:.3g} with weight decay {adopted['values']['weight_decay']:.3g}"
-        message += " " + _noise_sentence(best, adopted, ties, noise, "cell (the rate closest to the one found, the "
-                                         "least weight decay):", cell, len(fine or coarse))
+        if confirmation is None:
+            message += " " + _noise_sentence(best, adopted, ties, noise, "cell (the rate closest to the one found, "
+                                             "the least weight decay):", cell, len(fine or coarse))
+        else:
+            message += " " + _confirmation_sentence(confirmation, cell + " (the rate closest to the one found, the "
+                                                    "least weight decay)")
         if weight_decay_mode == "l2":
             message += " The learning rate is settled; the L2 weight decay is not (see grid_weight_decay)."
         message = " ".join([message, *grown, *advice])
@@ -736,4 +774,5 @@ def tune_lr_wd(
         coarse_epochs=coarse_epochs,
         fine_epochs=fine_epochs,
         noise=noise, meaningful=meaningful, adopted={} if adopted is None else dict(adopted["values"]),
+        confirmation=confirmation,
     )

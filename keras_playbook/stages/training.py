@@ -12,6 +12,7 @@ References:
     Loshchilov & Hutter 2019, arXiv:1711.05101 (weight decay).
 """
 
+import contextlib
 import json
 
 import keras
@@ -25,11 +26,30 @@ from keras_playbook.callbacks import (
     UpdateRatioMonitor,
     WeightDecayMonitor,
 )
+from keras_playbook.callbacks._config import ConfigurableCallback
 from keras_playbook.callbacks.monitors import decayed_variables
 from keras_playbook.callbacks.schedules import momentum_attribute
 from keras_playbook.diagnosis import diagnose
 
 SCHEDULES = ("step_down", "one_cycle", "cosine", "two_stage")
+
+
+@contextlib.contextmanager
+def restored_on_interruption(callbacks):
+    """Calls `restore()` on this library's callbacks that have one when `fit` raises; the exception goes on.
+
+    Keras calls `on_train_end` only when `fit` returns; a callback that
+    changed the model or its optimizer for the length of training
+    (`OneCycle`'s cycling momentum, `GradualUnfreezing`'s frozen groups)
+    would otherwise leave the change behind after a Ctrl-C or an error.
+    """
+    try:
+        yield
+    except BaseException:
+        for callback in callbacks:
+            if isinstance(callback, ConfigurableCallback) and callable(getattr(callback, "restore", None)):
+                callback.restore()
+        raise
 
 
 def check_schedule(schedule, stage="fit"):

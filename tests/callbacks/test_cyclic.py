@@ -236,3 +236,53 @@ def test_one_cycle_momentum_is_mirrored_under_two_replicas(mirrored_strategy, di
     _fit(_compiled(mirrored_strategy, lambda: keras.optimizers.SGD(0.01, momentum=0.9)), digits,
          [OneCycle((0.01, 0.1)), _Kind()], epochs=1)
     assert seen == ["MirroredVariable"]
+
+
+class _CtrlC(keras.callbacks.Callback):
+    """Ctrl-C before the third step."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 2:
+            raise KeyboardInterrupt
+
+
+def _momentum_is_the_users(model, expected=0.9):
+    import json
+
+    assert isinstance(model.optimizer.momentum, float) and model.optimizer.momentum == pytest.approx(expected)
+    json.dumps(model.optimizer.get_config())
+
+
+def test_an_interrupted_one_cycle_is_healed(tmp_path, strategy, digits):
+    from keras_playbook import Playbook
+    from keras_playbook.callbacks import restore_momentum
+
+    model = _compiled(strategy, lambda: keras.optimizers.SGD(0.01, momentum=0.9))
+    cycle = OneCycle((0.01, 0.1))
+    with pytest.raises(KeyboardInterrupt):  # A bare callback: Keras calls no on_train_end.
+        _fit(model, digits, [cycle, _CtrlC()], epochs=1)
+    assert not isinstance(model.optimizer.momentum, float)  # What the interruption leaves behind.
+    assert cycle.restore() and not cycle.restore()  # The documented way back; safe twice.
+    _momentum_is_the_users(model)
+    probe = _Probe("momentum")
+    _fit(model, digits, [probe], epochs=1)
+    assert probe.momenta == pytest.approx([0.9] * 8)
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit(model, digits, [OneCycle((0.01, 0.1)), _CtrlC()], epochs=1)
+    assert restore_momentum(model)  # Without the callback object.
+    _momentum_is_the_users(model)
+    model.save(tmp_path / "model.keras")
+    assert keras.models.load_model(tmp_path / "model.keras").optimizer.momentum == pytest.approx(0.9)
+
+    # Inside the Playbook: restored on the way out of fit, and healed before any stage.
+    pb = Playbook(model, (digits["x_train"], digits["y_train"]), batch_size=BATCH, strategy=strategy, verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        pb.fit(1, schedule=OneCycle((0.01, 0.1)), callbacks=[_CtrlC()], watch=False, verbose=0)
+    _momentum_is_the_users(pb.model)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(pb.model, digits, [OneCycle((0.01, 0.1)), _CtrlC()], epochs=1)
+    probe = _Probe("momentum")
+    pb.fit(1, callbacks=[probe], watch=False, verbose=0)
+    assert probe.momenta and probe.momenta == pytest.approx([0.9] * len(probe.momenta))
+    _momentum_is_the_users(pb.model)

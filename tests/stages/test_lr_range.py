@@ -224,6 +224,9 @@ def test_rules_on_a_known_curve():
     assert lr_range.steepest(rates, losses) == pytest.approx(1e-2, rel=0.15)
     assert lr_range.minimum_over_ten(rates, losses) == pytest.approx(minimum / 10)
     assert 1e-4 < lr_range.valley(rates, losses) < minimum
+    floor = lr_range.floor_over_ten(rates, lr_range.smooth(losses, 0.9), losses, 0.9)
+    assert floor == pytest.approx(rates[lr_range.upper_bound_index(losses, 0.9)] / 10)
+    assert floor < minimum / 10  # The floor begins before the minimum of the curve.
 
 
 def test_smoothing_is_bias_corrected():
@@ -273,3 +276,33 @@ def test_the_suggestion_is_the_median_over_data_orders(digits):
     assert "data orders the suggestion ranged" in result.message
     single = _playbook(digits).find_lr(repeats=1)
     assert single.suggestions_by_order == [] and "data orders" not in single.message
+
+
+def test_a_loss_that_reaches_its_floor_or_turns_up_is_not_still_falling():
+    # Seen on iris with SGD and momentum: the model learns the task within the test and the loss
+    # holds its floor, noisily, up to max_lr; or it turns up in the last steps, before the lagging
+    # average sets off the stop. Neither means "raise max_lr".
+    rates = np.geomspace(1e-7, 10, 100)
+    falling = 1.3 - 1.0 / (1 + np.exp(-4 * (np.log10(rates) + 1)))  # Down from 1.3 to ~0.3 by 1.0.
+    floor = np.where(rates < 1.0, falling, 0.3)
+    steadily = 1.3 - 0.1 * (np.log10(rates) + 7)  # Still going down at max_lr.
+    for seed in range(10):
+        noise = np.where(rates < 0.05, 1, 1 + 0.2 * np.random.default_rng(seed).standard_normal(100))
+        assert lr_range.stopped_falling(floor * noise, 0.9)
+        assert not lr_range.stopped_falling(steadily * np.where(rates < 0.05, 1, noise ** 0.1), 0.9)
+    turned_up = floor.copy()
+    turned_up[-3:] = [0.6, 1.3, 1.3]
+    assert lr_range.stopped_falling(turned_up, 0.9)
+    assert not lr_range.stopped_falling(steadily, 0.9)
+
+
+def test_iris_on_sgd_with_momentum_finds_a_rate_in_every_data_order():
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    x = ((x - x.mean(0)) / x.std(0)).astype("float32")
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9), helpers.LOGITS_LOSS)
+    result = Playbook(model, (x[:120], y[:120]), batch_size=32, seed=1, verbose=0).find_lr()
+    assert result.ok and None not in result.suggestions_by_order, result.message

@@ -103,7 +103,8 @@ def test_border_and_epoch_advice(digits):
     pb = _playbook(digits, optimizer=keras.optimizers.SGD(1e-4))
     # A tiny learning rate: the loss still falls at the last epoch, and the
     # largest learning rate of the coarse grid wins.
-    result = pb.tune_lr_wd(learning_rates=[1e-5, 1e-4], weight_decays=[0.0], coarse_epochs=1, fine_epochs=3)
+    result = pb.tune_lr_wd(learning_rates=[1e-5, 1e-4], weight_decays=[0.0], coarse_epochs=1, fine_epochs=3,
+                           confirm_seeds=0)
     assert isinstance(result, LRWeightDecayResult)
     assert any("largest value tried of the coarse grid" in advice for advice in result.advice)
     assert any("train longer" in advice for advice in result.advice)
@@ -113,7 +114,8 @@ def test_border_and_epoch_advice(digits):
 def test_tune_lr_wd_centres_on_find_lr_and_settles(digits, tmp_path):
     pb = _playbook(digits)
     found = pb.find_lr(num_steps=40)
-    result = pb.tune_lr_wd(coarse_epochs=1, fine_epochs=2, weight_decays=[0.0, 1e-4], max_extensions=0)
+    result = pb.tune_lr_wd(coarse_epochs=1, fine_epochs=2, weight_decays=[0.0, 1e-4], max_extensions=0,
+                           confirm_seeds=0)
     coarse = result.stage_trials("coarse")
     fine = result.stage_trials("fine")
     lrs = sorted({t["values"]["learning_rate"] for t in coarse})
@@ -198,7 +200,7 @@ def test_a_tie_keeps_no_weight_decay_and_gives_no_border_advice(digits):
     assert result.noise is not None and result.meaningful is False, result.message
     assert result.adopted["weight_decay"] == 0.0 and pb.journal.settled()["weight_decay"] == 0.0
     if result.best["weight_decay"] != 0.0:  # The best single run was re-measured over seeds, and lost.
-        assert result.confirmation is not None and "does not beat the smaller value" in result.message
+        assert result.confirmation is not None and "does not beat weight decay 0 by more than" in result.message
     else:
         assert "A tie" in result.message
     assert "widen" not in result.message
@@ -206,3 +208,23 @@ def test_a_tie_keeps_no_weight_decay_and_gives_no_border_advice(digits):
     figure = result.plot()
     bars = figure.axes[0]
     assert bars.get_ylim()[0] <= 0  # Bars from zero: the tie does not look like a win.
+
+
+def test_tune_lr_wd_re_measures_its_best_cell_over_seeds_before_adopting_it(digits):
+    pb = _playbook(digits)
+    # The reference is the cell closest to the current rate (1e-4) with the least weight decay.
+    result = pb.tune_lr_wd(learning_rate=1e-4, learning_rates=[1e-4, 3e-3], weight_decays=[0.0],
+                           coarse_epochs=1, fine_epochs=2, max_extensions=0, confirm_seeds=2)
+    fine = result.stage_trials("fine")
+    reference = min(fine, key=lambda t: (abs(np.log(t["values"]["learning_rate"] / 1e-4)),
+                                         t["values"]["weight_decay"]))["values"]
+    assert result.best["learning_rate"] != reference["learning_rate"]
+    confirmation = result.confirmation
+    assert confirmation is not None and len(confirmation["seeds"]) == 2
+    assert confirmation["reference"] == f"learning rate {reference['learning_rate']:g}, weight decay 0"
+    assert result.meaningful is confirmation["ok"]
+    kept = result.best if confirmation["ok"] else reference
+    assert result.adopted["learning_rate"] == kept["learning_rate"]
+    assert pb.journal.settled()["learning_rate"] == kept["learning_rate"]
+    assert result.epochs_spent == sum(t["epochs"] for t in result.trials) + confirmation["epochs_spent"]
+    assert ("Confirmed over 2 seeds" if confirmation["ok"] else "does not beat") in result.message
