@@ -307,17 +307,21 @@ def unfreeze(model, groups=None):
     _set_trainable(model, thawed=weighted_layers(model) if groups is None else _layers_in(groups))
 
 
-def freeze_to(model, groups, k):
-    """Freezes `groups[:k]` and thaws `groups[k:]`.
+def freeze_to(model, groups, k, keep_frozen=()):
+    """Freezes `groups[:k]` and thaws `groups[k:]`, except the layers in `keep_frozen`.
 
     Args:
         model: The model.
         groups: The groups, earliest first (`layer_groups`).
         k: How many groups from the start to freeze, 0 <= k <= len(groups).
+        keep_frozen: Layers that stay frozen whichever group thaws (layers
+            the user froze, BatchNormalization kept in inference mode).
     """
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(groups):
         raise ValueError(f"freeze_to: `k` must be an int in [0, {len(groups)}]. Received: k={k!r}.")
-    _set_trainable(model, frozen=_layers_in(groups[:k]), thawed=_layers_in(groups[k:]))
+    kept = {id(layer) for layer in keep_frozen}
+    thawed = [layer for layer in _layers_in(groups[k:]) if id(layer) not in kept]
+    _set_trainable(model, frozen=list(_layers_in(groups[:k])) + list(keep_frozen), thawed=thawed)
 
 
 # Discriminative learning rates ----------------------------------------------
@@ -534,6 +538,9 @@ class GradualUnfreezing(ConfigurableCallback):
         monitor: Thaw on a plateau of this value instead (e.g. "val_loss").
         patience: Epochs without improvement before thawing (with `monitor`).
         min_delta: Relative improvement that counts (with `monitor`).
+        keep_frozen: Layers (or layer names) that stay frozen whichever
+            group thaws: layers frozen on purpose, BatchNormalization kept in
+            inference mode.
 
     Attributes:
         thawed: One dict per thaw: `epoch` (1-based, after which) and `group`
@@ -547,7 +554,7 @@ class GradualUnfreezing(ConfigurableCallback):
     ```
     """
 
-    def __init__(self, groups, every_epochs=1, monitor=None, patience=1, min_delta=1e-3):
+    def __init__(self, groups, every_epochs=1, monitor=None, patience=1, min_delta=1e-3, keep_frozen=()):
         super().__init__()
         if not isinstance(groups, (list, tuple)) or len(groups) < 2:
             raise ValueError("GradualUnfreezing: `groups` must list at least 2 layer groups (see layer_groups).")
@@ -561,6 +568,7 @@ class GradualUnfreezing(ConfigurableCallback):
         self.monitor = monitor
         self.patience = patience
         self.min_delta = float(min_delta)
+        self.keep_frozen = list(keep_frozen)
         self.thawed = []
         self._before = None  # Each layer's trainability before training, while `fit` runs.
         self._trainable_from = len(self.groups) - 1
@@ -571,10 +579,13 @@ class GradualUnfreezing(ConfigurableCallback):
     def on_train_begin(self, logs=None):
         if any(isinstance(layer, str) for group in self.groups for layer in group):
             self.groups = layer_groups(self.model, groups=self.groups, head=self.groups[-1])
+        if any(isinstance(layer, str) for layer in self.keep_frozen):
+            by_name = {leaf.name: leaf for leaf in leaf_layers(self.model)}
+            self.keep_frozen = [by_name[layer] if isinstance(layer, str) else layer for layer in self.keep_frozen]
         self._before = trainable_state(self.model)
         self.thawed, self._best, self._wait, self._since = [], None, 0, 0
         self._trainable_from = len(self.groups) - 1
-        freeze_to(self.model, self.groups, self._trainable_from)
+        freeze_to(self.model, self.groups, self._trainable_from, self.keep_frozen)
 
     def _plateau(self, logs):
         if self.monitor not in logs:
@@ -594,7 +605,7 @@ class GradualUnfreezing(ConfigurableCallback):
         due = self._plateau(logs) if self.monitor else self._since >= self.every_epochs
         if due and self._trainable_from > 0:
             self._trainable_from -= 1
-            freeze_to(self.model, self.groups, self._trainable_from)
+            freeze_to(self.model, self.groups, self._trainable_from, self.keep_frozen)
             self.thawed.append({"epoch": epoch + 1, "group": self._trainable_from})
             self._since, self._wait, self._best = 0, 0, None
         logs["trainable_groups"] = len(self.groups) - self._trainable_from
@@ -621,6 +632,7 @@ class GradualUnfreezing(ConfigurableCallback):
             "monitor": self.monitor,
             "patience": self.patience,
             "min_delta": self.min_delta,
+            "keep_frozen": [layer if isinstance(layer, str) else layer.name for layer in self.keep_frozen],
         }
 
 

@@ -8,6 +8,7 @@ model.
 """
 
 import contextlib
+import functools
 import os
 
 import keras
@@ -19,12 +20,35 @@ from keras_playbook import finetune, losses, validation
 from keras_playbook.callbacks import StepProgress, restore_momentum
 from keras_playbook.journal import JOURNAL_FILENAME, Journal
 from keras_playbook.records import FitRecord, SetupRecord
-from keras_playbook.session import Session, innermost_optimizer, resolve_strategy
+from keras_playbook.session import Session, innermost_optimizer, resolve_strategy, users_random_state
 from keras_playbook.stages import batch_size as batch_size_stage
 from keras_playbook.stages import experiments, finetuning, lr_range, probes, sanity, search, short_runs, training
 
 FIT_OVERRIDES = ("learning_rate", "weight_decay", "batch_size", "momentum", "beta_1")
 _OPTIMIZER_SETTINGS = ("weight_decay", "momentum", "beta_1")
+
+
+def _stage(method=None, *, random_state=True):
+    """The door every stage goes through.
+
+    Before the stage, a momentum left cycling by an interrupted bare
+    `OneCycle` is healed (`restore_momentum`: Keras calls no `on_train_end`
+    when `fit` raises). With `random_state`, the user's global random
+    generators are given back afterwards (`users_random_state`): searches
+    seed them for every trial, and a measurement must not move them.
+    """
+    if method is None:
+        return functools.partial(_stage, random_state=random_state)
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        restore_momentum(self.model)
+        if not random_state:
+            return method(self, *args, **kwargs)
+        with users_random_state():
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class Playbook:
@@ -185,16 +209,6 @@ class Playbook:
     def _record(self, result):
         return self.journal.append(result)
 
-    def _session(self):
-        """The session a stage runs on, healed of what an interrupted bare `OneCycle` left behind.
-
-        Keras calls no `on_train_end` when `fit` raises, so a `OneCycle` the
-        user passed to their own `fit` can leave a cycling momentum on the
-        optimizer (`restore_momentum`); every stage starts from the user's.
-        """
-        restore_momentum(self.model)
-        return self.session
-
     def _stage_pipelines(self):
         """Training and validation pipelines at the settled batch size."""
         batch_size = self.journal.settled().get("batch_size", self.train_data.per_replica_batch_size)
@@ -236,6 +250,7 @@ class Playbook:
 
     # Stages -----------------------------------------------------------------
 
+    @_stage
     def check_initial_loss(self, num_batches=10, tolerance=0.5):
         """Checks the untrained model's loss against ln C (Johnson, EECS 498 Lecture 11, step 1).
 
@@ -246,11 +261,12 @@ class Playbook:
         """
         return self._record(
             sanity.check_initial_loss(
-                self._session(), self.train_data, num_batches=num_batches,
+                self.session, self.train_data, num_batches=num_batches,
                 tolerance=tolerance, seed=self.seed,
             )
         )
 
+    @_stage
     def overfit_small_sample(self, num_batches=5, max_steps=500, learning_rate=None, target_loss=None):
         """Memorizes a few batches with regularization off (Johnson, EECS 498 Lecture 11, step 2).
 
@@ -268,12 +284,13 @@ class Playbook:
             learning_rate, source = self.journal.settled()["learning_rate"], "settled"
         return self._record(
             sanity.overfit_small_sample(
-                self._session(), self.train_data, num_batches=num_batches,
+                self.session, self.train_data, num_batches=num_batches,
                 max_steps=max_steps, learning_rate=learning_rate, learning_rate_source=source,
                 target_loss=target_loss, seed=self.seed, callbacks=callbacks,
             )
         )
 
+    @_stage
     def find_lr(
         self,
         min_lr=1e-7,
@@ -312,7 +329,7 @@ class Playbook:
         train, validation_data = self._stage_pipelines()
         return self._record(
             lr_range.find_lr(
-                self._session(), train, validation_pipeline=validation_data,
+                self.session, train, validation_pipeline=validation_data,
                 min_lr=min_lr, max_lr=max_lr, num_steps=num_steps, mode=mode, on=on,
                 stop_factor=stop_factor, smoothing=smoothing, rule=rule,
                 num_validation_batches=num_validation_batches,
@@ -322,6 +339,7 @@ class Playbook:
             )
         )
 
+    @_stage
     def probe_lrs(self, learning_rates=probes.DEFAULT_PROBE_LRS, num_steps=100, min_drop=0.1):
         """Short runs at a few learning rates: which one makes the loss go down? (Johnson, EECS 498 Lecture 11, step 3)
 
@@ -339,13 +357,14 @@ class Playbook:
         compare_with = found.suggested_lr if found is not None else None
         return self._record(
             probes.probe_lrs(
-                self._session(), train, learning_rates=learning_rates, num_steps=num_steps,
+                self.session, train, learning_rates=learning_rates, num_steps=num_steps,
                 min_drop=min_drop, compare_with=compare_with,
                 optimizer_changes=self._optimizer_changes(), seed=self.seed,
                 callbacks=self._progress(num_steps, "Probing a learning rate"),
             )
         )
 
+    @_stage
     def find_batch_size(
         self,
         mode="power",
@@ -378,7 +397,7 @@ class Playbook:
         """
         return self._record(
             batch_size_stage.find_batch_size(
-                self._session(), self.train_data, mode=mode, criterion=criterion,
+                self.session, self.train_data, mode=mode, criterion=criterion,
                 initial_batch_size=initial_batch_size, max_batch_size=max_batch_size,
                 steps_per_size=steps_per_size, max_trials=max_trials,
                 memory_limit=memory_limit, min_gain=min_gain, min_steps_per_epoch=min_steps_per_epoch,
@@ -386,6 +405,7 @@ class Playbook:
             )
         )
 
+    @_stage
     def sweep_momentum(self, values=probes.DEFAULT_MOMENTUMS, num_steps=200, learning_rate=None):
         """Short runs at momentum 0.99, 0.97, 0.95, 0.9: the best by validation loss (Smith 2018).
 
@@ -402,7 +422,7 @@ class Playbook:
             learning_rate = self.journal.settled().get("learning_rate")
         return self._record(
             probes.sweep_momentum(
-                self._session(), train, validation_data, values=values,
+                self.session, train, validation_data, values=values,
                 learning_rate=learning_rate, num_steps=num_steps,
                 optimizer_changes=self._optimizer_changes(), seed=self.seed,
                 callbacks=self._progress(num_steps, "Sweeping momentum: one run"),
@@ -446,6 +466,7 @@ class Playbook:
             "verbose": self.verbose,
         }
 
+    @_stage
     def grid_weight_decay(
         self,
         values=search.DEFAULT_WEIGHT_DECAYS,
@@ -486,7 +507,7 @@ class Playbook:
         options = self._search_options(directory, callbacks, "grid_weight_decay")
         return self._record(
             search.grid_weight_decay(
-                self._session(), self.train_data, self.validation_data, values=values,
+                self.session, self.train_data, self.validation_data, values=values,
                 epochs=epochs, weight_decay_mode=weight_decay_mode, objective=objective,
                 defaults=self._search_settings("grid_weight_decay", searched=("weight_decay",)),
                 project_name=project_name, overwrite=overwrite, confirm_seeds=confirm_seeds,
@@ -494,6 +515,7 @@ class Playbook:
             )
         )
 
+    @_stage
     def tune_lr_wd(
         self,
         coarse_epochs=3,
@@ -541,7 +563,7 @@ class Playbook:
         defaults.pop("learning_rate", None)
         return self._record(
             search.tune_lr_wd(
-                self._session(), self.train_data, self.validation_data,
+                self.session, self.train_data, self.validation_data,
                 learning_rate=learning_rate, learning_rates=learning_rates,
                 weight_decays=weight_decays, coarse_epochs=coarse_epochs,
                 fine_epochs=fine_epochs, max_extensions=max_extensions,
@@ -551,6 +573,7 @@ class Playbook:
             )
         )
 
+    @_stage
     def compare_seeds(
         self,
         configs,
@@ -585,13 +608,14 @@ class Playbook:
         searched = _names_in(configs.values() if isinstance(configs, dict) else [])
         return self._record(
             experiments.compare_seeds(
-                self._session(), self.train_data, self.validation_data, configs, seeds=seeds,
+                self.session, self.train_data, self.validation_data, configs, seeds=seeds,
                 epochs=epochs, alpha=alpha, weight_decay_mode=weight_decay_mode,
                 objective=objective, defaults=self._search_settings("compare_seeds", searched=searched),
                 project_name=project_name, overwrite=overwrite, **options,
             )
         )
 
+    @_stage
     def run_round(
         self,
         goal,
@@ -636,7 +660,7 @@ class Playbook:
         fixed_values = fixed if isinstance(fixed, dict) else None
         return self._record(
             experiments.run_round(
-                self._session(), self.train_data, self.validation_data, goal=goal,
+                self.session, self.train_data, self.validation_data, goal=goal,
                 scientific=scientific, nuisance=nuisance, fixed=fixed, max_trials=max_trials,
                 epochs=epochs, seeds=seeds, alpha=alpha, oracle=oracle,
                 weight_decay_mode=weight_decay_mode, objective=objective,
@@ -647,6 +671,7 @@ class Playbook:
 
     # Training ---------------------------------------------------------------
 
+    @_stage(random_state=False)  # Training draws on: the next fit must not replay its dropout.
     def fit(self, epochs, callbacks=None, verbose="auto", schedule=None, watch=True, restore_best=False,
             **overrides):
         """Trains the model for real with the hyperparameters settled so far, watched.
@@ -709,7 +734,6 @@ class Playbook:
         hyperparameters = {**self.journal.settled(), **overrides}
         _validate_hyperparameters(hyperparameters)
         self._check_not_stale("fit", hyperparameters, overrides)
-        self._session()  # Heals a momentum left cycling by an interrupted OneCycle.
         scheduler = training.schedule_callback(
             schedule, self.model, self.journal.latest("find_lr"), self.validation_data is not None
         )
@@ -810,6 +834,7 @@ class Playbook:
         return cls(model, train_data, validation_data, loss=loss,
                    metrics=list(metrics) if metrics is not None else None, **kwargs)
 
+    @_stage(random_state=False)
     def fine_tune(
         self,
         head_epochs=3,
@@ -821,20 +846,25 @@ class Playbook:
         learning_rate=None,
         gradual=False,
         find_lr_steps=100,
+        train_batch_norm=False,
         callbacks=None,
         verbose="auto",
     ):
         """Fine-tunes the model in two phases: the head alone, then every layer with discriminative rates (Howard & Ruder 2018).
 
-        1. Every group but the head is frozen (BatchNormalization runs in
-           inference mode there); a range test on the head finds its rate
-           (unless `head_learning_rate`); the head trains `head_epochs`.
-        2. Everything is thawed (or, with `gradual`, thawed one group per
+        1. Every group but the head is frozen; a range test on the head finds
+           its rate (unless `head_learning_rate`); the head trains
+           `head_epochs`.
+        2. The groups are thawed (or, with `gradual`, thawed one group per
            epoch from the top, ULMFiT); the optimizer becomes a fresh one of
            the same kind wrapped in a `DiscriminativeOptimizer` (each group's
            step times its multiplier); a fresh range test finds the base rate
            (unless `learning_rate`); all groups train `epochs`.
-        Both range tests, both runs and a `FineTuneResult` go to the journal.
+        Layers you froze yourself stay frozen in both phases, and so do
+        BatchNormalization layers unless `train_batch_norm`: a frozen
+        BatchNormalization runs in inference mode, keeping the statistics
+        it was pretrained with (Keras's transfer-learning guide). Both range
+        tests, both runs and a `FineTuneResult` go to the journal.
 
         Args:
             head_epochs: Epochs of phase 1 (>= 1).
@@ -847,6 +877,8 @@ class Playbook:
             head_learning_rate, learning_rate: Skip a range test and use this.
             gradual: Thaw one group per epoch in phase 2.
             find_lr_steps: Steps of each range test.
+            train_batch_norm: Let BatchNormalization layers train in phase 2
+                (their statistics then move to the new data).
             callbacks: Keras callbacks for both phases.
             verbose: Passed to `model.fit`.
 
@@ -871,18 +903,21 @@ class Playbook:
                 validation.check_number(value, name, "fine_tune")
         if callbacks is not None and not isinstance(callbacks, (list, tuple)):
             raise TypeError(f"fine_tune: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
+        if not isinstance(train_batch_norm, bool):
+            raise TypeError(f"fine_tune: `train_batch_norm` must be True or False. Received: {train_batch_norm!r}.")
         layer_groups = finetuning.resolve_groups(self.model, groups)
         multipliers = finetuning.check_multipliers(multipliers, len(layer_groups), factor)
         callbacks = list(callbacks or [])
+        keep_frozen = finetuning.kept_frozen(self.model, train_batch_norm)
 
         with self._all_or_nothing():
-            finetune.freeze_to(self.model, layer_groups, len(layer_groups) - 1)
+            finetune.freeze_to(self.model, layer_groups, len(layer_groups) - 1, keep_frozen=keep_frozen)
             head_rate = head_learning_rate or self._found_rate(find_lr_steps)
             self.fit(head_epochs, callbacks=callbacks, verbose=verbose, learning_rate=head_rate, restore_best=True)
             head_record = self.journal.latest("fit")
             head_weights = self.model.get_weights()  # Phase 1's best epoch.
 
-            finetune.unfreeze(self.model)
+            finetune.freeze_to(self.model, layer_groups, 0, keep_frozen=keep_frozen)
             inner = innermost_optimizer(self.model.optimizer)
             with self.session.scope():
                 fresh = type(inner).from_config(inner.get_config())
@@ -890,7 +925,7 @@ class Playbook:
             self.session.compile_like(self.model, optimizer)  # The model's loss and metrics, this optimizer.
             finetune.prepare_optimizer(self.model)
             rate = learning_rate or self._found_rate(find_lr_steps)
-            extra = [finetune.GradualUnfreezing(layer_groups, every_epochs=1)] if gradual else []
+            extra = [finetune.GradualUnfreezing(layer_groups, every_epochs=1, keep_frozen=keep_frozen)] if gradual else []
             self.fit(epochs, callbacks=callbacks + extra, verbose=verbose, learning_rate=rate, restore_best=True)
             result = finetuning.summarize(
                 layer_groups, multipliers, head_rate, rate, head_epochs, epochs, gradual,

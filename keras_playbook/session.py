@@ -11,6 +11,8 @@ makes a separate copy that starts from the initial weights.
 import contextlib
 import dataclasses
 import inspect
+import random
+import warnings
 
 import keras
 import keras_tuner
@@ -50,6 +52,72 @@ def resolve_strategy(strategy=None):
             _auto_mirrored_strategy = tf.distribute.MirroredStrategy()
         return _auto_mirrored_strategy
     return tf.distribute.get_strategy()
+
+
+@contextlib.contextmanager
+def users_random_state():
+    """Gives the user's global random state back after the block, however it ends.
+
+    Each KerasTuner trial seeds every global generator for reproducibility
+    (`keras.utils.set_random_seed`: Python's `random`, NumPy's, TensorFlow's
+    global seed and Keras's global `SeedGenerator`); without this, the
+    user's own draws after a search would repeat the trials' sequence. The
+    generators continue from where the user's had got to.
+    """
+    from keras.src.backend.common import global_state  # Where Keras keeps its global seed.
+    from keras.src.random import seed_generator
+    from tensorflow.python.eager import context
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    keras_seed = global_state.get_global_attribute("global_random_seed")
+    keras_generator = global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR)
+    eager = context.context()
+    tf_seed = eager._seed
+    tf_rng = getattr(eager, "_rng", None)
+    tf_rng_state = tf_rng.getstate() if tf_rng is not None else None
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        global_state.set_global_attribute("global_random_seed", keras_seed)
+        global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, keras_generator)
+        tf.random.set_seed(tf_seed)
+        if tf_rng_state is not None and getattr(eager, "_rng", None) is not None:
+            eager._rng.setstate(tf_rng_state)  # Op seeds go on where the user's had got to.
+
+
+def leaf_layers(model):
+    """The model's layers in order, with nested models opened up."""
+    leaves, pending = [], list(model.layers)
+    while pending:
+        layer = pending.pop(0)
+        if isinstance(layer, keras.Model):
+            pending = list(layer.layers) + pending
+        else:
+            leaves.append(layer)
+    return leaves
+
+
+def copy_trainability(source, target):
+    """Gives each layer of `target` the `trainable` flag of the layer in the same place in `source`.
+
+    A copy built by a builder (or a fresh clone) trains every layer; a copy
+    of a model with frozen layers must not (frozen BatchNormalization also
+    stays in inference mode, Keras's convention for `trainable = False`).
+
+    Raises:
+        ValueError: when the two models' layers do not correspond.
+    """
+    sources, targets = leaf_layers(source), leaf_layers(target)
+    if [type(layer) for layer in sources] != [type(layer) for layer in targets]:
+        raise ValueError(
+            f"The copy of {source.name!r} does not have the same layers ({len(targets)} against "
+            f"{len(sources)}), so the frozen layers cannot be carried over. Make the builder build the "
+            "model the Playbook holds."
+        )
+    for original, copy in zip(sources, targets):
+        copy.trainable = original.trainable
 
 
 def innermost_optimizer(optimizer):
@@ -229,9 +297,16 @@ class Session:
             model.optimizer.build(model.trainable_variables)
         values = [read_value(v) for v in source_optimizer.variables]
         # Same class and same model structure give the same variables in order.
-        if len(values) == len(model.optimizer.variables):
-            for variable, value in zip(model.optimizer.variables, values):
-                variable.assign(value)
+        if len(values) != len(model.optimizer.variables):
+            warnings.warn(
+                f"The state of the model's {type(source_optimizer).__name__} ({len(values)} variables) does not "
+                f"fit the optimizer it is compiled with now ({len(model.optimizer.variables)} variables), so "
+                "it was not carried over: training restarts its moments and step count.",
+                stacklevel=3,
+            )
+            return
+        for variable, value in zip(model.optimizer.variables, values):
+            variable.assign(value)
 
     def ensure_built(self, x_batch):
         """Builds the model on a batch of inputs if needed and takes the initial snapshot."""
@@ -259,7 +334,19 @@ class Session:
         )
 
     def restore(self, state):
-        """Assigns back the values taken by `snapshot`."""
+        """Assigns back the values taken by `snapshot`.
+
+        Raises:
+            RuntimeError: when the model or its optimizer no longer has the
+                variables the snapshot holds (nothing is assigned then).
+        """
+        for what, variables, values in (("model", self.model.variables, state.model),
+                                         ("optimizer", self.model.optimizer.variables, state.optimizer)):
+            if len(variables) != len(values):
+                raise RuntimeError(
+                    f"Cannot restore the {what}: it has {len(variables)} variables now and the snapshot "
+                    f"{len(values)}. Something changed its structure during the stage."
+                )
         for variable, value in zip(self.model.variables, state.model):
             variable.assign(value)
         for variable, value in zip(self.model.optimizer.variables, state.optimizer):
@@ -308,7 +395,7 @@ class Session:
         return model
 
     def trial_model(self, weights=None, hyperparameters=None):
-        """Returns an uncompiled copy of the model in the strategy's scope.
+        """Returns an uncompiled copy of the model in the strategy's scope, its frozen layers frozen.
 
         Args:
             weights: Weights to start from (a `get_weights()` list); defaults
@@ -322,6 +409,8 @@ class Session:
         model = self.new_model(hyperparameters)
         with self.scope():
             model.set_weights(self.initial_weights if weights is None else weights)
+        if any(not layer.trainable for layer in leaf_layers(self.model)):
+            copy_trainability(self.model, model)  # Frozen layers stay frozen in the copy.
         return model
 
     def declared_hyperparameters(self):

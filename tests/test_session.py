@@ -119,3 +119,15 @@ def test_optimizer_override_starts_fresh_on_a_rebuilt_model(mirrored_strategy, d
     assert not session.model.optimizer.built or int(
         keras.ops.convert_to_numpy(session.model.optimizer.iterations)
     ) == 0
+
+
+def test_restore_refuses_a_snapshot_that_does_not_fit():
+    import dataclasses
+
+    session = _compiled_session(tf.distribute.get_strategy())
+    state = session.snapshot()
+    before = helpers.variables_of(session.model)
+    shorter = dataclasses.replace(state, model=state.model[:-1])
+    with pytest.raises(RuntimeError, match=r"Cannot restore the model: it has \d+ variables now and the snapshot"):
+        session.restore(shorter)
+    helpers.assert_same_values(before, helpers.variables_of(session.model))  # Nothing half-assigned.

@@ -30,19 +30,7 @@ import tensorflow as tf
 from keras_playbook import validation
 from keras_playbook.callbacks._config import ConfigurableCallback, arrays_from_config, arrays_to_config
 from keras_playbook.diagnosis import Finding, diagnose, schedule_name
-from keras_playbook.session import innermost_optimizer, read_value
-
-
-def leaf_layers(model):
-    """The model's layers in order, with nested models opened up."""
-    leaves, pending = [], list(model.layers)
-    while pending:
-        layer = pending.pop(0)
-        if isinstance(layer, keras.Model):
-            pending = list(layer.layers) + pending
-        else:
-            leaves.append(layer)
-    return leaves
+from keras_playbook.session import innermost_optimizer, leaf_layers, read_value
 
 
 class UpdateRatioMonitor(ConfigurableCallback):

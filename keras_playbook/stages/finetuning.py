@@ -156,6 +156,21 @@ def load_backbone(backbone, weights=None):
     return backbone
 
 
+def kept_frozen(model, train_batch_norm=False):
+    """The layers fine-tuning leaves frozen in both phases.
+
+    The layers frozen now (the user's choice, which fine-tuning must not
+    undo) and, unless `train_batch_norm`, every BatchNormalization layer:
+    frozen, it runs in inference mode with the statistics it was pretrained
+    with, as Keras's transfer-learning guide keeps it while the rest of the
+    network is fine-tuned.
+    """
+    return [
+        leaf for leaf in finetune.leaf_layers(model)
+        if not leaf.trainable or (not train_batch_norm and isinstance(leaf, keras.layers.BatchNormalization))
+    ]
+
+
 def resolve_groups(model, groups):
     """`groups` as `layer_groups` returns them: an int (by depth) or explicit lists."""
     if isinstance(groups, int) and not isinstance(groups, bool):

@@ -20,11 +20,13 @@ References:
     search-space borders).
 """
 
+import atexit
 import dataclasses
 import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 
 import keras_tuner
@@ -156,10 +158,18 @@ def project_name_for(stage, **defining):
 
 
 def default_directory(directory):
-    """The KerasTuner directory: the one given, else a new temporary folder."""
+    """The KerasTuner directory: the one given, else a new temporary folder removed when Python exits.
+
+    A search without a directory cannot resume in another process anyway;
+    its trials live on in the result (and the journal), so its folder is
+    not left behind in the temporary directory. Pass `directory` (or give
+    the Playbook one) to keep a search and resume it.
+    """
     if directory is not None:
         return os.fspath(directory)
-    return tempfile.mkdtemp(prefix="keras_playbook_tuning_")
+    path = tempfile.mkdtemp(prefix="keras_playbook_tuning_")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def run_search(session, oracle, hypermodel, *, directory, project_name, overwrite, callbacks=(), verbose=0):
@@ -448,7 +458,8 @@ def grid_weight_decay(
             a `keras_tuner.Objective`).
         defaults: Fixed values for every trial (learning rate, batch size,
             momentum ... settled by earlier stages).
-        directory: KerasTuner's directory; a temporary folder when None.
+        directory: KerasTuner's directory; when None, a temporary folder
+            removed when Python exits (the trials stay in the result).
         project_name: KerasTuner's project name; default: the stage's name
             and a digest of what defines the search (`project_name_for`), so
             another search never collides with it and the same search

@@ -29,6 +29,8 @@ import keras
 import keras_tuner
 import numpy as np
 
+from keras_playbook.session import copy_trainability, leaf_layers
+
 HISTORY_FILENAME = "history.json"
 WEIGHT_DECAY_MODES = ("decoupled", "l2")
 SEED = "seed"
@@ -189,9 +191,12 @@ class PlaybookHyperModel(keras_tuner.HyperModel):
         keras.utils.set_random_seed(int(self.seed if seed is None else seed))
         model = self.session.new_model(hp)
         initial = self.session.initial_weights
-        if seed is None and initial is not None and _same_shapes(model.get_weights(), initial):
+        same = initial is not None and _same_shapes(model.get_weights(), initial)
+        if seed is None and same:
             with self.session.scope():
                 model.set_weights(initial)
+        if same and any(not layer.trainable for layer in leaf_layers(self.session.model)):
+            copy_trainability(self.session.model, model)  # Frozen layers stay frozen in every trial.
         changes = {
             name: _plain(value) for name, value in values.items()
             if name in self._optimizer_names

@@ -192,3 +192,41 @@ def test_a_phase_2_that_makes_things_worse_is_not_ok_and_keeps_phase_1(pretraine
     (axes,) = figure.axes
     assert len(axes.lines[0].get_xdata()) == 4  # Both phases on one time line.
     assert pb.journal.latest("fit").restored_best
+
+
+@pytest.mark.parametrize("train_batch_norm", [False, True])
+def test_phase_2_keeps_batch_norm_and_the_users_frozen_layers_frozen(pretrained, digits, train_batch_norm):
+    data = _split(digits, 5)
+    pb = Playbook.for_fine_tuning(_backbone(), 5, data["train"], data["val"],
+                                  weights=pretrained["folder"] / "backbone.weights.h5", batch_size=16, verbose=0)
+    backbone = pb.model.get_layer("backbone")
+    backbone.get_layer("block1_conv").trainable = False  # Frozen on purpose.
+    before = {layer.name: [np.array(w) for w in layer.get_weights()] for layer in backbone.layers}
+    pb.fine_tune(head_epochs=1, epochs=2, head_learning_rate=1e-2, learning_rate=1e-2,
+                 train_batch_norm=train_batch_norm, verbose=0)
+
+    def changed(name):
+        return any(not np.array_equal(a, b) for a, b in zip(backbone.get_layer(name).get_weights(), before[name]))
+
+    assert not changed("block1_conv") and not backbone.get_layer("block1_conv").trainable
+    assert changed("block2_conv") and changed("block3_conv")
+    for name in ("block1_bn", "block2_bn"):  # Statistics and scale: pretrained unless asked.
+        assert changed(name) is train_batch_norm
+        assert backbone.get_layer(name).trainable is train_batch_norm
+
+
+def test_gradual_phase_2_keeps_them_frozen_too(pretrained, digits):
+    data = _split(digits, 5)
+    pb = Playbook.for_fine_tuning(_backbone(), 5, data["train"], data["val"],
+                                  weights=pretrained["folder"] / "backbone.weights.h5", batch_size=16, verbose=0)
+    backbone = pb.model.get_layer("backbone")
+    backbone.get_layer("block1_conv").trainable = False
+    before = [np.array(w) for w in backbone.get_layer("block1_conv").get_weights() + backbone.get_layer("block1_bn").get_weights()]
+    pb.fine_tune(head_epochs=1, epochs=3, groups=3, head_learning_rate=1e-2, learning_rate=1e-2, gradual=True,
+                 verbose=0)
+    after = backbone.get_layer("block1_conv").get_weights() + backbone.get_layer("block1_bn").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    callback = finetune.GradualUnfreezing(finetune.layer_groups(pb.model, n=3), keep_frozen=["block1_bn"])
+    config = callback.get_config()
+    assert config["keep_frozen"] == ["block1_bn"]
+    assert finetune.GradualUnfreezing.from_config(config).get_config() == config

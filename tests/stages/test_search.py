@@ -228,3 +228,48 @@ def test_tune_lr_wd_re_measures_its_best_cell_over_seeds_before_adopting_it(digi
     assert pb.journal.settled()["learning_rate"] == kept["learning_rate"]
     assert result.epochs_spent == sum(t["epochs"] for t in result.trials) + confirmation["epochs_spent"]
     assert ("Confirmed over 2 seeds" if confirmation["ok"] else "does not beat") in result.message
+
+
+def test_a_search_leaves_the_users_global_random_state_alone(digits):
+    import random
+
+    import tensorflow as tf
+
+    def draws():
+        return (random.random(), float(np.random.rand()), float(tf.random.uniform([])),
+                float(keras.random.uniform([])))
+
+    keras.utils.set_random_seed(123)
+    draws()
+    expected = draws()
+    keras.utils.set_random_seed(123)
+    draws()
+    pb = _playbook(digits)
+    pb.grid_weight_decay(values=[0, 1e-4], epochs=1, confirm_seeds=0)
+    keras.utils.set_random_seed(123)  # The Playbook's set-up drew too: start the sequence again.
+    draws()
+    pb.grid_weight_decay(values=[0, 1e-3], epochs=1, confirm_seeds=0)
+    assert draws() == expected
+
+
+def test_a_search_without_a_directory_leaves_no_folder_behind():
+    import subprocess
+    import sys
+
+    code = """
+import keras
+from tests import helpers
+from keras_playbook import Playbook
+data = helpers.digits_data(num_train=128, num_val=64)
+pb = Playbook(helpers.mlp(), (data["x_train"], data["y_train"]), validation_data=(data["x_val"], data["y_val"]),
+              loss=helpers.LOGITS_LOSS, batch_size=64, verbose=0)
+result = pb.grid_weight_decay(values=[0, 1e-4], epochs=1, confirm_seeds=0)
+import os
+assert os.path.isdir(result.project_dir)
+print("PROJECT", result.project_dir)
+"""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    project = next(line.split(" ", 1)[1] for line in done.stdout.splitlines() if line.startswith("PROJECT"))
+    assert not os.path.exists(os.path.dirname(project))

@@ -104,3 +104,34 @@ def test_a_keras_tuner_hypermodel_is_accepted(digits):
 
     pb = _playbook(digits, model=HyperMLP())
     assert set(pb.session.declared_hyperparameters()) == {"dropout", "units"}
+
+
+def _with_batch_norm():
+    return keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(32),
+        keras.layers.BatchNormalization(),
+        keras.layers.Activation("relu"),
+        keras.layers.Dense(10),
+    ])
+
+
+@pytest.mark.parametrize("kind", ["builder", "model"])
+def test_every_copy_keeps_the_frozen_layers_frozen(digits, kind):
+    from keras_playbook.session import leaf_layers
+    from keras_playbook.stages import short_runs
+
+    pb = _playbook(digits, model=_with_batch_norm if kind == "builder" else _with_batch_norm())
+    pb.model.layers[0].trainable = False
+    pb.model.layers[1].trainable = False  # Frozen BatchNormalization: inference mode.
+    live = [layer.trainable for layer in leaf_layers(pb.model)]
+    assert live == [False, False, True, True]
+    copies = [pb.session.trial_model(), short_runs.working_copy(pb.session), _hypermodel(pb).build(_hp())]
+    for copy in copies:
+        assert [layer.trainable for layer in leaf_layers(copy)] == live
+    # A trial trains only what the live model trains.
+    trial = copies[2]
+    frozen = [np.array(w) for w in trial.layers[0].get_weights() + trial.layers[1].get_weights()]
+    trial.fit(digits["x_train"][:64], digits["y_train"][:64], batch_size=32, epochs=1, verbose=0)
+    after = trial.layers[0].get_weights() + trial.layers[1].get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(frozen, after))
