@@ -26,6 +26,11 @@ ELEMENTWISE_LOSSES = (
     "mean_squared_logarithmic_error", "huber", "log_cosh", "cosine_similarity",
 )
 
+# Other Keras losses that are never negative.
+_OTHER_KERAS_LOSSES = ("hinge", "squared_hinge", "categorical_hinge", "kl_divergence", "poisson",
+                       "binary_focal_crossentropy", "categorical_focal_crossentropy", "dice", "tversky",
+                       "mean_squared_error", "mean_absolute_error")
+
 _PER_EXAMPLE_FUNCTIONS = {
     SPARSE_CATEGORICAL: keras.losses.sparse_categorical_crossentropy,
     CATEGORICAL: keras.losses.categorical_crossentropy,
@@ -47,6 +52,19 @@ class LossInfo:
     name: str
     kind: str | None
     from_logits: bool
+
+    @property
+    def minimum(self):
+        """The lowest value the loss can take: -1 for cosine similarity, 0 for Keras's other losses, else None.
+
+        None for a loss this library does not know (a custom function may go
+        below zero, as a Gaussian negative log-likelihood does).
+        """
+        if self.name == "cosine_similarity":
+            return -1.0
+        if self.kind is not None or self.name in ELEMENTWISE_LOSSES or self.name in _OTHER_KERAS_LOSSES:
+            return 0.0
+        return None
 
     def expected_initial_loss(self, num_classes):
         """Returns the loss of uniform predictions, or None if unknown.

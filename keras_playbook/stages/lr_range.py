@@ -317,6 +317,32 @@ class LRRangeResult(Result):
 # The test -------------------------------------------------------------------
 
 
+WARM_UP_SHARE = 0.1  # The first 10% of a range test's steps (at least 5) never stop it.
+
+
+def warm_up_steps(num_steps):
+    """Steps before a range test may stop: its first smoothed values are a batch or two."""
+    return max(5, int(round(WARM_UP_SHARE * num_steps)))
+
+
+def diverged(smoothed, warm_up, stop_factor):
+    """Whether the smoothed loss has risen far enough above its minimum to stop the test.
+
+    The minimum is taken from the end of the warm-up on, where the average
+    is no longer one noisy batch. For a positive minimum the rule is the
+    classic `stop_factor` x the minimum (Smith 2017, fastai); a loss whose
+    minimum is zero or negative (cosine similarity, a Gaussian negative
+    log-likelihood) has no scale there, so it stops once it has risen back
+    by its whole fall, above where it started.
+    """
+    settled = smoothed[warm_up - 1:]
+    minimum = min(settled)
+    if minimum > 0:
+        return smoothed[-1] > stop_factor * minimum
+    start = max(smoothed[:warm_up])
+    return smoothed[-1] > start and start > minimum
+
+
 class _RangeTest(keras.callbacks.Callback):
     """Sets each step's learning rate, measures, smooths, and stops on divergence."""
 
@@ -329,6 +355,7 @@ class _RangeTest(keras.callbacks.Callback):
         self.losses = []
         self.smoothed = []
         self.stop_reason = None
+        self.warm_up = warm_up_steps(len(learning_rates))
         self._average = MovingAverage(smoothing)
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -346,10 +373,13 @@ class _RangeTest(keras.callbacks.Callback):
         self.smoothed.append(smoothed)
         if not math.isfinite(loss) or not math.isfinite(smoothed):
             self.stop_reason = f"the loss became {loss} at learning rate {self.learning_rates[step - 1]:.3g}"
-        elif smoothed > self.stop_factor * min(self.smoothed):
+        elif step > self.warm_up and diverged(self.smoothed, self.warm_up, self.stop_factor):
             self.stop_reason = (
                 f"the smoothed loss exceeded {self.stop_factor:g} x its minimum at "
                 f"learning rate {self.learning_rates[step - 1]:.3g}"
+            ) if min(self.smoothed[self.warm_up - 1:]) > 0 else (
+                "the smoothed loss rose back above where it started, at learning rate "
+                f"{self.learning_rates[step - 1]:.3g}"
             )
         if self.stop_reason is not None or step == len(self.learning_rates):
             self.model.stop_training = True
@@ -549,13 +579,17 @@ def _result(test, learning_rates, *, rule, pipeline, optimizer, **settings):
     finite = int(np.argmax(~np.isfinite(smoothed))) if not np.isfinite(smoothed).all() else len(smoothed)
     rates, curve = np.asarray(learning_rates[:finite]), smoothed[:finite]
     suggestions, bounds, one_cycle, ok = {}, None, None, False
-    if finite >= 3:
+    if finite > warm_up_steps(settings["num_steps"]):  # No verdict from a handful of points.
         suggestions = {name: function(rates, curve, losses[:finite], settings["smoothing"])
                        for name, function in SUGGESTION_RULES.items()}
         lowest = int(np.argmin(curve))
         maximum = float(rates[upper_bound_index(losses[:finite], settings["smoothing"])])
+        # No rate to train at lies past where the loss reaches its floor: on a loss that holds its floor to
+        # max_lr without turning up (a bounded loss, a task learned within the test), the minimum of the
+        # flat floor is noise and can sit at max_lr itself.
+        suggestions = {name: min(value, maximum) for name, value in suggestions.items()}
         bounds, one_cycle = [maximum / 4.0, maximum], [maximum / 10.0, maximum]
-        fell = curve[lowest] < 0.95 * curve[0]
+        fell = curve[0] - curve[lowest] > 0.05 * max(abs(curve[0]), abs(curve[lowest]))  # Also below zero.
         still_falling = (
             test.stop_reason is None
             and lowest >= len(curve) - max(2, len(curve) // 20)

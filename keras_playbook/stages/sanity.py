@@ -96,7 +96,10 @@ class OverfitResult(Result):
     """How well the model memorized a small sample with regularization off.
 
     Attributes:
-        verdict: "memorized", "not_decreasing", "diverged" or "too_slow".
+        verdict: "memorized", "not_decreasing", "diverged", "too_slow", or
+            "unknown_floor" (a loss without a known lowest value that went
+            to or below zero: "near zero" means nothing for it; pass
+            `target_loss`).
         num_examples: Size of the sample.
         steps: Training steps run.
         learning_rate: Learning rate used.
@@ -115,6 +118,8 @@ class OverfitResult(Result):
             (an earlier stage's), "range test" (a short range test on the
             sample) or "optimizer" (the compiled rate, when the range test
             found none).
+        checked: False when memorizing could not be judged
+            ("unknown_floor"); the result is then OK but says NOT CHECKED.
     """
 
     kind = "overfit_small_sample"
@@ -134,6 +139,11 @@ class OverfitResult(Result):
     message: str
     regularization_left_on: list = dataclasses.field(default_factory=list)
     learning_rate_source: str = "given"
+    checked: bool = dataclasses.field(default=True, kw_only=True)
+
+    def summary(self):
+        verdict = "NOT CHECKED" if not self.checked and self.ok else ("OK" if self.ok else "CHECK")
+        return f"{self.kind}: {verdict} - {self.message}"
 
     def plot(self):
         """Training loss (log scale) and accuracy against steps."""
@@ -534,8 +544,12 @@ def overfit_small_sample(
             to the optimizer's rate when it finds none.
         learning_rate_source: How the caller chose `learning_rate` ("given",
             "settled"), for the result.
-        target_loss: Loss counted as near zero; defaults to 1% of the initial
-            loss.
+        target_loss: Loss counted as memorized (any finite number: it may be
+            negative); defaults to 1% of the way from the initial loss down
+            to the lowest the loss can take (0 for Keras's losses, -1 for
+            cosine similarity). A loss this library does not know that goes
+            to or below zero gets the verdict "unknown_floor" (not checked)
+            unless it is given.
         seed: Seed of the sample and its shuffling.
         callbacks: Extra Keras callbacks for the trial's `fit` (a progress
             bar, say); the stage itself prints nothing.
@@ -552,8 +566,10 @@ def overfit_small_sample(
     validation.check_int(max_steps, "max_steps", stage)
     if learning_rate is not None:
         validation.check_number(learning_rate, "learning_rate", stage)
-    if target_loss is not None:
-        validation.check_number(target_loss, "target_loss", stage)
+    if target_loss is not None and (isinstance(target_loss, bool) or not isinstance(target_loss, (int, float))
+                                    or not math.isfinite(target_loss)):
+        raise ValueError(f"{stage}: argument `target_loss` must be a finite number (it may be negative, for a "
+                         f"loss that goes below zero). Received: target_loss={target_loss!r}.")
     sample = pipeline.sample(num_batches, seed=seed)
     num_examples = len(tf.nest.flatten(sample[0])[0])
     steps_per_pass = math.ceil(num_examples / pipeline.global_batch_size)
@@ -593,7 +609,10 @@ def overfit_small_sample(
         .batch(pipeline.global_batch_size)
     )
     initial = model.evaluate(dataset, verbose=0, return_dict=True)
-    target = target_loss if target_loss is not None else 0.01 * initial["loss"]
+    # "Near zero" is 1% of the way from the initial loss down to the lowest the loss can take.
+    floor = 0.0 if _several_losses(session.model.loss) else losses.describe_loss(session.model.loss).minimum
+    lowest = 0.0 if floor is None else floor
+    target = target_loss if target_loss is not None else lowest + 0.01 * (initial["loss"] - lowest)
     history = model.fit(
         dataset,
         epochs=math.ceil(max_steps / steps_per_pass),
@@ -606,11 +625,16 @@ def overfit_small_sample(
     accuracies = [float(value) for value in history.history.get("accuracy", [])]
     final_loss = train_losses[-1]
     final_accuracy = accuracies[-1] if classification else None
+    unknown_floor = target_loss is None and floor is None and (initial["loss"] <= 0 or min(train_losses) < 0)
     if not all(math.isfinite(value) for value in train_losses):
         verdict = "diverged"
+    elif final_accuracy is not None and final_accuracy >= MEMORIZED_ACCURACY:
+        verdict = "memorized"
+    elif unknown_floor:
+        verdict = "unknown_floor"
     elif _memorized(final_loss, final_accuracy, target):
         verdict = "memorized"
-    elif min(train_losses) > 0.9 * initial["loss"]:
+    elif initial["loss"] - min(train_losses) < 0.1 * abs(initial["loss"] - lowest):
         verdict = "not_decreasing"
     else:
         verdict = "too_slow"
@@ -627,10 +651,11 @@ def overfit_small_sample(
         accuracies=accuracies,
         steps_per_pass=steps_per_pass,
         regularization_disabled=sorted(disabled),
-        ok=verdict == "memorized",
+        ok=verdict in ("memorized", "unknown_floor"),
         message="",
         regularization_left_on=left_on,
         learning_rate_source=source,
+        checked=verdict != "unknown_floor",
     )
     result.message = _overfit_message(result)
     return result
@@ -673,6 +698,12 @@ def _overfit_message(result):
             f"Memorized {result.num_examples} examples in {result.steps} steps "
             f"({loss_path}{accuracy}) at {at}, with regularization off ({off}): the model and the "
             f"training loop can learn ({_OVERFIT}).{left}"
+        )
+    if result.verdict == "unknown_floor":
+        return (
+            f"Nothing was judged: the loss went from {result.initial_loss:.4g} to {result.final_loss:.4g}{accuracy} "
+            f"in {result.steps} steps at {at}, and this loss can go below zero, so 'near zero' does not mean "
+            f"memorized. Pass target_loss= (the loss of a memorized sample) to judge it ({_OVERFIT}).{left}"
         )
     if result.verdict == "diverged":
         return (

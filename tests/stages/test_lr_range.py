@@ -306,3 +306,74 @@ def test_iris_on_sgd_with_momentum_finds_a_rate_in_every_data_order():
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9), helpers.LOGITS_LOSS)
     result = Playbook(model, (x[:120], y[:120]), batch_size=32, seed=1, verbose=0).find_lr()
     assert result.ok and None not in result.suggestions_by_order, result.message
+
+
+def test_one_noisy_batch_does_not_stop_the_test_before_its_warm_up():
+    # The bias-corrected average of the first step is that one batch: a lucky first batch used to set
+    # a minimum that the second batch "exceeded 4 x", ending the test after 2 steps.
+    rates = lr_range.range_learning_rates(1e-7, 10, 100)
+    test = lr_range._RangeTest(rates, smoothing=0.9, stop_factor=4.0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(), "mse")
+    test.set_model(model)
+    test.model.stop_training = False
+    for step, loss in enumerate([0.01] + [0.5] * 20):
+        test.on_train_batch_begin(step)
+        test.on_train_batch_end(step, {"loss": loss})
+        if test.model.stop_training:
+            break
+    assert len(test.losses) > lr_range.warm_up_steps(100) and test.stop_reason is None
+
+
+def _cosine_problem():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((512, 8)).astype("float32")
+    y = x @ rng.standard_normal((8, 4)).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(4)])
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.CosineSimilarity())
+    return model, (x, y)
+
+
+@keras.saving.register_keras_serializable(package="tests")
+def _gaussian_nll(y_true, y_pred):
+    mean, log_scale = y_pred[:, :1], y_pred[:, 1:]
+    return keras.ops.mean(log_scale + 0.5 * keras.ops.square((y_true - mean) / keras.ops.exp(log_scale)), axis=-1)
+
+
+def _gaussian_problem():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((512, 4)).astype("float32")
+    y = (0.2 * x @ np.array([[1.0], [-2.0], [0.5], [0.0]], "float32")
+         + 0.02 * rng.standard_normal((512, 1))).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.Adam(1e-3), _gaussian_nll)
+    return model, (x, y)
+
+
+@pytest.mark.parametrize("problem", [_cosine_problem, _gaussian_problem])
+def test_losses_that_go_below_zero_get_a_real_range_test(problem):
+    model, data = problem()
+    result = Playbook(model, data, batch_size=32, verbose=0).find_lr(repeats=1)
+    assert min(result.losses) < 0  # The loss does go below zero here.
+    assert result.ok, result.message
+    assert result.steps_run > 30 and 1e-4 < result.suggested_lr < 1.0
+
+
+def test_overfit_judges_a_loss_that_goes_below_zero_against_its_own_floor():
+    model, data = _cosine_problem()
+    pb = Playbook(model, data, batch_size=32, verbose=0)
+    result = pb.overfit_small_sample(learning_rate=3e-3)
+    # Cosine similarity's lowest value is -1: memorized means within 1% of the way down to it.
+    assert result.target_loss == pytest.approx(-1 + 0.01 * (result.initial_loss + 1))
+    assert result.verdict != "memorized" or result.final_loss <= result.target_loss
+
+    model, data = _gaussian_problem()
+    pb = Playbook(model, data, batch_size=32, verbose=0)
+    result = pb.overfit_small_sample(learning_rate=1e-2, max_steps=200)
+    assert min(result.losses) < 0
+    assert result.verdict == "unknown_floor" and result.ok and not result.checked
+    assert "NOT CHECKED" in result.summary() and "target_loss=" in result.message
+    judged = pb.overfit_small_sample(learning_rate=1e-2, max_steps=200, target_loss=-50.0)
+    assert judged.checked and judged.verdict == "too_slow"
