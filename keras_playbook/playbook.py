@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from keras_playbook import data as data_module
 from keras_playbook import finetune, losses, validation
-from keras_playbook.callbacks import StepProgress, restore_momentum
+from keras_playbook.callbacks import OneCycle, StepProgress, restore_momentum
 from keras_playbook.journal import JOURNAL_FILENAME, Journal
 from keras_playbook.records import FitRecord, SetupRecord
 from keras_playbook.session import Session, innermost_optimizer, resolve_strategy, users_random_state
@@ -733,11 +733,14 @@ class Playbook:
             raise TypeError(f"fit: `restore_best` must be True or False. Received: restore_best={restore_best!r}.")
         hyperparameters = {**self.journal.settled(), **overrides}
         _validate_hyperparameters(hyperparameters)
+        batch_size = hyperparameters.get("batch_size", self.train_data.per_replica_batch_size)
+        training.check_one_cycle_inputs(schedule, self.journal.latest("find_lr"), overrides, batch_size)
         self._check_not_stale("fit", hyperparameters, overrides)
         scheduler = training.schedule_callback(
             schedule, self.model, self.journal.latest("find_lr"), self.validation_data is not None
         )
-        batch_size = hyperparameters.get("batch_size", self.train_data.per_replica_batch_size)
+        if isinstance(scheduler, OneCycle):  # The schedule sets every step's rate: the record says so.
+            hyperparameters.pop("learning_rate", None)
         train_data, validation_data = self._pipelines(batch_size)
         self._apply_to_optimizer(hyperparameters)
         watching, initial_loss, untrained = [], None, None

@@ -234,3 +234,18 @@ def test_weight_decay_override_takes_effect_after_a_first_fit(digits):
         return float(np.linalg.norm(keras.ops.convert_to_numpy(pb.model.layers[0].kernel)))
 
     assert kernel_norm_after(weight_decay=2.0) < 0.9 * kernel_norm_after(weight_decay=0.0)
+
+
+def test_sanity_checks_start_from_the_initial_weights_and_measurements_from_the_current(digits):
+    import math
+
+    pb = _playbook(None, digits)
+    pb.fit(3, learning_rate=3e-3, verbose=0, watch=False)
+    trained = pb.model.evaluate(digits["x_train"], digits["y_train"], verbose=0)
+    assert trained < 1.0  # Well below ln 10 = 2.30: the live model has learned.
+    found = pb.find_lr(num_steps=20, repeats=1)
+    assert np.mean(found.losses[:3]) < 1.2  # The range test starts from the trained weights.
+    initial = pb.check_initial_loss()
+    assert abs(initial.loss - math.log(10)) < 0.5  # The sanity checks, from the untrained ones.
+    overfit = pb.overfit_small_sample(max_steps=1)
+    assert overfit.initial_loss > 1.8

@@ -63,6 +63,33 @@ def check_schedule(schedule, stage="fit"):
         )
 
 
+def check_one_cycle_inputs(schedule, lr_result, overrides, batch_size, stage="fit"):
+    """Refuses what `schedule="one_cycle"` cannot honour, before any compute.
+
+    One cycle takes both bounds from the latest range test, so a
+    `learning_rate` override would be recorded but never trained at; and
+    bounds measured at another batch size do not hold at this one (Tuning
+    Playbook), as a settled learning rate would not.
+    """
+    if schedule != "one_cycle":
+        return
+    if "learning_rate" in overrides:
+        rate = overrides["learning_rate"]
+        raise ValueError(
+            f"{stage}: schedule='one_cycle' sets every step's rate from the range test's bounds, so "
+            f"learning_rate={rate!r} would not be trained at. Pass schedule=OneCycle(lr_bounds=({rate / 10:.3g}, "
+            f"{rate:.3g})) to peak at that rate (Smith 2018: lower = upper / 10), or leave learning_rate out."
+        )
+    measured = getattr(lr_result, "batch_size", None)
+    if lr_result is not None and lr_result.one_cycle_lr_bounds is not None and measured != batch_size:
+        raise ValueError(
+            f"{stage}: schedule='one_cycle' takes its bounds from a range test run at batch size {measured} "
+            f"(per replica), and this run trains at {batch_size}: learning rates do not carry over between "
+            "batch sizes (Tuning Playbook). Run pb.find_lr() again at this batch size, or pass "
+            "schedule=OneCycle(lr_bounds=(lower, upper))."
+        )
+
+
 def schedule_callback(schedule, model, lr_result, has_validation, stage="fit"):
     """The callback that runs `schedule` (see `Playbook.fit`), or None.
 

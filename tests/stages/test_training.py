@@ -38,6 +38,20 @@ def test_one_cycle_takes_its_bounds_from_find_lr(strategy, digits, tmp_path):
     # The journal on disk keeps the schedule and the findings.
     again = Journal.load(tmp_path / "journal.json").latest("fit")
     assert again.schedule == record.schedule and again.findings == record.findings
+    # The record states what trained: the schedule's rates, not a settled one it never used.
+    assert "learning_rate" not in record.hyperparameters
+
+
+def test_one_cycle_refuses_what_it_cannot_honour_before_training(digits):
+    pb = _playbook(None, digits)
+    pb.find_lr(num_steps=40)
+    before = helpers.variables_of(pb.model)
+    with pytest.raises(ValueError, match=r"learning_rate=0.01 would not be trained at.*OneCycle\(lr_bounds=\(0.001, 0.01\)\)"):
+        pb.fit(epochs=1, schedule="one_cycle", learning_rate=0.01)
+    with pytest.raises(ValueError, match="range test run at batch size 32.*trains at 64"):
+        pb.fit(epochs=1, schedule="one_cycle", batch_size=64)
+    helpers.assert_same_values(before, helpers.variables_of(pb.model))
+    assert pb.journal.latest("fit") is None
 
 
 def test_named_schedules_start_from_the_settled_rate(digits):
