@@ -19,7 +19,8 @@ the values it rests on, and advice citing the practice:
   and the loss went flat after it. Only decays nobody planned or earned
   count: a one-cycle or cosine anneal is planned, a step-down on a stalled
   loss (`StepDownLR`, `ReduceLROnPlateau`) is earned.
-- `overfitting`: the validation loss rises from its best epoch while the
+- `overfitting`: the validation loss rises from its best epoch (by more than
+  noise: a share of its fall, or a steady trend) while the
   training loss keeps falling.
 - `worse_after_convergence`: the training loss rises after its best epoch at
   a constant rate (weight decay overpowering the learning; without weight
@@ -339,6 +340,9 @@ def _overfitting(loss, validation):
         return []
     if not loss[-1] < loss[best] - FLAT * abs(loss[best]):
         return []
+    rise = validation[-1] - validation[best]
+    if rise <= RISE_OF_FALL * max(validation[0] - validation[best], 0.0) and not _rising_trend(validation[best:]):
+        return []  # Noise around a converged validation loss, not a trend.
     gap_then, gap_now = validation[best] - loss[best], validation[-1] - loss[-1]
     return [Finding("overfitting", [best + 1, len(loss)],
                     {"best_val_loss": _g(validation[best]), "final_val_loss": _g(validation[-1]),

@@ -906,8 +906,9 @@ class Playbook:
                 validation.check_number(value, name, "fine_tune")
         if callbacks is not None and not isinstance(callbacks, (list, tuple)):
             raise TypeError(f"fine_tune: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
-        if not isinstance(train_batch_norm, bool):
-            raise TypeError(f"fine_tune: `train_batch_norm` must be True or False. Received: {train_batch_norm!r}.")
+        for name, value in (("gradual", gradual), ("train_batch_norm", train_batch_norm)):
+            if not isinstance(value, bool):
+                raise TypeError(f"fine_tune: `{name}` must be True or False. Received: {name}={value!r}.")
         layer_groups = finetuning.resolve_groups(self.model, groups)
         multipliers = finetuning.check_multipliers(multipliers, len(layer_groups), factor)
         callbacks = list(callbacks or [])

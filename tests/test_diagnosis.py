@@ -203,3 +203,13 @@ def test_noise_around_the_floor_is_not_getting_worse():
     rng = np.random.default_rng(0)
     loss = np.concatenate([2.0 * 0.5 ** np.arange(8), 0.05 + 0.02 * rng.random(22)])
     assert diagnose({"loss": loss.tolist()}, initial_loss=2.3) == []
+
+
+def test_a_converged_validation_loss_bouncing_in_its_noise_is_not_overfitting():
+    # A healthy two-output regression (seen on the verdict benchmark): both losses have converged and
+    # bounce around their floor; the last validation loss is above the best, but by noise.
+    history = {
+        "loss": [0.7001, 0.1654, 0.0895, 0.0493, 0.0344, 0.0223, 0.0199, 0.0211, 0.0247, 0.0192],
+        "val_loss": [0.1732, 0.1126, 0.07, 0.0325, 0.0213, 0.0196, 0.0168, 0.0253, 0.0174, 0.0242],
+    }
+    assert [finding.kind for finding in diagnose(history)] == []

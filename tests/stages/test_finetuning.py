@@ -195,9 +195,9 @@ def test_a_phase_2_that_makes_things_worse_is_not_ok_and_keeps_phase_1(pretraine
 
 
 @pytest.mark.parametrize("train_batch_norm", [False, True])
-def test_phase_2_keeps_batch_norm_and_the_users_frozen_layers_frozen(pretrained, digits, train_batch_norm):
+def test_phase_2_keeps_batch_norm_and_the_users_frozen_layers_frozen(strategy, pretrained, digits, train_batch_norm):
     data = _split(digits, 5)
-    pb = Playbook.for_fine_tuning(_backbone(), 5, data["train"], data["val"],
+    pb = Playbook.for_fine_tuning(_backbone(), 5, data["train"], data["val"], strategy=strategy,
                                   weights=pretrained["folder"] / "backbone.weights.h5", batch_size=16, verbose=0)
     backbone = pb.model.get_layer("backbone")
     backbone.get_layer("block1_conv").trainable = False  # Frozen on purpose.

@@ -117,11 +117,11 @@ def _with_batch_norm():
 
 
 @pytest.mark.parametrize("kind", ["builder", "model"])
-def test_every_copy_keeps_the_frozen_layers_frozen(digits, kind):
+def test_every_copy_keeps_the_frozen_layers_frozen(strategy, digits, kind):
     from keras_playbook.session import leaf_layers
     from keras_playbook.stages import short_runs
 
-    pb = _playbook(digits, model=_with_batch_norm if kind == "builder" else _with_batch_norm())
+    pb = _playbook(digits, model=_with_batch_norm if kind == "builder" else _with_batch_norm(), strategy=strategy)
     pb.model.layers[0].trainable = False
     pb.model.layers[1].trainable = False  # Frozen BatchNormalization: inference mode.
     live = [layer.trainable for layer in leaf_layers(pb.model)]
@@ -132,6 +132,6 @@ def test_every_copy_keeps_the_frozen_layers_frozen(digits, kind):
     # A trial trains only what the live model trains.
     trial = copies[2]
     frozen = [np.array(w) for w in trial.layers[0].get_weights() + trial.layers[1].get_weights()]
-    trial.fit(digits["x_train"][:64], digits["y_train"][:64], batch_size=32, epochs=1, verbose=0)
+    trial.fit(digits["x_train"][:128], digits["y_train"][:128], batch_size=64, epochs=1, verbose=0)
     after = trial.layers[0].get_weights() + trial.layers[1].get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(frozen, after))
