@@ -9,6 +9,8 @@ model.
 
 import contextlib
 import functools
+import hashlib
+import json
 import os
 
 import keras
@@ -20,7 +22,7 @@ from keras_playbook import finetune, losses, validation
 from keras_playbook.callbacks import OneCycle, StepProgress, restore_momentum
 from keras_playbook.journal import JOURNAL_FILENAME, Journal
 from keras_playbook.records import FitRecord, SetupRecord
-from keras_playbook.session import Session, innermost_optimizer, resolve_strategy, users_random_state
+from keras_playbook.session import Session, innermost_optimizer, leaf_layers, resolve_strategy, users_random_state
 from keras_playbook.stages import batch_size as batch_size_stage
 from keras_playbook.stages import experiments, finetuning, lr_range, probes, sanity, search, short_runs, training
 
@@ -51,6 +53,42 @@ def _stage(method=None, *, random_state=True):
     return run
 
 
+def _journal_in(directory):
+    """The journal a directory holds, or None; a file that is not one is refused, never overwritten."""
+    path = os.path.join(os.fspath(directory), JOURNAL_FILENAME)
+    if not os.path.exists(path):
+        return None
+    try:
+        journal = Journal.load(path)
+    except (ValueError, KeyError, TypeError) as error:  # json.JSONDecodeError is a ValueError.
+        raise ValueError(
+            f"{path} is not a journal this library can read ({type(error).__name__}: {error}). It was left as it "
+            "is: move it away, pass another `directory`, or overwrite=True to start a new journal there."
+        ) from None
+    if not journal or journal[0].kind != "setup":
+        raise ValueError(f"{path} does not start with a set-up record. Pass another `directory`, or "
+                         "overwrite=True to start a new journal there.")
+    return journal
+
+
+def _check_belongs(journal, setup):
+    """Refuses a journal written for another set-up, naming what differs."""
+    differences = journal[0].differences(setup)
+    if differences:
+        raise ValueError(
+            f"The journal in {os.path.dirname(journal.path)} belongs to another set-up ("
+            + "; ".join(differences)
+            + "): what it settled would not hold here. Pass another `directory`, or overwrite=True to start a "
+            "new journal there."
+        )
+
+
+def _architecture(model):
+    """A digest of the model's layers, in order: class and weight shapes (not names, which Keras numbers)."""
+    layers = [[type(layer).__name__, [list(weight.shape) for weight in layer.weights]] for layer in leaf_layers(model)]
+    return hashlib.sha256(json.dumps(layers).encode()).hexdigest()[:16]
+
+
 class Playbook:
     """Runs the disciplined tuning procedure on a Keras model.
 
@@ -71,16 +109,23 @@ class Playbook:
         strategy: A `tf.distribute.Strategy`; None picks `MirroredStrategy`
             when two or more GPUs are visible, else the default strategy.
         directory: Folder for the journal (`journal.json`, rewritten after
-            every stage). None keeps the journal in memory only.
+            every stage). None keeps the journal in memory only. A journal
+            already there is kept and carried on when it belongs to this
+            set-up (the same architecture and parameter count, data sizes,
+            loss and replicas): what earlier runs settled holds. One of
+            another set-up is refused, naming what differs.
+        overwrite: Start a new journal in `directory` even if one is there.
         seed: Seed of shuffling and of the samples stages draw.
         verbose: 1 shows progress bars for stages that train, 0 is silent.
 
     Raises:
         TypeError: for a model, data, strategy or batch size of the wrong type.
         ValueError: for a model without loss, empty data, NaN or inf in the
-            first batches, labels that do not fit the model's output, or
-            validation data whose structure differs from the training data.
-            All are raised before any training.
+            first batches, labels that do not fit the model's output,
+            validation data whose structure differs from the training data,
+            or a journal in `directory` that is not valid or belongs to
+            another set-up. All are raised before any training, and the
+            journal on disk is left as it was.
 
     Example:
 
@@ -107,9 +152,12 @@ class Playbook:
         batch_size=None,
         strategy=None,
         directory=None,
+        overwrite=False,
         seed=0,
         verbose=1,
     ):
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"Argument `overwrite` must be True or False. Received: overwrite={overwrite!r}.")
         if batch_size is not None:
             data_module.validate_batch_size(batch_size)
         if directory is not None and not isinstance(directory, (str, os.PathLike)):
@@ -120,6 +168,7 @@ class Playbook:
         if verbose not in (0, 1):
             raise ValueError(f"Argument `verbose` must be 0 or 1. Received: verbose={verbose!r}.")
         resolve_strategy(strategy)  # TypeError before a builder is called.
+        found = None if directory is None or overwrite else _journal_in(directory)
         self.seed = seed
         self.verbose = verbose
         self.directory = None if directory is None else os.fspath(directory)
@@ -145,9 +194,14 @@ class Playbook:
         self._check_labels(loss)
         self.session.compile(loss=loss, optimizer=optimizer, metrics=metrics)
         self.session.ensure_built(self.train_data.first_batches(1)[0][0])
-        path = None if directory is None else os.path.join(os.fspath(directory), JOURNAL_FILENAME)
-        self.journal = Journal(path)
-        self.journal.append(self._setup_record())
+        setup = self._setup_record()
+        if found is not None:
+            _check_belongs(found, setup)
+            self.journal = found  # Carried on: what earlier runs settled holds.
+        else:
+            path = None if directory is None else os.path.join(os.fspath(directory), JOURNAL_FILENAME)
+            self.journal = Journal(path)
+            self.journal.append(setup)
         self._untrained_losses = {}  # By batch size: see `_untrained_loss`.
 
     # Properties -------------------------------------------------------------
@@ -198,6 +252,7 @@ class Playbook:
             num_parameters=int(self.model.count_params()),
             loss=str(loss_name),
             optimizer=_jsonable(self.model.optimizer.get_config()),
+            architecture=_architecture(self.model),
             ok=True,
             message=(
                 f"Training on {session.num_replicas} replica(s) with "

@@ -25,6 +25,8 @@ class SetupRecord(Result):
         num_parameters: Parameters of the model.
         loss: Name of the compiled loss.
         optimizer: Optimizer config, as `get_config()` returns it.
+        architecture: A digest of the model's layers (class, weight shapes,
+            in order): the same model built again has the same one.
     """
 
     kind = "setup"
@@ -41,8 +43,22 @@ class SetupRecord(Result):
     ok: bool
     message: str
 
+    architecture: str = dataclasses.field(default="", kw_only=True)
+
+    # What must match for a journal to belong to a Playbook (`differences`).
+    IDENTITY = ("architecture", "num_parameters", "num_train_examples", "num_validation_examples", "loss",
+                "num_replicas")
+
     def settles(self):
         return {"batch_size": self.per_replica_batch_size}
+
+    def differences(self, other):
+        """What differs between this set-up and `other` among `IDENTITY`, as "name: this -> other" lines."""
+        return [
+            f"{name.replace('_', ' ')}: {getattr(self, name)!r} -> {getattr(other, name)!r}"
+            for name in self.IDENTITY
+            if getattr(self, name) != getattr(other, name) and (name != "architecture" or self.architecture)
+        ]
 
 
 @dataclasses.dataclass

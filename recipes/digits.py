@@ -55,6 +55,7 @@ pb = Playbook(
     metrics=["accuracy"],
     batch_size=64,
     directory=os.environ.get("PLAYBOOK_DIR", "runs/digits"),
+    overwrite=True,  # A fresh journal each run; without it, a second run carries the first one's journal on.
 )
 print(pb.journal[0].summary())
 print(pb.check_initial_loss().summary())

@@ -249,3 +249,31 @@ def test_sanity_checks_start_from_the_initial_weights_and_measurements_from_the_
     assert abs(initial.loss - math.log(10)) < 0.5  # The sanity checks, from the untrained ones.
     overfit = pb.overfit_small_sample(max_steps=1)
     assert overfit.initial_loss > 1.8
+
+
+def test_a_new_playbook_on_the_same_directory_carries_the_journal_on(digits, tmp_path):
+    pb = _playbook(None, digits, directory=tmp_path)
+    found = pb.find_lr(num_steps=20, repeats=1)
+    path = tmp_path / "journal.json"
+    again = _playbook(None, digits, directory=tmp_path)  # The same set-up, built again (another model name).
+    assert [result.kind for result in again.journal] == ["setup", "find_lr"]
+    assert again.journal.settled()["learning_rate"] == found.suggested_lr
+    written = path.read_bytes()
+    # Another model or other data: refused before anything is written, naming what differs.
+    with pytest.raises(ValueError, match=r"belongs to another set-up \(architecture: .*num parameters: 2410 -> 4810"):
+        _playbook(None, digits, model=helpers.mlp(hidden=64), directory=tmp_path)
+    with pytest.raises(ValueError, match=r"num train examples: 512 -> 256"):
+        Playbook(helpers.mlp(), (digits["x_train"][:256], digits["y_train"][:256]),
+                 validation_data=(digits["x_val"], digits["y_val"]), loss=helpers.LOGITS_LOSS, directory=tmp_path,
+                 verbose=0)
+    assert path.read_bytes() == written
+    fresh = _playbook(None, digits, model=helpers.mlp(hidden=64), directory=tmp_path, overwrite=True)
+    assert [result.kind for result in fresh.journal] == ["setup"]
+
+
+def test_a_file_that_is_not_a_journal_is_refused_and_left_alone(digits, tmp_path):
+    path = tmp_path / "journal.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"journal.json is not a journal this library can read"):
+        _playbook(None, digits, directory=tmp_path)
+    assert path.read_text() == "{not json"
