@@ -988,7 +988,7 @@ class Playbook:
             self.fit(epochs, callbacks=callbacks + extra, verbose=verbose, learning_rate=rate, restore_best=True)
             result = finetuning.summarize(
                 layer_groups, multipliers, head_rate, rate, head_epochs, epochs, gradual,
-                head_record.history, self.journal.latest("fit").history,
+                head_record.history, self.journal.latest("fit").history, keep_frozen,
             )
             if not result.ok:  # Phase 2 did not improve on phase 1.
                 self.model.set_weights(head_weights)

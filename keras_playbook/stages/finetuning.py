@@ -191,7 +191,8 @@ def check_multipliers(multipliers, num_groups, factor):
     return [float(value) for value in multipliers]
 
 
-def summarize(groups, multipliers, head_rate, rate, head_epochs, epochs, gradual, head_history, history):
+def summarize(groups, multipliers, head_rate, rate, head_epochs, epochs, gradual, head_history, history,
+              kept_frozen=()):
     """The `FineTuneResult` of two finished phases; it is OK when phase 2 beat phase 1."""
     monitor = "val_loss" if "val_loss" in history else "loss"
     head_best = min(head_history.get(monitor, [float("nan")]))
@@ -207,6 +208,16 @@ def summarize(groups, multipliers, head_rate, rate, head_epochs, epochs, gradual
         f"{', '.join(f'{m:.3g}' for m in multipliers)} (earliest first; early layers change "
         f"less, Howard & Ruder 2018){', thawing one group at a time' if gradual else ''}: best {monitor} {best:.4g}."
     )
+    batch_norms = [layer.name for layer in kept_frozen if isinstance(layer, keras.layers.BatchNormalization)]
+    others = [layer.name for layer in kept_frozen if not isinstance(layer, keras.layers.BatchNormalization)]
+    if others:
+        message += f" Left frozen as you had them: {', '.join(others)}."
+    if batch_norms:
+        message += (
+            f" {len(batch_norms)} BatchNormalization layer{'s' if len(batch_norms) != 1 else ''} stayed in inference "
+            "mode with the pretrained statistics (Keras's transfer-learning guide); on data far from the "
+            "pretraining data, train_batch_norm=True lets them adapt."
+        )
     if improved:
         message += " The model holds phase 2's best epoch."
     else:

@@ -202,8 +202,10 @@ def test_phase_2_keeps_batch_norm_and_the_users_frozen_layers_frozen(strategy, p
     backbone = pb.model.get_layer("backbone")
     backbone.get_layer("block1_conv").trainable = False  # Frozen on purpose.
     before = {layer.name: [np.array(w) for w in layer.get_weights()] for layer in backbone.layers}
-    pb.fine_tune(head_epochs=1, epochs=2, head_learning_rate=1e-2, learning_rate=1e-2,
-                 train_batch_norm=train_batch_norm, verbose=0)
+    result = pb.fine_tune(head_epochs=1, epochs=2, head_learning_rate=1e-2, learning_rate=1e-2,
+                          train_batch_norm=train_batch_norm, verbose=0)
+    assert "Left frozen as you had them: block1_conv." in result.message
+    assert ("2 BatchNormalization layers stayed in inference mode" in result.message) is not train_batch_norm
 
     def changed(name):
         return any(not np.array_equal(a, b) for a, b in zip(backbone.get_layer(name).get_weights(), before[name]))
