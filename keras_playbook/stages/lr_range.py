@@ -326,7 +326,7 @@ def warm_up_steps(num_steps):
 
 
 def diverged(smoothed, warm_up, stop_factor):
-    """Whether the smoothed loss has risen far enough above its minimum to stop the test.
+    """Why the smoothed loss has risen far enough above its minimum to stop the test, or None.
 
     The minimum is taken from the end of the warm-up on, where the average
     is no longer one noisy batch. For a positive minimum the rule is the
@@ -335,12 +335,11 @@ def diverged(smoothed, warm_up, stop_factor):
     log-likelihood) has no scale there, so it stops once it has risen back
     by its whole fall, above where it started.
     """
-    settled = smoothed[warm_up - 1:]
-    minimum = min(settled)
+    minimum = min(smoothed[warm_up - 1:])
     if minimum > 0:
-        return smoothed[-1] > stop_factor * minimum
+        return f"the smoothed loss exceeded {stop_factor:g} x its minimum" if smoothed[-1] > stop_factor * minimum else None
     start = max(smoothed[:warm_up])
-    return smoothed[-1] > start and start > minimum
+    return "the smoothed loss rose back above where it started" if smoothed[-1] > start > minimum else None
 
 
 class _RangeTest(keras.callbacks.Callback):
@@ -373,14 +372,10 @@ class _RangeTest(keras.callbacks.Callback):
         self.smoothed.append(smoothed)
         if not math.isfinite(loss) or not math.isfinite(smoothed):
             self.stop_reason = f"the loss became {loss} at learning rate {self.learning_rates[step - 1]:.3g}"
-        elif step > self.warm_up and diverged(self.smoothed, self.warm_up, self.stop_factor):
-            self.stop_reason = (
-                f"the smoothed loss exceeded {self.stop_factor:g} x its minimum at "
-                f"learning rate {self.learning_rates[step - 1]:.3g}"
-            ) if min(self.smoothed[self.warm_up - 1:]) > 0 else (
-                "the smoothed loss rose back above where it started, at learning rate "
-                f"{self.learning_rates[step - 1]:.3g}"
-            )
+        elif step > self.warm_up:
+            reason = diverged(self.smoothed, self.warm_up, self.stop_factor)
+            if reason is not None:
+                self.stop_reason = f"{reason} at learning rate {self.learning_rates[step - 1]:.3g}"
         if self.stop_reason is not None or step == len(self.learning_rates):
             self.model.stop_training = True
 
