@@ -31,6 +31,17 @@ def to_builtin(value):
     return value
 
 
+def stale_reason(result, name, current):
+    """Why `result`'s value of `name` no longer holds under the settings `current`, or None."""
+    for setting, measured in result.depends_on().items():
+        if setting in current and current[setting] != measured:
+            value = result.settles()[name]
+            shown = f"{value:.3g}" if isinstance(value, float) else repr(value)
+            return (f"{name}={shown} from {result.kind} was measured at {setting}={measured}, "
+                    f"but {setting} is now {current[setting]}")
+    return None
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
@@ -57,6 +68,9 @@ class Result:
     """
 
     kind = "result"
+    # How the stage was called, set by the stage runner: {"stage", "arguments",
+    # "read" (the settled values it used), "depends_on", "seconds", "steps", "parent"}.
+    call = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -74,7 +88,10 @@ class Result:
             field.name: to_builtin(getattr(self, field.name))
             for field in dataclasses.fields(self)
         }
-        return {"kind": self.kind, **fields}
+        data = {"kind": self.kind, **fields}
+        if self.call is not None:
+            data["call"] = to_builtin(self.call)
+        return data
 
     @classmethod
     def from_dict(cls, data):
@@ -96,8 +113,12 @@ class Result:
             raise ValueError(
                 f"Cannot load a {kind!r} result as {cls.__name__}."
             )
+        call = data.pop("call", None)
         names = {field.name for field in dataclasses.fields(target)}
-        return target(**{key: value for key, value in data.items() if key in names})
+        result = target(**{key: value for key, value in data.items() if key in names})
+        if call is not None:
+            result.call = call
+        return result
 
     def settles(self):
         """Returns the hyperparameters this result settles for `Playbook.fit`.
@@ -110,12 +131,16 @@ class Result:
     def depends_on(self):
         """Returns the settings this result's measurement holds for.
 
+        The stage runner records them with the call: each stage declares the
+        settings its settled values depend on, and the values in force when
+        it ran are kept.
+
         Returns:
             A dict such as `{"batch_size": 32}`: a learning rate found at one
-            batch size is stale once another batch size is settled. Empty by
-            default.
+            batch size is stale once another batch size is settled. Empty for
+            a result recorded without its call.
         """
-        return {}
+        return dict((self.call or {}).get("depends_on", {}))
 
     def plot(self):
         """Returns a matplotlib Figure of this result.
@@ -177,12 +202,32 @@ class Journal:
             if self.path is not None:
                 self.save(self.path)
 
-    def settled(self):
-        """Returns the hyperparameters settled so far; later results win."""
+    def settled(self, upto=None):
+        """Returns the hyperparameters settled so far; later results win.
+
+        Args:
+            upto: Only the first `upto` results count (what was settled when
+                the result at that index ran); None counts all.
+        """
         hyperparameters = {}
-        for result in self._results:
+        for result in self._results[:upto]:
             hyperparameters.update(result.settles())
         return hyperparameters
+
+    def source(self, name, current=None):
+        """The latest result that settled `name`, skipping those no longer holding under `current`.
+
+        Args:
+            name: A settled hyperparameter, e.g. "learning_rate".
+            current: The settings in force (see `stale`); None skips nothing.
+
+        Returns:
+            The `Result`, or None when nothing (still valid) settled it.
+        """
+        for result in reversed(self._results):
+            if name in result.settles() and (current is None or stale_reason(result, name, current) is None):
+                return result
+        return None
 
     def measured_at(self, setting):
         """Settled values whose measurement holds for one value of `setting` -> that value.
@@ -215,20 +260,12 @@ class Journal:
             settled it and a sentence saying why, as `(result, reason)`.
         """
         current = self.settled() if current is None else current
-        sources = {}
-        for result in self._results:
-            for name in result.settles():
-                sources[name] = result
         stale = {}
-        for name, result in sources.items():
-            for setting, measured in result.depends_on().items():
-                if setting in current and current[setting] != measured:
-                    value = result.settles()[name]
-                    shown = f"{value:.3g}" if isinstance(value, float) else repr(value)
-                    stale[name] = (result, (
-                        f"{name}={shown} from {result.kind} was measured at "
-                        f"{setting}={measured}, but {setting} is now {current[setting]}"
-                    ))
+        for name in self.settled():
+            result = self.source(name)
+            reason = stale_reason(result, name, current)
+            if reason is not None:
+                stale[name] = (result, reason)
         return stale
 
     def latest(self, kind):

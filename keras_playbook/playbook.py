@@ -1,15 +1,15 @@
 """The Playbook: a user's model and data, and the tuning procedure as methods.
 
 The Playbook validates everything up front, places the model in the
-strategy's scope, turns the data into one pipeline, and then runs stages:
-each stage method calls a stage function (`keras_playbook.stages`), appends the
-returned result to the journal, and returns it. Only `fit` changes the user's
-model.
+strategy's scope, turns the data into one pipeline and starts (or carries on)
+the journal. Each stage method is one call into the stage runner
+(`_runner.py`), which hands the stage what it needs, refuses stale inputs and
+records the result with its call; `run()` chains the stages (`_procedure.py`).
+Only `fit` and `fine_tune` change the user's model.
 """
 
-import contextlib
-import functools
 import hashlib
+import inspect
 import json
 import os
 
@@ -17,41 +17,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_playbook import _procedure, finetune, losses
 from keras_playbook import data as data_module
-from keras_playbook import finetune, losses, validation
-from keras_playbook.callbacks import OneCycle, StepProgress, restore_momentum
+from keras_playbook._runner import Runner
 from keras_playbook.journal import JOURNAL_FILENAME, Journal
-from keras_playbook.records import FitRecord, SetupRecord
-from keras_playbook.session import Session, innermost_optimizer, leaf_layers, resolve_strategy, users_random_state
-from keras_playbook.stages import batch_size as batch_size_stage
-from keras_playbook.stages import experiments, finetuning, lr_range, probes, sanity, search, short_runs, training
-
-FIT_OVERRIDES = ("learning_rate", "weight_decay", "batch_size", "momentum", "beta_1")
-_OPTIMIZER_SETTINGS = ("weight_decay", "momentum", "beta_1")
-
-
-def _stage(method=None, *, random_state=True):
-    """The door every stage goes through.
-
-    Before the stage, a momentum left cycling by an interrupted bare
-    `OneCycle` is healed (`restore_momentum`: Keras calls no `on_train_end`
-    when `fit` raises). With `random_state`, the user's global random
-    generators are given back afterwards (`users_random_state`): searches
-    seed them for every trial, and a measurement must not move them.
-    """
-    if method is None:
-        return functools.partial(_stage, random_state=random_state)
-
-    @functools.wraps(method)
-    def run(self, *args, **kwargs):
-        restore_momentum(self.model)
-        if not random_state:
-            return method(self, *args, **kwargs)
-        with users_random_state():
-            return method(self, *args, **kwargs)
-
-    return run
-
+from keras_playbook.records import SetupRecord
+from keras_playbook.session import Session, innermost_optimizer, leaf_layers, read_value, resolve_strategy
+from keras_playbook.stages import finetuning, lr_range, probes, search  # Importing `stages` registers them all.
 
 def _journal_in(directory):
     """The journal a directory holds, or None; a file that is not one is refused, never overwritten."""
@@ -202,7 +174,23 @@ class Playbook:
             path = None if directory is None else os.path.join(os.fspath(directory), JOURNAL_FILENAME)
             self.journal = Journal(path)
             self.journal.append(setup)
-        self._untrained_losses = {}  # By batch size: see `_untrained_loss`.
+        self._runner = Runner(
+            self.session, self.journal, self._pipelines, lambda name: inspect.signature(getattr(Playbook, name)),
+            seed=seed, verbose=verbose, directory=self.directory,
+        )
+
+    def _call(self, name, arguments):
+        """Runs stage `name` through the runner with a method's arguments (its `locals()`)."""
+        return self._runner.call(name, {key: value for key, value in arguments.items() if key != "self"})
+
+    def _pipelines(self, batch_size=None):
+        """Training and validation pipelines at `batch_size` per replica (None: the Playbook's)."""
+        train, validation_data = self.train_data, self.validation_data
+        if batch_size is not None and batch_size != train.per_replica_batch_size:
+            train = train.with_batch_size(batch_size)
+            if validation_data is not None:
+                validation_data = validation_data.with_batch_size(batch_size)
+        return train, validation_data
 
     # Properties -------------------------------------------------------------
 
@@ -253,6 +241,7 @@ class Playbook:
             loss=str(loss_name),
             optimizer=_jsonable(self.model.optimizer.get_config()),
             architecture=_architecture(self.model),
+            initial_values=_optimizer_values(self.model.optimizer),
             ok=True,
             message=(
                 f"Training on {session.num_replicas} replica(s) with "
@@ -261,51 +250,8 @@ class Playbook:
             ),
         )
 
-    def _record(self, result):
-        return self.journal.append(result)
-
-    def _stage_pipelines(self):
-        """Training and validation pipelines at the settled batch size."""
-        batch_size = self.journal.settled().get("batch_size", self.train_data.per_replica_batch_size)
-        return self._pipelines(batch_size)
-
-    def _optimizer_changes(self):
-        """Settled optimizer settings (momentum, beta_1, weight decay) for trial copies."""
-        settled = self.journal.settled()
-        return {name: settled[name] for name in _OPTIMIZER_SETTINGS if name in settled}
-
-    def _check_not_stale(self, caller, hyperparameters, overrides=()):
-        """Refuses settled values measured at another batch size than the one in force."""
-        stale = {
-            name: found for name, found in self.journal.stale(hyperparameters).items()
-            if name not in overrides
-        }
-        if stale:
-            reasons = "; ".join(reason for _, reason in stale.values())
-            stages = ", ".join(sorted({f"pb.{result.kind}()" for result, _ in stale.values()}))
-            names = ", ".join(f"{name}=..." for name in stale)
-            raise ValueError(
-                f"{caller}: {reasons}. Hyperparameters tuned at one batch size do not "
-                f"carry over to another (Tuning Playbook). Run {stages} again, or pass "
-                f"{names} to {caller}."
-            )
-
-    def _pipelines(self, batch_size):
-        train, validation_data = self.train_data, self.validation_data
-        if batch_size != train.per_replica_batch_size:
-            train = train.with_batch_size(batch_size)
-            if validation_data is not None:
-                validation_data = validation_data.with_batch_size(batch_size)
-        return train, validation_data
-
-    def _progress(self, total_steps, title):
-        # A bad step count gets no bar: the stage itself raises with its own name.
-        valid = isinstance(total_steps, int) and not isinstance(total_steps, bool) and total_steps > 0
-        return [StepProgress(total_steps, title)] if self.verbose and valid else []
-
     # Stages -----------------------------------------------------------------
 
-    @_stage
     def check_initial_loss(self, num_batches=10, tolerance=0.5):
         """Checks the untrained model's loss against ln C (Johnson, EECS 498 Lecture 11, step 1).
 
@@ -314,14 +260,8 @@ class Playbook:
         Returns:
             An `InitialLossResult`, also appended to the journal.
         """
-        return self._record(
-            sanity.check_initial_loss(
-                self.session, self.train_data, num_batches=num_batches,
-                tolerance=tolerance, seed=self.seed,
-            )
-        )
+        return self._call("check_initial_loss", locals())
 
-    @_stage
     def overfit_small_sample(self, num_batches=5, max_steps=500, learning_rate=None, target_loss=None):
         """Memorizes a few batches with regularization off (Johnson, EECS 498 Lecture 11, step 2).
 
@@ -333,19 +273,8 @@ class Playbook:
         Returns:
             An `OverfitResult`, also appended to the journal.
         """
-        callbacks = self._progress(max_steps, "Overfitting a small sample")
-        source = "given"
-        if learning_rate is None and "learning_rate" in self.journal.settled() and not self.journal.stale():
-            learning_rate, source = self.journal.settled()["learning_rate"], "settled"
-        return self._record(
-            sanity.overfit_small_sample(
-                self.session, self.train_data, num_batches=num_batches,
-                max_steps=max_steps, learning_rate=learning_rate, learning_rate_source=source,
-                target_loss=target_loss, seed=self.seed, callbacks=callbacks,
-            )
-        )
+        return self._call("overfit_small_sample", locals())
 
-    @_stage
     def find_lr(
         self,
         min_lr=1e-7,
@@ -381,20 +310,8 @@ class Playbook:
         pb.fit(epochs=10)   # trains at result.suggested_lr
         ```
         """
-        train, validation_data = self._stage_pipelines()
-        return self._record(
-            lr_range.find_lr(
-                self.session, train, validation_pipeline=validation_data,
-                min_lr=min_lr, max_lr=max_lr, num_steps=num_steps, mode=mode, on=on,
-                stop_factor=stop_factor, smoothing=smoothing, rule=rule,
-                num_validation_batches=num_validation_batches,
-                allow_repeat=allow_repeat, optimizer_changes=self._optimizer_changes(),
-                repeats=repeats, seed=self.seed,
-                callbacks=self._progress(num_steps, "Learning-rate range test"),
-            )
-        )
+        return self._call("find_lr", locals())
 
-    @_stage
     def probe_lrs(self, learning_rates=probes.DEFAULT_PROBE_LRS, num_steps=100, min_drop=0.1):
         """Short runs at a few learning rates: which one makes the loss go down? (Johnson, EECS 498 Lecture 11, step 3)
 
@@ -407,19 +324,8 @@ class Playbook:
         Returns:
             A `ProbeResult`, also appended to the journal.
         """
-        train, _ = self._stage_pipelines()
-        found = self.journal.latest("find_lr")
-        compare_with = found.suggested_lr if found is not None else None
-        return self._record(
-            probes.probe_lrs(
-                self.session, train, learning_rates=learning_rates, num_steps=num_steps,
-                min_drop=min_drop, compare_with=compare_with,
-                optimizer_changes=self._optimizer_changes(), seed=self.seed,
-                callbacks=self._progress(num_steps, "Probing a learning rate"),
-            )
-        )
+        return self._call("probe_lrs", locals())
 
-    @_stage
     def find_batch_size(
         self,
         mode="power",
@@ -450,17 +356,8 @@ class Playbook:
         pb.find_lr()    # the learning rate must be found again at the new size
         ```
         """
-        return self._record(
-            batch_size_stage.find_batch_size(
-                self.session, self.train_data, mode=mode, criterion=criterion,
-                initial_batch_size=initial_batch_size, max_batch_size=max_batch_size,
-                steps_per_size=steps_per_size, max_trials=max_trials,
-                memory_limit=memory_limit, min_gain=min_gain, min_steps_per_epoch=min_steps_per_epoch,
-                retune=self.journal.measured_at("batch_size"),
-            )
-        )
+        return self._call("find_batch_size", locals())
 
-    @_stage
     def sweep_momentum(self, values=probes.DEFAULT_MOMENTUMS, num_steps=200, learning_rate=None):
         """Short runs at momentum 0.99, 0.97, 0.95, 0.9: the best by validation loss (Smith 2018).
 
@@ -472,56 +369,10 @@ class Playbook:
         Returns:
             A `MomentumResult`, also appended to the journal.
         """
-        train, validation_data = self._stage_pipelines()
-        if learning_rate is None:
-            learning_rate = self.journal.settled().get("learning_rate")
-        return self._record(
-            probes.sweep_momentum(
-                self.session, train, validation_data, values=values,
-                learning_rate=learning_rate, num_steps=num_steps,
-                optimizer_changes=self._optimizer_changes(), seed=self.seed,
-                callbacks=self._progress(num_steps, "Sweeping momentum: one run"),
-            )
-        )
+        return self._call("sweep_momentum", locals())
 
     # Searches (KerasTuner) -------------------------------------------------
 
-    def _search_settings(self, caller, searched=(), fixed=None):
-        """Fixed values for a search's trials: settled ones, refusing stale ones.
-
-        Returns:
-            A dict with the batch size, learning rate, and settled momentum /
-            beta_1 / weight decay, less the names the search sets itself.
-        """
-        settled = self.journal.settled()
-        current = {**settled, **(fixed or {})}
-        self._check_not_stale(caller, current, overrides=set(searched) | set(fixed or {}))
-        defaults = {
-            "batch_size": settled.get("batch_size", self.train_data.per_replica_batch_size),
-            "learning_rate": self._learning_rate_now(),
-            **self._optimizer_changes(),
-        }
-        return {name: value for name, value in defaults.items() if name not in searched}
-
-    def _learning_rate_now(self):
-        """The settled learning rate, else the optimizer's (float32 digits dropped)."""
-        settled = self.journal.settled()
-        if "learning_rate" in settled:
-            return settled["learning_rate"]
-        return float(f"{short_runs.current_learning_rate(self.model.optimizer):.7g}")
-
-    def _search_options(self, directory, callbacks, caller):
-        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
-            raise TypeError(f"{caller}: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
-        if directory is None and self.directory is not None:
-            directory = os.path.join(self.directory, "tuning")
-        return {
-            "directory": directory,
-            "callbacks": list(callbacks or []),
-            "verbose": self.verbose,
-        }
-
-    @_stage
     def grid_weight_decay(
         self,
         values=search.DEFAULT_WEIGHT_DECAYS,
@@ -559,18 +410,8 @@ class Playbook:
         pb.fit(epochs=30)    # with result.best["weight_decay"]
         ```
         """
-        options = self._search_options(directory, callbacks, "grid_weight_decay")
-        return self._record(
-            search.grid_weight_decay(
-                self.session, self.train_data, self.validation_data, values=values,
-                epochs=epochs, weight_decay_mode=weight_decay_mode, objective=objective,
-                defaults=self._search_settings("grid_weight_decay", searched=("weight_decay",)),
-                project_name=project_name, overwrite=overwrite, confirm_seeds=confirm_seeds,
-                seed=self.seed, **options,
-            )
-        )
+        return self._call("grid_weight_decay", locals())
 
-    @_stage
     def tune_lr_wd(
         self,
         coarse_epochs=3,
@@ -610,25 +451,8 @@ class Playbook:
         print(result.best)
         ```
         """
-        options = self._search_options(directory, callbacks, "tune_lr_wd")
-        searched = ("weight_decay",) if learning_rate is None and learning_rates is None else ("weight_decay", "learning_rate")
-        defaults = self._search_settings("tune_lr_wd", searched=searched)
-        if learning_rate is None:
-            learning_rate = self._learning_rate_now()
-        defaults.pop("learning_rate", None)
-        return self._record(
-            search.tune_lr_wd(
-                self.session, self.train_data, self.validation_data,
-                learning_rate=learning_rate, learning_rates=learning_rates,
-                weight_decays=weight_decays, coarse_epochs=coarse_epochs,
-                fine_epochs=fine_epochs, max_extensions=max_extensions,
-                weight_decay_mode=weight_decay_mode,
-                objective=objective, defaults=defaults, project_name=project_name,
-                overwrite=overwrite, confirm_seeds=confirm_seeds, seed=self.seed, **options,
-            )
-        )
+        return self._call("tune_lr_wd", locals())
 
-    @_stage
     def compare_seeds(
         self,
         configs,
@@ -659,18 +483,8 @@ class Playbook:
         print(result.message)
         ```
         """
-        options = self._search_options(directory, callbacks, "compare_seeds")
-        searched = _names_in(configs.values() if isinstance(configs, dict) else [])
-        return self._record(
-            experiments.compare_seeds(
-                self.session, self.train_data, self.validation_data, configs, seeds=seeds,
-                epochs=epochs, alpha=alpha, weight_decay_mode=weight_decay_mode,
-                objective=objective, defaults=self._search_settings("compare_seeds", searched=searched),
-                project_name=project_name, overwrite=overwrite, **options,
-            )
-        )
+        return self._call("compare_seeds", locals())
 
-    @_stage
     def run_round(
         self,
         goal,
@@ -710,23 +524,10 @@ class Playbook:
         print(result.table())
         ```
         """
-        options = self._search_options(directory, callbacks, "run_round")
-        names = _names_in([scientific, nuisance])
-        fixed_values = fixed if isinstance(fixed, dict) else None
-        return self._record(
-            experiments.run_round(
-                self.session, self.train_data, self.validation_data, goal=goal,
-                scientific=scientific, nuisance=nuisance, fixed=fixed, max_trials=max_trials,
-                epochs=epochs, seeds=seeds, alpha=alpha, oracle=oracle,
-                weight_decay_mode=weight_decay_mode, objective=objective,
-                defaults=self._search_settings("run_round", searched=names, fixed=fixed_values),
-                project_name=project_name, overwrite=overwrite, seed=self.seed, **options,
-            )
-        )
+        return self._call("run_round", locals())
 
     # Training ---------------------------------------------------------------
 
-    @_stage(random_state=False)  # Training draws on: the next fit must not replay its dropout.
     def fit(self, epochs, callbacks=None, verbose="auto", schedule=None, watch=True, restore_best=False,
             **overrides):
         """Trains the model for real with the hyperparameters settled so far, watched.
@@ -774,65 +575,7 @@ class Playbook:
         print(pb.journal.latest("fit").findings)
         ```
         """
-        validation.check_int(epochs, "epochs", "fit")
-        unknown = sorted(set(overrides) - set(FIT_OVERRIDES))
-        if unknown:
-            raise TypeError(
-                f"fit: unknown hyperparameter(s) {unknown}. Overridable: "
-                f"{list(FIT_OVERRIDES)}; pass other `model.fit` options by "
-                "calling `pb.model.fit` directly."
-            )
-        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
-            raise TypeError(f"fit: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
-        if not isinstance(restore_best, bool):
-            raise TypeError(f"fit: `restore_best` must be True or False. Received: restore_best={restore_best!r}.")
-        hyperparameters = {**self.journal.settled(), **overrides}
-        _validate_hyperparameters(hyperparameters)
-        batch_size = hyperparameters.get("batch_size", self.train_data.per_replica_batch_size)
-        training.check_one_cycle_inputs(schedule, self.journal.latest("find_lr"), overrides, batch_size)
-        self._check_not_stale("fit", hyperparameters, overrides)
-        scheduler = training.schedule_callback(
-            schedule, self.model, self.journal.latest("find_lr"), self.validation_data is not None
-        )
-        if isinstance(scheduler, OneCycle):  # The schedule sets every step's rate: the record says so.
-            hyperparameters.pop("learning_rate", None)
-        train_data, validation_data = self._pipelines(batch_size)
-        self._apply_to_optimizer(hyperparameters)
-        watching, initial_loss, untrained = [], None, None
-        if watch:
-            source = validation_data if validation_data is not None else train_data
-            sample = train_data.sample(4, seed=self.seed)
-            initial_loss = _loss_on(self.model, sample, train_data.global_batch_size)
-            untrained = self._untrained_loss(sample, train_data.global_batch_size)
-            watching = training.watchers(
-                self.model, lambda: source.sample(2, seed=self.seed)[:2], scheduler, reference_loss=untrained,
-            )
-        keep_best = []
-        if restore_best:
-            keep_best = [keras.callbacks.EarlyStopping(
-                monitor="val_loss" if validation_data is not None else "loss", mode="min",
-                patience=int(epochs) + 1, restore_best_weights=True,
-            )]
-        every = ([scheduler] if scheduler is not None else []) + list(callbacks or []) + watching + keep_best
-        with training.restored_on_interruption(every):
-            history = self.model.fit(
-                train_data.dataset,
-                validation_data=None if validation_data is None else validation_data.dataset,
-                epochs=int(epochs),
-                callbacks=every,
-                shuffle=False,  # The pipeline reshuffles arrays itself.
-                verbose=verbose,
-            )
-        self._record(FitRecord.from_history(
-            history, hyperparameters, schedule=training.describe(scheduler),
-            findings=training.findings_of(
-                watching, history, schedule=scheduler,
-                initial_loss=None if initial_loss is None else max(initial_loss, untrained),
-                weight_decay=training.has_weight_decay(self.model),
-            ),
-            initial_loss=initial_loss, restored_best=bool(restore_best),
-        ))
-        return history
+        return self._call("fit", locals())
 
     @classmethod
     def for_fine_tuning(
@@ -892,7 +635,6 @@ class Playbook:
         return cls(model, train_data, validation_data, loss=loss,
                    metrics=list(metrics) if metrics is not None else None, **kwargs)
 
-    @_stage(random_state=False)
     def fine_tune(
         self,
         head_epochs=3,
@@ -953,125 +695,60 @@ class Playbook:
                 rate. On any error (Ctrl-C included) the model's weights,
                 optimizer, trainability and the journal are restored first.
         """
-        validation.check_int(head_epochs, "head_epochs", "fine_tune")
-        validation.check_int(epochs, "epochs", "fine_tune")
-        validation.check_int(find_lr_steps, "find_lr_steps", "fine_tune", minimum=10)
-        for name, value in (("head_learning_rate", head_learning_rate), ("learning_rate", learning_rate)):
-            if value is not None:
-                validation.check_number(value, name, "fine_tune")
-        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
-            raise TypeError(f"fine_tune: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
-        for name, value in (("gradual", gradual), ("train_batch_norm", train_batch_norm)):
-            if not isinstance(value, bool):
-                raise TypeError(f"fine_tune: `{name}` must be True or False. Received: {name}={value!r}.")
-        layer_groups = finetuning.resolve_groups(self.model, groups)
-        multipliers = finetuning.check_multipliers(multipliers, len(layer_groups), factor)
-        callbacks = list(callbacks or [])
-        keep_frozen = finetuning.kept_frozen(self.model, train_batch_norm)
+        return self._call("fine_tune", locals())
 
-        with self._all_or_nothing():
-            finetune.freeze_to(self.model, layer_groups, len(layer_groups) - 1, keep_frozen=keep_frozen)
-            head_rate = head_learning_rate or self._found_rate(find_lr_steps)
-            self.fit(head_epochs, callbacks=callbacks, verbose=verbose, learning_rate=head_rate, restore_best=True)
-            head_record = self.journal.latest("fit")
-            head_weights = self.model.get_weights()  # Phase 1's best epoch.
+    # The procedure ------------------------------------------------------------
 
-            finetune.freeze_to(self.model, layer_groups, 0, keep_frozen=keep_frozen)
-            inner = innermost_optimizer(self.model.optimizer)
-            with self.session.scope():
-                fresh = type(inner).from_config(inner.get_config())
-                optimizer = finetune.discriminative(fresh, layer_groups, multipliers)
-            self.session.compile_like(self.model, optimizer)  # The model's loss and metrics, this optimizer.
-            finetune.prepare_optimizer(self.model)
-            rate = learning_rate or self._found_rate(find_lr_steps)
-            extra = [finetune.GradualUnfreezing(layer_groups, every_epochs=1, keep_frozen=keep_frozen)] if gradual else []
-            self.fit(epochs, callbacks=callbacks + extra, verbose=verbose, learning_rate=rate, restore_best=True)
-            result = finetuning.summarize(
-                layer_groups, multipliers, head_rate, rate, head_epochs, epochs, gradual,
-                head_record.history, self.journal.latest("fit").history, keep_frozen,
-            )
-            if not result.ok:  # Phase 2 did not improve on phase 1.
-                self.model.set_weights(head_weights)
-        return self._record(result)
+    def run(self, epochs, plan=None, search="weight_decay", schedule="step_down", stop_on_failure=True):
+        """Runs the whole procedure, each decision feeding the next; running it again resumes.
 
-    def _untrained_loss(self, sample, batch_size):
-        """The loss of the model at its initial weights on `sample`: what "has learned" is measured from.
+        The default plan: `check_initial_loss` -> `overfit_small_sample` ->
+        `find_batch_size` -> `find_lr` -> `probe_lrs` -> `sweep_momentum`
+        (when the optimizer has a momentum or `beta_1`) -> `grid_weight_decay`
+        (or `tune_lr_wd`) -> `fit(epochs, schedule, restore_best=True)`, with
+        the stages that judge on validation data left out without it
+        (Johnson, EECS 498 Lecture 11, steps 1-6; Smith 2018; Tuning
+        Playbook; Krizhevsky et al. 2012). A failed sanity verdict (initial
+        loss off, cannot overfit, no learning rate found) stops the run.
 
-        Measured once per batch size (the sample is drawn with the Playbook's seed) and kept.
+        With a `directory`, running the same script again reads back every
+        finished stage whose call is unchanged instead of running it, reruns
+        from the first stage whose call changed, and continues an interrupted
+        final `fit` from its last finished epoch (Keras's `BackupAndRestore`).
+
+        Args:
+            epochs: Epochs of the final training (>= 1).
+            plan: None for the default plan, or a list of stage names and
+                `(name, arguments)` pairs, e.g. `["check_initial_loss",
+                "find_lr", ("fit", {"epochs": 30, "schedule": "one_cycle"})]`.
+            search: The weight-decay stage of the default plan:
+                "weight_decay" (`grid_weight_decay`), "lr_wd" (`tune_lr_wd`) or
+                None (none).
+            schedule: The final training's schedule (see `fit`).
+            stop_on_failure: Stop at a failed sanity verdict (False goes on).
+
+        Returns:
+            A `RunResult`, also appended to the journal: each settled value
+            with the stage that settled it, each stage's time and training
+            steps, the final metrics at the best epoch, the findings, and a
+            message.
+
+        Raises:
+            ValueError: before any compute, for `epochs` <= 0, an unknown
+                stage or argument in `plan`, a stage that needs validation
+                data without any, or one that needs a learning rate before
+                anything settles one.
+
+        Example:
+
+        ```python
+        pb = Playbook(build_model, train, validation_data=val, directory="runs/exp1")
+        result = pb.run(epochs=30)
+        print(result.message)
+        print(result.table())
+        ```
         """
-        if batch_size not in self._untrained_losses:
-            with self.session.preserved():
-                self.model.set_weights(self.session.initial_weights)
-                self._untrained_losses[batch_size] = _loss_on(self.model, sample, batch_size)
-        return self._untrained_losses[batch_size]
-
-    @contextlib.contextmanager
-    def _all_or_nothing(self):
-        """A composite stage finishes, or leaves the model as it found it.
-
-        On any exception (Ctrl-C included) the layers' trainability, the
-        model's optimizer (object and state), its weights and the journal
-        (what the stage had appended is taken back) are restored before the
-        exception goes on.
-        """
-        trainability = finetune.trainable_state(self.model)
-        optimizer = self.model.optimizer
-        state = self.session.snapshot()
-        length = len(self.journal)
-        try:
-            yield
-        except BaseException:
-            if self.model.optimizer is not optimizer:
-                self.session.compile_like(self.model, optimizer)
-            finetune.restore_trainable(self.model, trainability)
-            self.session.restore(state)
-            self.journal.truncate(length)
-            raise
-
-    def _found_rate(self, num_steps):
-        """A range test's suggestion for the model as it is now (frozen groups stay frozen in the copy)."""
-        found = self.find_lr(num_steps=num_steps)
-        if found.suggested_lr is None:
-            raise ValueError(f"fine_tune: the range test found no learning rate ({found.message}). "
-                             "Pass `head_learning_rate` / `learning_rate`.")
-        return found.suggested_lr
-
-    def _apply_to_optimizer(self, hyperparameters):
-        optimizer = innermost_optimizer(self.model.optimizer)  # Inside LossScaleOptimizer, DiscriminativeOptimizer.
-        if "learning_rate" in hyperparameters:
-            if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-                raise ValueError(
-                    f"fit: cannot apply learning_rate={hyperparameters['learning_rate']!r}: "
-                    f"the model's {type(optimizer).__name__} follows a "
-                    "LearningRateSchedule. Compile the model with a float learning "
-                    "rate and drive the schedule with a callback, or pass the "
-                    "optimizer you want as `Playbook(optimizer=...)`."
-                )
-            optimizer.learning_rate = hyperparameters["learning_rate"]
-        changes = {}
-        for name in _OPTIMIZER_SETTINGS:
-            if name not in hyperparameters:
-                continue
-            if name != "weight_decay" and not hasattr(optimizer, name):
-                raise ValueError(
-                    f"fit: the model's optimizer {type(optimizer).__name__} has no "
-                    f"`{name}`. Received: {name}={hyperparameters[name]!r}."
-                )
-            if getattr(optimizer, name) != hyperparameters[name]:
-                changes[name] = hyperparameters[name]
-        if not changes:
-            return
-        if getattr(optimizer, "momentum", None) == 0 and changes.get("momentum") and optimizer.built:
-            # SGD built without momentum has no buffers for it: a new optimizer
-            # (SGD without momentum holds no state but its step count).
-            learning_rate = keras.ops.convert_to_numpy(optimizer.learning_rate).item()
-            self.session.compile(
-                optimizer=self.session.fresh_optimizer(learning_rate=learning_rate, **changes)
-            )
-            return
-        for name, value in changes.items():
-            setattr(optimizer, name, value)
-        self.model.make_train_function(force=True)
+        return _procedure.run(self, epochs, plan, search, schedule, stop_on_failure)
 
     def __repr__(self):
         return (
@@ -1081,31 +758,20 @@ class Playbook:
         )
 
 
-def _validate_hyperparameters(hyperparameters):
-    if "learning_rate" in hyperparameters:
-        validation.check_number(hyperparameters["learning_rate"], "learning_rate", "fit")
-    if hyperparameters.get("weight_decay") is not None:
-        validation.check_number(hyperparameters["weight_decay"], "weight_decay", "fit", allow_zero=True)
-    if "batch_size" in hyperparameters:
-        data_module.validate_batch_size(hyperparameters["batch_size"])
+def _optimizer_values(optimizer):
+    """The optimizer's initial learning rate (unless it follows a schedule), momentum / beta_1 and weight decay."""
+    optimizer = innermost_optimizer(optimizer)
+    values = {}
+    rate = getattr(optimizer, "_learning_rate", None)
+    if not isinstance(rate, keras.optimizers.schedules.LearningRateSchedule) and not callable(rate):
+        values["learning_rate"] = float(f"{float(read_value(optimizer.learning_rate)):.7g}")  # float32 digits dropped.
     for name in ("momentum", "beta_1"):
-        value = hyperparameters.get(name)
-        valid = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
-        if value is not None and not valid:
-            raise ValueError(f"fit: argument `{name}` must be in [0, 1). Received: {name}={value!r}.")
-
-
-def _loss_on(model, sample, batch_size):
-    """The model's loss on `sample` as it is now (the loss before a run trains it)."""
-    x, y = sample[:2]
-    weights = sample[2] if len(sample) > 2 else None
-    logs = model.evaluate(x, y, sample_weight=weights, batch_size=batch_size, verbose=0, return_dict=True)
-    return float(logs["loss"])
-
-
-def _names_in(mappings):
-    """The keys of the dicts among `mappings` (other values are checked by the stage)."""
-    return {name for mapping in mappings if isinstance(mapping, dict) for name in mapping}
+        value = getattr(optimizer, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[name] = float(value)
+    if getattr(optimizer, "weight_decay", None) is not None:
+        values["weight_decay"] = float(optimizer.weight_decay)
+    return values
 
 
 def _input_rank(model):

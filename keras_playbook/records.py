@@ -27,6 +27,11 @@ class SetupRecord(Result):
         optimizer: Optimizer config, as `get_config()` returns it.
         architecture: A digest of the model's layers (class, weight shapes,
             in order): the same model built again has the same one.
+        initial_values: The optimizer's learning rate (unless it follows a
+            schedule), momentum / beta_1 and weight decay as compiled: what
+            holds until a stage settles another value. The journal, not
+            the live optimizer (which a schedule moves), is where every
+            stage reads them.
     """
 
     kind = "setup"
@@ -44,13 +49,14 @@ class SetupRecord(Result):
     message: str
 
     architecture: str = dataclasses.field(default="", kw_only=True)
+    initial_values: dict = dataclasses.field(default_factory=dict, kw_only=True)
 
     # What must match for a journal to belong to a Playbook (`differences`).
     IDENTITY = ("architecture", "num_parameters", "num_train_examples", "num_validation_examples", "loss",
                 "num_replicas")
 
     def settles(self):
-        return {"batch_size": self.per_replica_batch_size}
+        return {"batch_size": self.per_replica_batch_size, **self.initial_values}
 
     def differences(self, other):
         """What differs between this set-up and `other` among `IDENTITY`, as "name: this -> other" lines."""
@@ -80,6 +86,8 @@ class FitRecord(Result):
             (None when not measured).
         restored_best: Whether the model was given back the weights of its
             best epoch at the end (`fit(restore_best=True)`).
+        weights: The trained weights' file, relative to the journal's
+            folder (None without a Playbook directory).
 
     A run is OK when its curves are finite and no finding says it did not
     work (`diagnosis.SEVERE`: diverged, the rate too high or far too low,
@@ -99,10 +107,11 @@ class FitRecord(Result):
     findings: list = dataclasses.field(default_factory=list)
     initial_loss: float | None = None
     restored_best: bool = False
+    weights: str | None = None
 
     @classmethod
     def from_history(cls, history, hyperparameters, schedule=None, findings=(), initial_loss=None,
-                     restored_best=False):
+                     restored_best=False, weights=None):
         """Builds the record of a finished `model.fit` from its History."""
         curves = {name: [float(value) for value in values] for name, values in history.history.items()}
         monitor = "val_loss" if "val_loss" in curves else "loss"
@@ -137,7 +146,7 @@ class FitRecord(Result):
             monitor=monitor, best_epoch=best_epoch, ok=finite and not severe, message=message,
             schedule=schedule, findings=findings,
             initial_loss=None if initial_loss is None else float(initial_loss),
-            restored_best=bool(restored_best),
+            restored_best=bool(restored_best), weights=weights,
         )
 
     def plot(self):
@@ -156,3 +165,83 @@ class FitRecord(Result):
         return figure
 
 
+
+
+@dataclasses.dataclass
+class RunResult(Result):
+    """What `Playbook.run` did and decided.
+
+    Attributes:
+        plan: The calls planned, in order: `{"stage", "arguments"}`.
+        steps: One dict per stage reached: `stage`, `ok`, `skipped` (read
+            back from the journal instead of run again), `seconds`, `steps`
+            (training steps), `summary` (its message).
+        settled: Each settled value with the stage that settled it:
+            `{name: {"value", "stage"}}`.
+        final: The final training's metrics at its best epoch (empty when no
+            training ran).
+        best_epoch: That epoch (0 without training).
+        findings: The final training's findings (`FitRecord.findings`).
+        stopped: The sanity stage whose failed verdict stopped the run, or None.
+    """
+
+    kind = "run"
+    plan: list
+    steps: list
+    settled: dict
+    final: dict
+    best_epoch: int
+    findings: list
+    stopped: str | None
+    ok: bool
+    message: str
+
+    @classmethod
+    def from_journal(cls, journal, steps, stopped=None, plan=()):
+        """Builds the result of a run from its steps and what the journal now holds."""
+        settled = {}
+        for name, value in journal.settled().items():
+            source = journal.source(name)
+            settled[name] = {"value": value, "stage": "the model as compiled" if source.kind == "setup" else source.kind}
+        fit = journal.latest("fit") if any(step["stage"] in ("fit", "fine_tune") for step in steps) else None
+        final, best_epoch, findings = {}, 0, []
+        if fit is not None and fit.best_epoch:
+            final = {name: values[fit.best_epoch - 1] for name, values in fit.history.items()
+                     if len(values) >= fit.best_epoch}
+            best_epoch, findings = fit.best_epoch, list(fit.findings)
+        failed = [step for step in steps if not step["ok"]]
+        skipped = sum(step["skipped"] for step in steps)
+        done = f"Ran {len(steps) - skipped} stage(s)" + (f", read {skipped} back from the journal" if skipped else "")
+        if stopped is not None:
+            summary = next(step["summary"] for step in steps if step["stage"] == stopped)
+            message = (f"Stopped at {stopped}: {summary} The stages after it would build on this; fix it and run "
+                       "again (finished stages are read back), or run(stop_on_failure=False) to go on.")
+        else:
+            decisions = "; ".join(f"{name.replace('_', ' ')} {_shown(entry['value'])} ({entry['stage']})"
+                                  for name, entry in settled.items())
+            message = f"{done}. Decisions: {decisions}."
+            if fit is not None:
+                metrics = ", ".join(f"{name} {_shown(value)}" for name, value in final.items()
+                                    if name.startswith("val_") or "val_loss" not in final)
+                message += (f" Final training: {fit.epochs} epochs, best epoch {best_epoch} ({metrics})"
+                            + ("; the model holds its weights." if fit.restored_best else "."))
+            for finding in findings[:3]:
+                message += f" {finding['kind']}: {finding['advice']}"
+            if failed:
+                message += " Check: " + ", ".join(step["stage"] for step in failed) + " (see their messages)."
+        return cls(plan=list(plan), steps=list(steps), settled=settled, final=final, best_epoch=best_epoch,
+                   findings=findings, stopped=stopped, ok=stopped is None and (fit is None or fit.ok),
+                   message=message)
+
+    def table(self):
+        """Returns the stages as text: verdict, read back or run, seconds, training steps."""
+        lines = ["stage                  verdict  how        seconds   steps"]
+        for step in self.steps:
+            how = "journal" if step["skipped"] else "ran"
+            lines.append(f"{step['stage']:<22} {'OK' if step['ok'] else 'CHECK':<8} {how:<10} "
+                         f"{step['seconds']:7.1f} {step['steps']:7d}")
+        return "\n".join(lines)
+
+
+def _shown(value):
+    return f"{value:.3g}" if isinstance(value, float) else repr(value)

@@ -80,12 +80,13 @@ def test_fit_uses_settled_hyperparameters_unless_overridden(strategy, digits):
     pb.journal.append(_FoundLearningRate(learning_rate=0.2, ok=True, message=""))
     pb.fit(epochs=1, verbose=0)
     assert keras.ops.convert_to_numpy(pb.model.optimizer.learning_rate) == pytest.approx(0.2)
-    # The set-up settles the batch size; the stage settled the learning rate.
-    assert pb.journal[-1].hyperparameters == {"learning_rate": 0.2, "batch_size": 16}
+    # The set-up settles the batch size and the optimizer's own momentum; the stage settled the learning rate.
+    assert pb.journal[-1].hyperparameters == {"learning_rate": 0.2, "batch_size": 16, "momentum": 0.0}
     pb.fit(epochs=1, verbose=0, learning_rate=0.05, weight_decay=1e-4, batch_size=8)
     assert keras.ops.convert_to_numpy(pb.model.optimizer.learning_rate) == pytest.approx(0.05)
     assert pb.model.optimizer.weight_decay == 1e-4
-    assert pb.journal[-1].hyperparameters == {"learning_rate": 0.05, "weight_decay": 1e-4, "batch_size": 8}
+    assert pb.journal[-1].hyperparameters == {"learning_rate": 0.05, "weight_decay": 1e-4, "batch_size": 8,
+                                              "momentum": 0.0}
 
 
 def test_fit_rejects_bad_arguments_before_training(digits):

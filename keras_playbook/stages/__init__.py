@@ -1,4 +1,7 @@
-"""Stage functions: a session and a pipeline in, a `Result` out."""
+"""Stage functions: the runner's `StageContext` in, a `Result` out; importing this package registers them all."""
+
+from keras_playbook.stages import finetuning as finetuning  # noqa: F401  (registers fine_tune)
+from keras_playbook.stages import training as training  # noqa: F401  (registers fit)
 
 from keras_playbook.stages.batch_size import BatchSizeResult as BatchSizeResult
 from keras_playbook.stages.batch_size import find_batch_size as find_batch_size

@@ -50,6 +50,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 from keras_playbook import validation
+from keras_playbook._runner import stage
 from keras_playbook.data import validate_batch_size
 from keras_playbook.journal import Result
 from keras_playbook.stages import short_runs
@@ -235,27 +236,16 @@ def _check_arguments(mode, criterion, initial_batch_size, max_batch_size, steps_
     validation.check_int(min_steps_per_epoch, "min_steps_per_epoch", stage)
 
 
-def find_batch_size(
-    session,
-    pipeline,
-    *,
-    mode="power",
-    criterion="throughput",
-    initial_batch_size=8,
-    max_batch_size=None,
-    steps_per_size=5,
-    max_trials=25,
-    memory_limit=None,
-    min_gain=0.1,
-    min_steps_per_epoch=50,
-    retune=None,
-    callbacks=None,
-):
+@stage("find_batch_size")
+def find_batch_size(ctx, *, mode, criterion, initial_batch_size, max_batch_size, steps_per_size, max_trials,
+                    memory_limit, min_gain, min_steps_per_epoch):
     """Finds the per-replica batch size that trains fastest without hurting, measuring throughput.
 
+    The message says which settled values were measured at another batch
+    size than the chosen one and must be tuned again.
+
     Args:
-        session: The `Session` holding the model.
-        pipeline: The training `DataPipeline`.
+        ctx: The runner's `StageContext`.
         mode: "power" doubles until a size does not fit (or, for
             "throughput", stops paying) and keeps the last that did;
             "binsearch" then searches between the last that fitted and the
@@ -278,11 +268,6 @@ def find_batch_size(
             worth it (0.1: 10%).
         min_steps_per_epoch: A size never leaves fewer steps per epoch than
             this (with a known number of examples); 1 lifts the cap.
-        retune: Values settled so far that hold for one batch size (the
-            Playbook's learning rate, momentum, ...), mapped to that size:
-            the message says to retune those measured at another size than
-            the chosen one.
-        callbacks: Extra callbacks for each trial's `fit`.
 
     Returns:
         A `BatchSizeResult`.
@@ -290,12 +275,14 @@ def find_batch_size(
     Example:
 
     ```python
-    result = find_batch_size(session, pipeline, mode="binsearch")
+    result = pb.find_batch_size(mode="binsearch")
     print(result.table())
     ```
     """
     _check_arguments(mode, criterion, initial_batch_size, max_batch_size, steps_per_size,
                      max_trials, memory_limit, min_gain, min_steps_per_epoch)
+    session, pipeline, callbacks = ctx.session, ctx.train, ctx.callbacks()
+    retune = ctx.journal.measured_at("batch_size")
     replicas = pipeline.num_replicas
     cap = max_batch_size or 2**31
     data_cap = None
@@ -339,7 +326,7 @@ def find_batch_size(
     trials_table = [results[size] for size in results]
     result = _result(trials_table, mode, criterion, device, limit, cap, replicas, fitted)
     result.min_gain, result.min_steps_per_epoch = float(min_gain), int(min_steps_per_epoch)
-    result.message = _message(result, pipeline.num_examples, data_cap, retune or {})
+    result.message = _message(result, pipeline.num_examples, data_cap, retune)
     return result
 
 

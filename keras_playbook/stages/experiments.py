@@ -25,6 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from keras_playbook import validation
+from keras_playbook._runner import SEARCHED, stage
 from keras_playbook.journal import Result
 from keras_playbook.significance import welch_t_test
 from keras_playbook.stages import search
@@ -145,7 +146,7 @@ class SeedComparisonResult(Result):
         return figure
 
 
-def compare_seeds(
+def seed_comparison(
     session,
     train_pipeline,
     validation_pipeline,
@@ -181,7 +182,7 @@ def compare_seeds(
         epochs: Epochs per run.
         alpha: Significance level of the test.
         weight_decay_mode, objective, defaults, directory, project_name,
-        overwrite, callbacks, verbose: As for `grid_weight_decay`.
+        overwrite, callbacks, verbose: As for `search.weight_decay_grid`.
 
     Returns:
         A `SeedComparisonResult`.
@@ -194,7 +195,7 @@ def compare_seeds(
     Example:
 
     ```python
-    result = compare_seeds(session, train, validation,
+    result = seed_comparison(session, train, validation,
                            {"wd=1e-4": {"weight_decay": 1e-4}, "wd=0": {"weight_decay": 0}},
                            seeds=5, epochs=10)
     print(result.message)
@@ -478,7 +479,7 @@ def _slug(text):
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")[:60] or "round"
 
 
-def run_round(
+def experiment_round(
     session,
     train_pipeline,
     validation_pipeline,
@@ -527,7 +528,7 @@ def run_round(
         oracle: "random" (`RandomSearchOracle`) or "bayesian"
             (`BayesianOptimizationOracle`, needs SciPy) for the nuisance search.
         weight_decay_mode, objective, defaults, directory, overwrite,
-        callbacks, verbose: As for `grid_weight_decay`.
+        callbacks, verbose: As for `search.weight_decay_grid`.
         project_name: Folder of the round's projects under `directory`;
             defaults to a slug of the goal and a digest of the round's
             spaces, budget and settings (`project_name_for`).
@@ -544,7 +545,7 @@ def run_round(
     Example:
 
     ```python
-    result = run_round(session, train, validation, goal="does dropout help?",
+    result = experiment_round(session, train, validation, goal="does dropout help?",
                        scientific={"dropout": [0.0, 0.2, 0.5]},
                        nuisance={"learning_rate": ("log", 1e-3, 1e-1)},
                        fixed={"batch_size": 64}, max_trials=24, epochs=10)
@@ -631,7 +632,7 @@ def run_round(
     comparison = None
     if seed_list is not None:
         configs = {cell["label"]: {**cell["values"], **cell["best_values"]} for cell in finished}
-        compared = compare_seeds(
+        compared = seed_comparison(
             session, train_pipeline, validation_pipeline, configs, seeds=seed_list, epochs=epochs,
             alpha=alpha, weight_decay_mode=weight_decay_mode, objective=objective,
             defaults=shared, directory=root, project_name="seeds", overwrite=overwrite,
@@ -683,3 +684,45 @@ def _round_message(goal, best_cell, finished, objective, comparison, noise):
 
 def _jsonable(mapping):
     return {name: list(value) if isinstance(value, tuple) else value for name, value in mapping.items()}
+
+
+# The stages: the experiments above with the settled values in force ------------------
+
+_READS = dict(requires=("learning_rate", "momentum", "beta_1"), uses=("weight_decay",), depends_on=("batch_size",))
+
+
+def _names_in(mappings):
+    """The keys of the dicts among `mappings` (other values are checked by the stage)."""
+    return {name for mapping in mappings if isinstance(mapping, dict) for name in mapping}
+
+
+@stage("compare_seeds", **_READS, given=lambda arguments: dict.fromkeys(
+    _names_in(arguments["configs"].values() if isinstance(arguments["configs"], dict) else []), SEARCHED))
+def compare_seeds(ctx, *, configs, seeds, epochs, alpha, weight_decay_mode, objective, directory, project_name,
+                  overwrite, callbacks):
+    """`seed_comparison` with the settled values for what a configuration leaves out (see it for the arguments)."""
+    return seed_comparison(
+        ctx.session, ctx.train, ctx.validation, configs, seeds=seeds, epochs=epochs, alpha=alpha,
+        weight_decay_mode=weight_decay_mode, objective=objective, defaults=ctx.values, project_name=project_name,
+        overwrite=overwrite, **ctx.search_options(directory, callbacks),
+    )
+
+
+def _round_given(arguments):
+    given = dict.fromkeys(_names_in([arguments["scientific"], arguments["nuisance"]]), SEARCHED)
+    if isinstance(arguments["fixed"], dict):
+        given.update(arguments["fixed"])
+    return given
+
+
+@stage("run_round", **_READS, given=_round_given)
+def run_round(ctx, *, goal, scientific, nuisance, fixed, max_trials, epochs, seeds, alpha, oracle,
+              weight_decay_mode, objective, directory, project_name, overwrite, callbacks):
+    """`experiment_round` with the settled values for the rest (see it for the arguments)."""
+    defaults = {name: value for name, value in ctx.values.items() if not isinstance(fixed, dict) or name not in fixed}
+    return experiment_round(
+        ctx.session, ctx.train, ctx.validation, goal=goal, scientific=scientific, nuisance=nuisance, fixed=fixed,
+        max_trials=max_trials, epochs=epochs, seeds=seeds, alpha=alpha, oracle=oracle,
+        weight_decay_mode=weight_decay_mode, objective=objective, defaults=defaults, project_name=project_name,
+        overwrite=overwrite, seed=ctx.seed, **ctx.search_options(directory, callbacks),
+    )

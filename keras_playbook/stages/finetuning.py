@@ -13,6 +13,7 @@ References:
     Smith 2017, arXiv:1506.01186 (the range test of each phase).
 """
 
+import contextlib
 import dataclasses
 import os
 
@@ -20,7 +21,9 @@ import keras
 from matplotlib.figure import Figure
 
 from keras_playbook import finetune, validation
+from keras_playbook._runner import stage
 from keras_playbook.journal import Result
+from keras_playbook.session import innermost_optimizer
 
 
 @dataclasses.dataclass
@@ -233,3 +236,90 @@ def summarize(groups, multipliers, head_rate, rate, head_epochs, epochs, gradual
         best=float(best), ok=bool(improved), message=message,
     )
     return result
+
+
+@stage("fine_tune", random_state=False, trains=True)
+def fine_tune(ctx, *, head_epochs, epochs, groups, multipliers, factor, head_learning_rate, learning_rate, gradual,
+              find_lr_steps, train_batch_norm, callbacks, verbose):
+    """The two phases of fine-tuning as one composite stage (see `Playbook.fine_tune` for the arguments).
+
+    Its range tests and fits go to the journal through the runner, as parts
+    of this stage; on any error all of it is taken back (`_all_or_nothing`).
+    """
+    validation.check_int(head_epochs, "head_epochs", "fine_tune")
+    validation.check_int(epochs, "epochs", "fine_tune")
+    validation.check_int(find_lr_steps, "find_lr_steps", "fine_tune", minimum=10)
+    for name, value in (("head_learning_rate", head_learning_rate), ("learning_rate", learning_rate)):
+        if value is not None:
+            validation.check_number(value, name, "fine_tune")
+    if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"fine_tune: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
+    for name, value in (("gradual", gradual), ("train_batch_norm", train_batch_norm)):
+        if not isinstance(value, bool):
+            raise TypeError(f"fine_tune: `{name}` must be True or False. Received: {name}={value!r}.")
+    model, session = ctx.model, ctx.session
+    layer_groups = resolve_groups(model, groups)
+    multipliers = check_multipliers(multipliers, len(layer_groups), factor)
+    callbacks = list(callbacks or [])
+    keep_frozen = kept_frozen(model, train_batch_norm)
+
+    with _all_or_nothing(ctx):
+        finetune.freeze_to(model, layer_groups, len(layer_groups) - 1, keep_frozen=keep_frozen)
+        head_rate = head_learning_rate or _found_rate(ctx, find_lr_steps)
+        ctx.run("fit", epochs=head_epochs, callbacks=callbacks, verbose=verbose, learning_rate=head_rate,
+                restore_best=True)
+        head_record = ctx.journal.latest("fit")
+        head_weights = model.get_weights()  # Phase 1's best epoch.
+
+        finetune.freeze_to(model, layer_groups, 0, keep_frozen=keep_frozen)
+        inner = innermost_optimizer(model.optimizer)
+        with session.scope():
+            fresh = type(inner).from_config(inner.get_config())
+            optimizer = finetune.discriminative(fresh, layer_groups, multipliers)
+        session.compile_like(model, optimizer)  # The model's loss and metrics, this optimizer.
+        finetune.prepare_optimizer(model)
+        rate = learning_rate or _found_rate(ctx, find_lr_steps)
+        extra = [finetune.GradualUnfreezing(layer_groups, every_epochs=1, keep_frozen=keep_frozen)] if gradual else []
+        ctx.run("fit", epochs=epochs, callbacks=callbacks + extra, verbose=verbose, learning_rate=rate,
+                restore_best=True)
+        result = summarize(
+            layer_groups, multipliers, head_rate, rate, head_epochs, epochs, gradual,
+            head_record.history, ctx.journal.latest("fit").history, keep_frozen,
+        )
+        if not result.ok:  # Phase 2 did not improve on phase 1.
+            model.set_weights(head_weights)
+    return result
+
+
+@contextlib.contextmanager
+def _all_or_nothing(ctx):
+    """A composite stage finishes, or leaves the model as it found it.
+
+    On any exception (Ctrl-C included) the layers' trainability, the
+    model's optimizer (object and state), its weights and the journal (what
+    the stage had appended is taken back) are restored before the exception
+    goes on.
+    """
+    model, session = ctx.model, ctx.session
+    trainability = finetune.trainable_state(model)
+    optimizer = model.optimizer
+    state = session.snapshot()
+    length = len(ctx.journal)
+    try:
+        yield
+    except BaseException:
+        if model.optimizer is not optimizer:
+            session.compile_like(model, optimizer)
+        finetune.restore_trainable(model, trainability)
+        session.restore(state)
+        ctx.journal.truncate(length)
+        raise
+
+
+def _found_rate(ctx, num_steps):
+    """A range test's suggestion for the model as it is now (frozen groups stay frozen in the copy)."""
+    found = ctx.run("find_lr", num_steps=num_steps)
+    if found.suggested_lr is None:
+        raise ValueError(f"fine_tune: the range test found no learning rate ({found.message}). "
+                         "Pass `head_learning_rate` / `learning_rate`.")
+    return found.suggested_lr

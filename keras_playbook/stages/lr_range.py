@@ -27,6 +27,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 from keras_playbook import validation
+from keras_playbook._runner import stage
 from keras_playbook.journal import Result
 from keras_playbook.stages import short_runs
 
@@ -277,9 +278,6 @@ class LRRangeResult(Result):
     def settles(self):
         return {"learning_rate": self.suggested_lr} if self.ok else {}
 
-    def depends_on(self):
-        return {"batch_size": self.batch_size}
-
     def plot(self):
         """Loss against learning rate (log x axis), suggestions and bounds marked."""
         figure = Figure(figsize=(7, 4.5))
@@ -424,7 +422,24 @@ def _check_arguments(pipeline, validation_pipeline, min_lr, max_lr, num_steps, m
             )
 
 
-def find_lr(
+@stage("find_lr", uses=("momentum", "beta_1", "weight_decay"), depends_on=("batch_size",))
+def find_lr(ctx, *, min_lr, max_lr, num_steps, mode, on, stop_factor, smoothing, rule, num_validation_batches,
+            allow_repeat, repeats):
+    """The range test as a stage: on the training data at the batch size in force, settled optimizer values applied.
+
+    See `range_test` for the arguments; the suggestion holds for the batch
+    size it was measured at (recorded with the call).
+    """
+    return range_test(
+        ctx.session, ctx.train, validation_pipeline=ctx.validation, min_lr=min_lr, max_lr=max_lr,
+        num_steps=num_steps, mode=mode, on=on, stop_factor=stop_factor, smoothing=smoothing, rule=rule,
+        num_validation_batches=num_validation_batches, allow_repeat=allow_repeat,
+        optimizer_changes=ctx.optimizer_changes(), repeats=repeats, seed=ctx.seed,
+        callbacks=ctx.progress(num_steps, "Learning-rate range test"),
+    )
+
+
+def range_test(
     session,
     pipeline,
     *,
@@ -504,7 +519,7 @@ def find_lr(
     Example:
 
     ```python
-    result = find_lr(session, pipeline, num_steps=200)
+    result = range_test(session, pipeline, num_steps=200)
     print(result.suggested_lr, result.lr_bounds)
     result.plot().savefig("lr_range.png")
     ```

@@ -22,6 +22,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 from keras_playbook import validation
+from keras_playbook._runner import stage
 from keras_playbook.journal import Result
 from keras_playbook.stages import short_runs
 
@@ -29,6 +30,7 @@ _PROBES = "Johnson, EECS 498 Lecture 11, step 3"
 _MOMENTUM = "Smith 2018"
 DEFAULT_PROBE_LRS = (1e-1, 1e-2, 1e-3, 1e-4)
 DEFAULT_MOMENTUMS = (0.99, 0.97, 0.95, 0.9)
+NUM_EVAL_BATCHES = 10  # Batches of the fixed training sample a probe's drop is measured on.
 # Optimizers whose momentum is `momentum` (SGD, RMSprop); Adam's family uses beta_1.
 _MOMENTUM_NAMES = ("momentum", "beta_1")
 
@@ -112,19 +114,8 @@ def _check_values(values, name, caller, check):
         raise ValueError(f"{caller}: argument `{name}` has repeated values. Received: {name}={values!r}.")
 
 
-def probe_lrs(
-    session,
-    pipeline,
-    *,
-    learning_rates=DEFAULT_PROBE_LRS,
-    num_steps=100,
-    min_drop=0.1,
-    num_eval_batches=10,
-    compare_with=None,
-    optimizer_changes=None,
-    seed=0,
-    callbacks=None,
-):
+@stage("probe_lrs", uses=("momentum", "beta_1", "weight_decay"))
+def probe_lrs(ctx, *, learning_rates, num_steps, min_drop):
     """Finds the learning rate that makes the loss go down (Johnson, EECS 498 Lecture 11, step 3).
 
     Each learning rate trains its own copy of the model, from the same
@@ -133,19 +124,14 @@ def probe_lrs(
     rate is the largest one whose drop is at least `min_drop` and at least
     half the best drop, without diverging: a cross-check of `find_lr`.
 
+    Every run applies the settled momentum and weight decay; the choice is
+    compared with the latest `find_lr` suggestion when there is one.
+
     Args:
-        session: The `Session` holding the model.
-        pipeline: The training `DataPipeline`.
+        ctx: The runner's `StageContext`.
         learning_rates: Rates to probe.
         num_steps: Steps per run (Johnson: ~100).
         min_drop: Relative drop counted as significant.
-        num_eval_batches: Batches in the fixed sample the drop is measured on.
-        compare_with: A learning rate to compare the choice with (the
-            Playbook passes find_lr's suggestion).
-        optimizer_changes: Changes to the optimizer's config for every run
-            (settled momentum, weight decay).
-        seed: Seed of the fixed sample.
-        callbacks: Extra callbacks for each run's `fit`.
 
     Returns:
         A `ProbeResult`.
@@ -154,21 +140,24 @@ def probe_lrs(
     _check_values(learning_rates, "learning_rates", stage,
                   lambda value: validation.check_number(value, "learning_rates", stage))
     validation.check_int(num_steps, "num_steps", stage)
-    validation.check_int(num_eval_batches, "num_eval_batches", stage)
     validation.check_number(min_drop, "min_drop", stage)
     if min_drop >= 1:
         raise ValueError(f"{stage}: argument `min_drop` must be in (0, 1). Received: min_drop={min_drop!r}.")
+    session, pipeline, seed = ctx.session, ctx.train, ctx.seed
+    found = ctx.journal.latest("find_lr")
+    compare_with = found.suggested_lr if found is not None else None
+    callbacks = ctx.progress(num_steps, "Probing a learning rate")
     learning_rates = sorted((float(value) for value in learning_rates), reverse=True)
-    sample = _fixed_sample(pipeline, num_eval_batches, seed)
+    sample = _fixed_sample(pipeline, NUM_EVAL_BATCHES, seed)
     start = session.model.get_weights()
-    changes = dict(optimizer_changes or {})
+    changes = ctx.optimizer_changes()
     initial_loss = None
     final_losses, step_losses = [], []
     for learning_rate in learning_rates:
         model = short_runs.working_copy(session, weights=start, **changes, learning_rate=learning_rate)
         if initial_loss is None:
             initial_loss = _evaluate(model, sample)
-        step_losses.append(short_runs.train_steps(model, short_runs.fixed_order(pipeline, seed), num_steps, callbacks or []))
+        step_losses.append(short_runs.train_steps(model, short_runs.fixed_order(pipeline, seed), num_steps, callbacks))
         final_losses.append(_evaluate(model, sample))
     diverged = [
         not (math.isfinite(final) and all(math.isfinite(loss) for loss in losses)) or final >= initial_loss
@@ -270,9 +259,6 @@ class MomentumResult(Result):
     def settles(self):
         return {self.hyperparameter: self.best_value} if self.ok else {}
 
-    def depends_on(self):
-        return {"batch_size": self.batch_size}
-
     def plot(self):
         """Validation loss per value (left) and per-step training loss (right)."""
         figure = Figure(figsize=(10, 4))
@@ -293,18 +279,9 @@ class MomentumResult(Result):
         return figure
 
 
-def sweep_momentum(
-    session,
-    pipeline,
-    validation_pipeline,
-    *,
-    values=DEFAULT_MOMENTUMS,
-    learning_rate=None,
-    num_steps=200,
-    optimizer_changes=None,
-    seed=0,
-    callbacks=None,
-):
+@stage("sweep_momentum", requires=("learning_rate",), uses=("weight_decay",), depends_on=("batch_size",),
+       given=lambda a: {"learning_rate": a["learning_rate"]} if a["learning_rate"] is not None else {})
+def sweep_momentum(ctx, *, values, num_steps, learning_rate):
     """Short runs at several momentum values; the best by validation loss (Smith 2018).
 
     For SGD and RMSprop the swept hyperparameter is `momentum`; for Adam,
@@ -313,15 +290,11 @@ def sweep_momentum(
     optimizer at `learning_rate`.
 
     Args:
-        session: The `Session` holding the model.
-        pipeline: The training `DataPipeline`.
-        validation_pipeline: The validation `DataPipeline` (required).
+        ctx: The runner's `StageContext` (the validation data is required;
+            the data order is the same for every run: a fair comparison).
         values: Momentum values, each in [0, 1).
-        learning_rate: Learning rate of the runs; defaults to the optimizer's.
         num_steps: Steps per run.
-        optimizer_changes: Other changes to the optimizer's config.
-        seed: Seed of the data order, the same for every run (a fair comparison).
-        callbacks: Extra callbacks for each run's `fit`.
+        learning_rate: Learning rate of the runs; defaults to the settled one.
 
     Returns:
         A `MomentumResult`.
@@ -331,6 +304,7 @@ def sweep_momentum(
         ValueError: without validation data, or for bad values.
     """
     stage = "sweep_momentum"
+    session, pipeline, validation_pipeline, seed = ctx.session, ctx.train, ctx.validation, ctx.seed
     name = momentum_name(session.model.optimizer)
 
     def check(value):
@@ -344,19 +318,22 @@ def sweep_momentum(
             f"{stage}: momentum is judged by the validation loss (Smith 2018); "
             "pass `validation_data` to the Playbook."
         )
+    learning_rate = ctx.values.get("learning_rate")
     if learning_rate is None:
-        learning_rate = short_runs.current_learning_rate(session.model.optimizer)
+        raise ValueError(f"{stage}: no learning rate is settled (the optimizer follows a schedule): run "
+                         "pb.find_lr() first, or pass `learning_rate`.")
     validation.check_number(learning_rate, "learning_rate", stage)
+    callbacks = ctx.progress(num_steps, "Sweeping momentum: one run")
     values = sorted((float(value) for value in values), reverse=True)
     start = session.model.get_weights()
-    changes = dict(optimizer_changes or {})
+    changes = ctx.optimizer_changes()
     changes.pop(name, None)
     validation_losses, step_losses = [], []
     for value in values:
         model = short_runs.working_copy(
             session, weights=start, **changes, learning_rate=float(learning_rate), **{name: value}
         )
-        step_losses.append(short_runs.train_steps(model, short_runs.fixed_order(pipeline, seed), num_steps, callbacks or []))
+        step_losses.append(short_runs.train_steps(model, short_runs.fixed_order(pipeline, seed), num_steps, callbacks))
         finite = all(math.isfinite(loss) for loss in step_losses[-1])
         validation_losses.append(_evaluate(model, validation_pipeline.dataset) if finite else math.nan)
     scored = [(loss, value) for loss, value in zip(validation_losses, values) if math.isfinite(loss)]

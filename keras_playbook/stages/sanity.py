@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from keras_playbook import losses, validation
 from keras_playbook.journal import Result
+from keras_playbook._runner import stage
 from keras_playbook.session import read_value
 
 _INITIAL_LOSS = "Johnson, EECS 498 Lecture 11, step 1"
@@ -182,7 +183,8 @@ def _mean_loss(loss, y_true, y_pred):
     return float(np.mean(keras.ops.convert_to_numpy(function(y_true, y_pred))))
 
 
-def check_initial_loss(session, pipeline, *, num_batches=10, tolerance=0.5, seed=0):
+@stage("check_initial_loss")
+def check_initial_loss(ctx, *, num_batches, tolerance):
     """Compares the untrained model's loss with the loss of uniform guessing.
 
     A classifier at initialization should predict close to uniformly, so its
@@ -198,15 +200,13 @@ def check_initial_loss(session, pipeline, *, num_batches=10, tolerance=0.5, seed
     current weights and optimizer state are restored afterwards.
 
     Args:
-        session: The `Session` holding the model.
-        pipeline: The training `DataPipeline`.
+        ctx: The runner's `StageContext`.
         num_batches: Global batches to evaluate.
         tolerance: Accepted relative deviation from the expected loss. The
             default, 50%, lets through what Keras's default initializers
             give (random logits of scale s add about s**2/2 nats to ln C,
             s**2/8 to ln 2: typically 10-40%) and flags the gross errors the
             check exists for (unnormalized inputs give many times ln C).
-        seed: Seed of the sample drawn from the data.
 
     Returns:
         An `InitialLossResult`.
@@ -217,7 +217,8 @@ def check_initial_loss(session, pipeline, *, num_batches=10, tolerance=0.5, seed
     stage = "check_initial_loss"
     validation.check_int(num_batches, "num_batches", stage)
     validation.check_number(tolerance, "tolerance", stage)
-    x, y = pipeline.sample(num_batches, seed=seed)[:2]
+    session, pipeline = ctx.session, ctx.train
+    x, y = pipeline.sample(num_batches, seed=ctx.seed)[:2]
     model = session.model
     with session.preserved():
         model.set_weights(session.initial_weights)
@@ -511,18 +512,9 @@ def _memorized(loss, accuracy, target_loss):
     )
 
 
-def overfit_small_sample(
-    session,
-    pipeline,
-    *,
-    num_batches=5,
-    max_steps=500,
-    learning_rate=None,
-    learning_rate_source="given",
-    target_loss=None,
-    seed=0,
-    callbacks=None,
-):
+@stage("overfit_small_sample", uses=("learning_rate",), given=lambda a: {"learning_rate": a["learning_rate"]}
+       if a["learning_rate"] is not None else {})
+def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_loss):
     """Trains a copy of the model to memorize a few batches, regularization off.
 
     A copy starting from the Playbook's initial weights, with dropout, noise,
@@ -535,24 +527,19 @@ def overfit_small_sample(
     user's model, its regularization and its optimizer are not touched.
 
     Args:
-        session: The `Session` holding the model.
-        pipeline: The training `DataPipeline`.
+        ctx: The runner's `StageContext`.
         num_batches: Global batches in the sample (Johnson: 5-10).
         max_steps: Step budget.
-        learning_rate: Learning rate; None runs a short range test on the
-            sample (`find_lr`'s rule) and uses its suggestion, falling back
-            to the optimizer's rate when it finds none.
-        learning_rate_source: How the caller chose `learning_rate` ("given",
-            "settled"), for the result.
+        learning_rate: Learning rate; None takes the one a stage settled
+            (`find_lr`'s), else runs a short range test on the sample
+            (`find_lr`'s rule) and uses its suggestion, falling back to the
+            optimizer's rate when it finds none.
         target_loss: Loss counted as memorized (any finite number: it may be
             negative); defaults to 1% of the way from the initial loss down
             to the lowest the loss can take (0 for Keras's losses, -1 for
             cosine similarity). A loss this library does not know that goes
             to or below zero gets the verdict "unknown_floor" (not checked)
             unless it is given.
-        seed: Seed of the sample and its shuffling.
-        callbacks: Extra Keras callbacks for the trial's `fit` (a progress
-            bar, say); the stage itself prints nothing.
 
     Returns:
         An `OverfitResult`.
@@ -570,6 +557,10 @@ def overfit_small_sample(
                                     or not math.isfinite(target_loss)):
         raise ValueError(f"{stage}: argument `target_loss` must be a finite number (it may be negative, for a "
                          f"loss that goes below zero). Received: target_loss={target_loss!r}.")
+    session, pipeline, seed = ctx.session, ctx.train, ctx.seed
+    source = "given"
+    if learning_rate is None and ctx.measured("learning_rate") is not None:
+        learning_rate, source = ctx.measured("learning_rate"), "settled"
     sample = pipeline.sample(num_batches, seed=seed)
     num_examples = len(tf.nest.flatten(sample[0])[0])
     steps_per_pass = math.ceil(num_examples / pipeline.global_batch_size)
@@ -578,7 +569,7 @@ def overfit_small_sample(
         and losses.describe_loss(session.model.loss).kind is not None
     )
 
-    source = learning_rate_source if learning_rate is not None else "range test"
+    source = source if learning_rate is not None else "range test"
     if learning_rate is None:
         learning_rate = _sample_range_test(session, pipeline, sample, seed)
         if learning_rate is None:
@@ -617,7 +608,7 @@ def overfit_small_sample(
         dataset,
         epochs=math.ceil(max_steps / steps_per_pass),
         callbacks=[keras.callbacks.TerminateOnNaN(), _StopWhenMemorized(target)]
-        + list(callbacks or []),
+        + ctx.progress(max_steps, "Overfitting a small sample"),
         shuffle=False,  # The dataset reshuffles itself.
         verbose=0,
     )
@@ -671,8 +662,8 @@ def _sample_range_test(session, pipeline, sample, seed):
         tf.data.Dataset.from_tensor_slices(sample), per_replica_batch_size=pipeline.per_replica_batch_size,
         num_replicas=pipeline.num_replicas, num_examples=count, shuffle=True, seed=seed, arrays=sample,
     )
-    found = lr_range.find_lr(session, sample_pipeline, num_steps=60, min_lr=1e-6, max_lr=10.0, repeats=1,
-                             optimizer_changes={"weight_decay": 0.0} if _has_decay(session) else None, seed=seed)
+    found = lr_range.range_test(session, sample_pipeline, num_steps=60, min_lr=1e-6, max_lr=10.0, repeats=1,
+                                optimizer_changes={"weight_decay": 0.0} if _has_decay(session) else None, seed=seed)
     return found.suggested_lr
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from keras_playbook import validation
+from keras_playbook._runner import SEARCHED, stage
 from keras_playbook.journal import Result, to_builtin
 from keras_playbook.tuning import analysis
 from keras_playbook.tuning.hypermodel import EPOCHS, WEIGHT_DECAY_MODES, PlaybookHyperModel, PlaybookTuner
@@ -248,9 +249,6 @@ class SearchResult(Result):
     adopted: dict = dataclasses.field(default_factory=dict, kw_only=True)
     confirmation: dict | None = dataclasses.field(default=None, kw_only=True)
 
-    def depends_on(self):
-        return {"batch_size": self.fixed["batch_size"]} if "batch_size" in self.fixed else {}
-
     def _settles_from_search(self, names):
         if self.role == "worker" or not self.best:
             return {}
@@ -342,8 +340,8 @@ class LRWeightDecayResult(SearchResult):
     def plot(self):
         """Heat maps of the score over learning rate x weight decay, coarse and fine."""
         figure = Figure(figsize=(11, 4.5))
-        for axes, stage in zip(figure.subplots(1, 2), ("coarse", "fine")):
-            trials = self.stage_trials(stage)
+        for axes, phase in zip(figure.subplots(1, 2), ("coarse", "fine")):
+            trials = self.stage_trials(phase)
             if not trials:
                 axes.set_axis_off()
                 axes.set_title(f"{stage}: no trials")
@@ -417,7 +415,7 @@ def _result_fields(records, best, spent, objective, mode, fixed, advice, tuner, 
 # Stages -------------------------------------------------------------------------
 
 
-def grid_weight_decay(
+def weight_decay_grid(
     session,
     train_pipeline,
     validation_pipeline,
@@ -482,7 +480,7 @@ def grid_weight_decay(
     Example:
 
     ```python
-    result = grid_weight_decay(session, train, validation, values=[0, 1e-4], epochs=5)
+    result = weight_decay_grid(session, train, validation, values=[0, 1e-4], epochs=5)
     print(result.table())
     ```
     """
@@ -555,7 +553,7 @@ def _confirm_over_seeds(session, train_pipeline, validation_pipeline, best, refe
         return ", ".join(f"{key.replace('_', ' ')} {value:g}" for key, value in searched(values).items())
 
     configs = {name(record["values"]): searched(record["values"]) for record in (best, reference)}
-    compared = experiments.compare_seeds(
+    compared = experiments.seed_comparison(
         session, train_pipeline, validation_pipeline, configs, seeds=seeds, epochs=epochs,
         weight_decay_mode=mode, objective=objective, defaults=fixed, directory=directory,
         project_name=None if project_name is None else f"{project_name}_confirm", overwrite=overwrite,
@@ -621,7 +619,7 @@ def _noise_sentence(best, adopted, ties, noise, what, chosen, count):
     )
 
 
-def tune_lr_wd(
+def lr_wd_grid(
     session,
     train_pipeline,
     validation_pipeline,
@@ -667,7 +665,7 @@ def tune_lr_wd(
             best cell sits on (0: never).
         weight_decay_mode, objective, defaults, directory, project_name,
         overwrite, confirm_seeds, seed, callbacks, verbose: As for
-            `grid_weight_decay`; the confirmation re-measures the best cell
+            `weight_decay_grid`; the confirmation re-measures the best cell
             against the cell with the rate closest to `learning_rate` and the
             least weight decay.
 
@@ -680,7 +678,7 @@ def tune_lr_wd(
     Example:
 
     ```python
-    result = tune_lr_wd(session, train, validation, learning_rate=3e-3)
+    result = lr_wd_grid(session, train, validation, learning_rate=3e-3)
     print(result.best, result.table())
     ```
     """
@@ -786,4 +784,46 @@ def tune_lr_wd(
         fine_epochs=fine_epochs,
         noise=noise, meaningful=meaningful, adopted={} if adopted is None else dict(adopted["values"]),
         confirmation=confirmation,
+    )
+
+
+# The stages: the grids above with the settled values in force -----------------------
+
+_SEARCH_READS = dict(requires=("learning_rate", "momentum", "beta_1"), uses=("weight_decay",),
+                     depends_on=("batch_size",))
+
+
+@stage("grid_weight_decay", **_SEARCH_READS, given=lambda arguments: {"weight_decay": SEARCHED})
+def grid_weight_decay(ctx, *, values, epochs, weight_decay_mode, objective, directory, project_name, overwrite,
+                      callbacks, confirm_seeds):
+    """`weight_decay_grid` at the settled learning rate, batch size and momentum (see it for the arguments)."""
+    return weight_decay_grid(
+        ctx.session, ctx.train, ctx.validation, values=values, epochs=epochs, weight_decay_mode=weight_decay_mode,
+        objective=objective, defaults=ctx.values, project_name=project_name, overwrite=overwrite,
+        confirm_seeds=confirm_seeds, seed=ctx.seed, **ctx.search_options(directory, callbacks),
+    )
+
+
+def _lr_wd_given(arguments):
+    searched = {"weight_decay": SEARCHED}
+    if arguments["learning_rate"] is not None or arguments["learning_rates"] is not None:
+        searched["learning_rate"] = SEARCHED
+    return searched
+
+
+@stage("tune_lr_wd", **_SEARCH_READS, given=_lr_wd_given)
+def tune_lr_wd(ctx, *, coarse_epochs, fine_epochs, learning_rate, learning_rates, weight_decays, max_extensions,
+               weight_decay_mode, objective, directory, project_name, overwrite, confirm_seeds, callbacks):
+    """`lr_wd_grid` around `learning_rate`, by default the settled one (see it for the arguments)."""
+    defaults = dict(ctx.values)
+    centre = learning_rate if learning_rate is not None else defaults.pop("learning_rate", None)
+    if centre is None and learning_rates is None:
+        raise ValueError("tune_lr_wd: no learning rate is settled (the optimizer follows a schedule) to centre the "
+                         "grid on: run pb.find_lr() first, or pass `learning_rate` or `learning_rates`.")
+    return lr_wd_grid(
+        ctx.session, ctx.train, ctx.validation, learning_rate=centre, learning_rates=learning_rates,
+        weight_decays=weight_decays, coarse_epochs=coarse_epochs, fine_epochs=fine_epochs,
+        max_extensions=max_extensions, weight_decay_mode=weight_decay_mode, objective=objective, defaults=defaults,
+        project_name=project_name, overwrite=overwrite, confirm_seeds=confirm_seeds, seed=ctx.seed,
+        **ctx.search_options(directory, callbacks),
     )

@@ -13,7 +13,9 @@ References:
 """
 
 import contextlib
+import csv
 import json
+import os
 
 import keras
 
@@ -29,7 +31,12 @@ from keras_playbook.callbacks import (
 from keras_playbook.callbacks._config import ConfigurableCallback
 from keras_playbook.callbacks.monitors import decayed_variables
 from keras_playbook.callbacks.schedules import momentum_attribute
+from keras_playbook import data as data_module
+from keras_playbook import validation
+from keras_playbook._runner import HYPERPARAMETERS, OPTIMIZER_SETTINGS, SEARCHED, loss_on, stage
 from keras_playbook.diagnosis import diagnose
+from keras_playbook.records import FitRecord
+from keras_playbook.session import innermost_optimizer
 
 SCHEDULES = ("step_down", "one_cycle", "cosine", "two_stage")
 
@@ -185,3 +192,184 @@ def describe(callback):
     except (AttributeError, NotImplementedError, TypeError, ValueError):
         pass
     return description
+
+
+# The fit stage ------------------------------------------------------------------------
+
+FIT_OVERRIDES = HYPERPARAMETERS
+
+
+def _fit_given(arguments):
+    """The overrides; under "one_cycle" the schedule sets the rate (the range test's bounds are checked instead)."""
+    given = dict(arguments["overrides"])
+    if arguments["schedule"] == "one_cycle":
+        given.setdefault("learning_rate", SEARCHED)
+    return given
+
+
+@stage("fit", requires=("learning_rate", *OPTIMIZER_SETTINGS), given=_fit_given, random_state=False,
+       returns_value=True, trains=True)
+def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, overrides):
+    """Trains the user's model for real at the values in force, watched (see `Playbook.fit` for the arguments).
+
+    With a Playbook directory the run is resumable: Keras's `BackupAndRestore`
+    keeps the last finished epoch in `<directory>/backup/<call>` (the same
+    call at the same point of the journal continues from it after a crash
+    or Ctrl-C); the runner then saves the trained weights in
+    `<directory>/weights`, the `FitRecord` pointing to them.
+
+    Returns:
+        `(FitRecord, History)`; the History holds every epoch, also those run
+        before a resume.
+    """
+    _check_fit_arguments(epochs, callbacks, restore_best, overrides)
+    model, hyperparameters = ctx.model, dict(ctx.values)
+    _check_hyperparameters(hyperparameters)
+    batch_size = ctx.train.per_replica_batch_size
+    found = ctx.journal.latest("find_lr")
+    check_one_cycle_inputs(schedule, found, overrides, batch_size)
+    scheduler = schedule_callback(schedule, model, found, ctx.validation is not None)
+    if isinstance(scheduler, OneCycle):  # The schedule sets every step's rate: the record says so.
+        hyperparameters.pop("learning_rate", None)
+    train_data, validation_data = ctx.train, ctx.validation
+    apply_to_optimizer(ctx.session, hyperparameters)
+    watching, initial_loss, untrained = [], None, None
+    if watch:
+        source = validation_data if validation_data is not None else train_data
+        sample = train_data.sample(4, seed=ctx.seed)
+        initial_loss = loss_on(model, sample, train_data.global_batch_size)
+        untrained = ctx.untrained_loss(sample, train_data.global_batch_size)
+        watching = watchers(model, lambda: source.sample(2, seed=ctx.seed)[:2], scheduler, reference_loss=untrained)
+    keep_best = []
+    if restore_best:
+        keep_best = [keras.callbacks.EarlyStopping(
+            monitor="val_loss" if validation_data is not None else "loss", mode="min",
+            patience=int(epochs) + 1, restore_best_weights=True,
+        )]
+    backup = _Backup(ctx) if ctx.directory is not None else None
+    every = ([scheduler] if scheduler is not None else []) + list(callbacks or []) + watching + keep_best
+    with restored_on_interruption(every):
+        history = model.fit(
+            train_data.dataset,
+            validation_data=None if validation_data is None else validation_data.dataset,
+            epochs=int(epochs),
+            callbacks=ctx.callbacks(every + (backup.callbacks() if backup else [])),
+            shuffle=False,  # The pipeline reshuffles arrays itself.
+            verbose=verbose,
+        )
+    if backup is not None:
+        backup.complete(history)
+    record = FitRecord.from_history(
+        history, hyperparameters, schedule=describe(scheduler),
+        findings=findings_of(
+            watching, history, schedule=scheduler,
+            initial_loss=None if initial_loss is None else max(initial_loss, untrained),
+            weight_decay=has_weight_decay(model),
+        ),
+        initial_loss=initial_loss, restored_best=bool(restore_best),
+    )
+    return record, history
+
+
+class _Backup:
+    """Keras's `BackupAndRestore` for one fit call, and a `CSVLogger` so a resumed run's record has every epoch."""
+
+    def __init__(self, ctx):
+        folder = os.path.join(ctx.directory, "backup")
+        os.makedirs(folder, exist_ok=True)
+        self.directory = os.path.join(folder, ctx.call_key)
+        self.curves = os.path.join(folder, f"{ctx.call_key}.csv")
+        metadata = os.path.join(self.directory, "training_metadata.json")
+        self.resumed_at = 0
+        if os.path.exists(metadata):
+            with open(metadata) as file:
+                self.resumed_at = int(json.load(file).get("epoch", 0))
+
+    def callbacks(self):
+        # The curves are written before the backup: a kill between the two repeats an epoch, never loses one.
+        return [keras.callbacks.CSVLogger(self.curves, append=True),
+                keras.callbacks.BackupAndRestore(self.directory, double_checkpoint=True)]
+
+    def complete(self, history):
+        """Gives `history` the epochs run before a resume (from the curves file), then removes the file."""
+        if self.resumed_at and os.path.exists(self.curves):
+            with open(self.curves, newline="") as file:
+                rows = {int(row.pop("epoch")): row for row in csv.DictReader(file)}
+            earlier = [rows[epoch] for epoch in sorted(rows) if epoch < self.resumed_at]
+            history.history = {
+                name: [float(row[name]) for row in earlier if row.get(name) not in (None, "")] + list(values)
+                for name, values in history.history.items()
+            }
+            history.epoch = list(range(len(next(iter(history.history.values()), []))))
+        if os.path.exists(self.curves):
+            os.remove(self.curves)
+
+
+def _check_fit_arguments(epochs, callbacks, restore_best, overrides):
+    validation.check_int(epochs, "epochs", "fit")
+    unknown = sorted(set(overrides) - set(FIT_OVERRIDES))
+    if unknown:
+        raise TypeError(
+            f"fit: unknown hyperparameter(s) {unknown}. Overridable: {list(FIT_OVERRIDES)}; pass other "
+            "`model.fit` options by calling `pb.model.fit` directly."
+        )
+    if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"fit: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
+    if not isinstance(restore_best, bool):
+        raise TypeError(f"fit: `restore_best` must be True or False. Received: restore_best={restore_best!r}.")
+
+
+def _check_hyperparameters(hyperparameters):
+    if hyperparameters.get("learning_rate") is not None:
+        validation.check_number(hyperparameters["learning_rate"], "learning_rate", "fit")
+    if hyperparameters.get("weight_decay") is not None:
+        validation.check_number(hyperparameters["weight_decay"], "weight_decay", "fit", allow_zero=True)
+    if "batch_size" in hyperparameters:
+        data_module.validate_batch_size(hyperparameters["batch_size"])
+    for name in ("momentum", "beta_1"):
+        value = hyperparameters.get(name)
+        valid = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+        if value is not None and not valid:
+            raise ValueError(f"fit: argument `{name}` must be in [0, 1). Received: {name}={value!r}.")
+
+
+def apply_to_optimizer(session, hyperparameters):
+    """Sets the learning rate, momentum / beta_1 and weight decay of `hyperparameters` on the model's optimizer.
+
+    Raises:
+        ValueError: for a learning rate on an optimizer that follows a
+            `LearningRateSchedule`, or a setting the optimizer does not have.
+    """
+    model = session.model
+    optimizer = innermost_optimizer(model.optimizer)  # Inside LossScaleOptimizer, DiscriminativeOptimizer.
+    if "learning_rate" in hyperparameters:
+        if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            raise ValueError(
+                f"fit: cannot apply learning_rate={hyperparameters['learning_rate']!r}: the model's "
+                f"{type(optimizer).__name__} follows a LearningRateSchedule. Compile the model with a float "
+                "learning rate and drive the schedule with a callback, or pass the optimizer you want as "
+                "`Playbook(optimizer=...)`."
+            )
+        optimizer.learning_rate = hyperparameters["learning_rate"]
+    changes = {}
+    for name in OPTIMIZER_SETTINGS:
+        if name not in hyperparameters:
+            continue
+        if name != "weight_decay" and not hasattr(optimizer, name):
+            raise ValueError(
+                f"fit: the model's optimizer {type(optimizer).__name__} has no `{name}`. "
+                f"Received: {name}={hyperparameters[name]!r}."
+            )
+        if getattr(optimizer, name) != hyperparameters[name]:
+            changes[name] = hyperparameters[name]
+    if not changes:
+        return
+    if getattr(optimizer, "momentum", None) == 0 and changes.get("momentum") and optimizer.built:
+        # SGD built without momentum has no buffers for it: a new optimizer
+        # (SGD without momentum holds no state but its step count).
+        learning_rate = keras.ops.convert_to_numpy(optimizer.learning_rate).item()
+        session.compile(optimizer=session.fresh_optimizer(learning_rate=learning_rate, **changes))
+        return
+    for name, value in changes.items():
+        setattr(optimizer, name, value)
+    model.make_train_function(force=True)
