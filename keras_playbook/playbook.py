@@ -8,9 +8,7 @@ records the result with its call; `run()` chains the stages (`_procedure.py`).
 Only `fit` and `fine_tune` change the user's model.
 """
 
-import hashlib
 import inspect
-import json
 import os
 
 import keras
@@ -22,7 +20,7 @@ from keras_playbook import data as data_module
 from keras_playbook._runner import Runner
 from keras_playbook.journal import JOURNAL_FILENAME, Journal
 from keras_playbook.records import SetupRecord
-from keras_playbook.session import Session, innermost_optimizer, leaf_layers, read_value, resolve_strategy
+from keras_playbook.session import Session, architecture_digest, innermost_optimizer, read_value, resolve_strategy
 from keras_playbook.stages import finetuning, lr_range, probes, search  # Importing `stages` registers them all.
 
 def _journal_in(directory):
@@ -53,12 +51,6 @@ def _check_belongs(journal, setup):
             + "): what it settled would not hold here. Pass another `directory`, or overwrite=True to start a "
             "new journal there."
         )
-
-
-def _architecture(model):
-    """A digest of the model's layers, in order: class and weight shapes (not names, which Keras numbers)."""
-    layers = [[type(layer).__name__, [list(weight.shape) for weight in layer.weights]] for layer in leaf_layers(model)]
-    return hashlib.sha256(json.dumps(layers).encode()).hexdigest()[:16]
 
 
 class Playbook:
@@ -240,7 +232,7 @@ class Playbook:
             num_parameters=int(self.model.count_params()),
             loss=str(loss_name),
             optimizer=_jsonable(self.model.optimizer.get_config()),
-            architecture=_architecture(self.model),
+            architecture=architecture_digest(self.model),
             initial_values=_optimizer_values(self.model.optimizer),
             ok=True,
             message=(

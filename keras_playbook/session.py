@@ -10,7 +10,9 @@ makes a separate copy that starts from the initial weights.
 
 import contextlib
 import dataclasses
+import hashlib
 import inspect
+import json
 import random
 import warnings
 
@@ -97,6 +99,17 @@ def leaf_layers(model):
         else:
             leaves.append(layer)
     return leaves
+
+
+def architecture_digest(model):
+    """A digest of the model's layers, in order: class and weight shapes (not names, which Keras numbers).
+
+    The same model built again has the same digest; the journal's set-up and
+    each search's definition carry it, so results of one model are never
+    read back for another.
+    """
+    layers = [[type(layer).__name__, [list(weight.shape) for weight in layer.weights]] for layer in leaf_layers(model)]
+    return hashlib.sha256(json.dumps(layers).encode()).hexdigest()[:16]
 
 
 def copy_trainability(source, target):

@@ -235,13 +235,14 @@ def seed_comparison(
         session, train_pipeline, validation_pipeline, defaults=fixed, epochs=epochs,
         weight_decay_mode=weight_decay_mode,
     )
-    project_name = project_name or search.project_name_for(
-        caller, configs=configs, seeds=seed_list, epochs=epochs, mode=weight_decay_mode, objective=[objective.name, objective.direction],
-        fixed=fixed, base=base,
+    definition = search.search_definition(
+        session, configs=configs, seeds=seed_list, epochs=epochs, mode=weight_decay_mode,
+        objective=[objective.name, objective.direction], fixed=fixed, base=base,
     )
+    project_name = project_name or search.project_name_for(caller, **definition)
     tuner, records, role = search.run_search(
-        session, oracle, hypermodel, directory=search.default_directory(directory),
-        project_name=project_name, overwrite=overwrite, callbacks=callbacks, verbose=verbose,
+        session, oracle, hypermodel, directory=search.default_directory(directory), project_name=project_name,
+        overwrite=overwrite, definition=definition, callbacks=callbacks, verbose=verbose,
     )
     return _comparison_result(
         records, objective, configs, seed_list, alpha, weight_decay_mode, tuner.project_dir, role
@@ -571,10 +572,12 @@ def experiment_round(
         name: value for name, value in {**(defaults or {}), **fixed}.items()
         if name not in scientific and name not in nuisance
     }
-    root = os.path.join(search.default_directory(directory), project_name or search.project_name_for(
-        _slug(goal), scientific=scientific, nuisance=nuisance, shared=shared, max_trials=max_trials, epochs=epochs,
+    definition = search.search_definition(
+        session, scientific=scientific, nuisance=nuisance, shared=shared, max_trials=max_trials, epochs=epochs,
         seeds=seed_list, oracle=oracle, mode=weight_decay_mode, objective=[objective.name, objective.direction],
-    ))
+    )
+    root = os.path.join(search.default_directory(directory), project_name or search.project_name_for(
+        _slug(goal), **definition))
     cells, all_records, role, epochs_spent = [], [], "single", 0
     for values in combinations:
         space = search.fixed_space({**shared, **values})
@@ -594,7 +597,7 @@ def experiment_round(
         )
         _, records, role = search.run_search(
             session, cell_oracle, hypermodel, directory=root, project_name=_slug(_label(values)),
-            overwrite=overwrite, callbacks=callbacks, verbose=verbose,
+            overwrite=overwrite, definition=definition, callbacks=callbacks, verbose=verbose,
         )
         best = analysis.best_record(records, objective.direction)
         cells.append({

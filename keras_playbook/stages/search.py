@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 from keras_playbook import validation
 from keras_playbook._runner import SEARCHED, stage
 from keras_playbook.journal import Result, to_builtin
+from keras_playbook.session import architecture_digest
 from keras_playbook.tuning import analysis
 from keras_playbook.tuning.hypermodel import EPOCHS, WEIGHT_DECAY_MODES, PlaybookHyperModel, PlaybookTuner
 from keras_playbook.tuning.oracles import STAGE, CoarseToFineOracle, GridOracle
@@ -158,6 +159,45 @@ def project_name_for(stage, **defining):
     return f"{stage}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
+def search_definition(session, **defining):
+    """What defines a search, for its project's name and for the check when it resumes: the model and `defining`."""
+    model = session.model
+    return {"model": {"architecture": architecture_digest(model), "parameters": int(model.count_params())},
+            **to_builtin(defining)}
+
+
+DEFINITION_FILENAME = "playbook_search.json"
+
+
+def check_definition(directory, project_name, definition, overwrite):
+    """Refuses to resume a KerasTuner project that another search wrote; records this one's definition.
+
+    KerasTuner resumes any project of the same name and returns its trials,
+    whatever model, epochs, weight-decay mode, space or objective they were
+    run with. A project this library started keeps its definition beside
+    the trials (`playbook_search.json`); one that differs is refused,
+    naming what differs.
+
+    Raises:
+        ValueError: when the project holds another search and `overwrite` is False.
+    """
+    path = os.path.join(directory, project_name, DEFINITION_FILENAME)
+    definition = json.loads(json.dumps(definition, sort_keys=True, default=repr))
+    if not overwrite and os.path.exists(path):
+        with open(path) as file:
+            recorded = json.load(file)
+        differences = [f"{name}: {recorded.get(name)!r} -> {definition.get(name)!r}"
+                       for name in sorted(set(recorded) | set(definition)) if recorded.get(name) != definition.get(name)]
+        if differences:
+            raise ValueError(
+                f"The KerasTuner project {os.path.join(directory, project_name)} holds another search ("
+                + "; ".join(differences) + "): its trials would be read back as this one's. Pass another "
+                "`project_name` (or none: the default name is unique to what defines the search), or "
+                "overwrite=True to start it again."
+            )
+    return path, definition
+
+
 def default_directory(directory):
     """The KerasTuner directory: the one given, else a new temporary folder removed when Python exits.
 
@@ -173,14 +213,19 @@ def default_directory(directory):
     return path
 
 
-def run_search(session, oracle, hypermodel, *, directory, project_name, overwrite, callbacks=(), verbose=0):
+def run_search(session, oracle, hypermodel, *, directory, project_name, overwrite, definition, callbacks=(),
+               verbose=0):
     """Runs a KerasTuner search and reads its trials back.
+
+    A project that exists is resumed only if it was started for the same
+    `definition` (`check_definition`).
 
     Returns:
         `(tuner, records, role)`: the `PlaybookTuner`, one record per trial
         (see `analysis.trial_records`; on a worker, only the trials it ran),
         and the process's role ("single", "chief" or "worker").
     """
+    path, definition = check_definition(directory, project_name, definition, overwrite)
     tuner = PlaybookTuner(
         oracle,
         hypermodel,
@@ -189,6 +234,9 @@ def run_search(session, oracle, hypermodel, *, directory, project_name, overwrit
         overwrite=overwrite,
         distribution_strategy=session.strategy,
     )
+    if tuning_role() != "worker":
+        with open(path, "w") as file:
+            json.dump(definition, file, indent=2, sort_keys=True)
     tuner.search(callbacks=list(callbacks), verbose=verbose)
     role = tuning_role()
     trial_ids = tuner.ran_trial_ids if role == "worker" else None
@@ -501,12 +549,12 @@ def weight_decay_grid(
         session, train_pipeline, validation_pipeline, defaults=fixed, epochs=epochs,
         weight_decay_mode=weight_decay_mode, seed=seed,
     )
-    project_name = project_name or project_name_for(
-        caller, values=values, epochs=epochs, mode=weight_decay_mode, objective=[objective.name, objective.direction], fixed=fixed, seed=seed,
-    )
+    definition = search_definition(session, values=values, epochs=epochs, mode=weight_decay_mode,
+                                   objective=[objective.name, objective.direction], fixed=fixed, seed=seed)
+    project_name = project_name or project_name_for(caller, **definition)
     tuner, records, role = run_search(
-        session, oracle, hypermodel, directory=default_directory(directory),
-        project_name=project_name, overwrite=overwrite, callbacks=callbacks, verbose=verbose,
+        session, oracle, hypermodel, directory=default_directory(directory), project_name=project_name,
+        overwrite=overwrite, definition=definition, callbacks=callbacks, verbose=verbose,
     )
     best, spent, head = summarize(records, objective, role)
     noise = analysis.search_noise(records, objective.name)
@@ -712,14 +760,15 @@ def lr_wd_grid(
         session, train_pipeline, validation_pipeline, defaults=fixed, epochs=fine_epochs,
         weight_decay_mode=weight_decay_mode, seed=seed,
     )
-    project_name = project_name or project_name_for(
-        caller, learning_rates=learning_rates, weight_decays=weight_decays, coarse_epochs=coarse_epochs,
-        fine_epochs=fine_epochs, max_extensions=max_extensions, mode=weight_decay_mode, objective=[objective.name, objective.direction],
-        fixed=fixed, seed=seed,
+    definition = search_definition(
+        session, learning_rates=learning_rates, weight_decays=weight_decays, coarse_epochs=coarse_epochs,
+        fine_epochs=fine_epochs, max_extensions=max_extensions, mode=weight_decay_mode,
+        objective=[objective.name, objective.direction], fixed=fixed, seed=seed,
     )
+    project_name = project_name or project_name_for(caller, **definition)
     tuner, records, role = run_search(
-        session, oracle, hypermodel, directory=default_directory(directory),
-        project_name=project_name, overwrite=overwrite, callbacks=callbacks, verbose=verbose,
+        session, oracle, hypermodel, directory=default_directory(directory), project_name=project_name,
+        overwrite=overwrite, definition=definition, callbacks=callbacks, verbose=verbose,
     )
     fine = [record for record in records if record["values"].get(STAGE) == "fine"]
     coarse = [record for record in records if record["values"].get(STAGE) == "coarse"]

@@ -273,3 +273,25 @@ print("PROJECT", result.project_dir)
     assert done.returncode == 0, done.stderr[-2000:]
     project = next(line.split(" ", 1)[1] for line in done.stdout.splitlines() if line.startswith("PROJECT"))
     assert not os.path.exists(os.path.dirname(project))
+
+
+def test_a_project_of_another_search_is_refused_not_read_back(digits, tmp_path):
+    pb = _playbook(digits)
+    first = pb.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path,
+                                 project_name="mine")
+    # Same project, more epochs: KerasTuner alone would hand back the 1-epoch trials.
+    with pytest.raises(ValueError, match=r"holds another search \(epochs: 1 -> 2\).*overwrite=True"):
+        pb.grid_weight_decay(values=[0.0, 1e-4], epochs=2, confirm_seeds=0, directory=tmp_path, project_name="mine")
+    with pytest.raises(ValueError, match=r"holds another search \(mode: 'decoupled' -> 'l2'\)"):
+        pb.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path, project_name="mine",
+                             weight_decay_mode="l2")
+    other = _playbook(digits, model=helpers.mlp(hidden=8))  # Another model, the same project.
+    with pytest.raises(ValueError, match=r"holds another search \(model: .*'parameters'"):
+        other.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path,
+                                project_name="mine")
+    again = pb.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path,
+                                 project_name="mine")
+    assert again.trials == first.trials  # The same search resumes: its trials are read back.
+    # Without a project name, another model in the same directory gets its own project.
+    assert other.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path).project_dir \
+        != first.project_dir
