@@ -23,6 +23,7 @@ from keras_playbook.records import SetupRecord
 from keras_playbook.session import Session, architecture_digest, innermost_optimizer, read_value, resolve_strategy
 from keras_playbook.stages import finetuning, lr_range, probes, search  # Importing `stages` registers them all.
 
+
 def _journal_in(directory):
     """The journal a directory holds, or None; a file that is not one is refused, never overwritten."""
     path = os.path.join(os.fspath(directory), JOURNAL_FILENAME)

@@ -217,7 +217,7 @@ class RunResult(Result):
             message = (f"Stopped at {stopped}: {summary} The stages after it would build on this; fix it and run "
                        "again (finished stages are read back), or run(stop_on_failure=False) to go on.")
         else:
-            decisions = "; ".join(f"{name.replace('_', ' ')} {_shown(entry['value'])} ({entry['stage']})"
+            decisions = "; ".join(f"{_WORDS.get(name, name)} {_shown(entry['value'])} ({entry['stage']})"
                                   for name, entry in settled.items())
             message = f"{done}. Decisions: {decisions}."
             if fit is not None:
@@ -241,6 +241,9 @@ class RunResult(Result):
             lines.append(f"{step['stage']:<22} {'OK' if step['ok'] else 'CHECK':<8} {how:<10} "
                          f"{step['seconds']:7.1f} {step['steps']:7d}")
         return "\n".join(lines)
+
+
+_WORDS = {"batch_size": "batch size", "learning_rate": "learning rate", "weight_decay": "weight decay"}
 
 
 def _shown(value):

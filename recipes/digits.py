@@ -1,9 +1,9 @@
 """
 Title: The tuning procedure on scikit-learn's digits, offline
-Description: Checks the initial loss, overfits a small sample, finds the batch
-size, the learning rate and the momentum, grids the weight decay on
-KerasTuner, then trains, printing each stage's verdict. Runs in about a
-minute on 2 CPU cores.
+Description: The whole procedure with `Playbook.run`: checks the initial loss,
+overfits a small sample, finds the batch size, the learning rate and the
+momentum, grids the weight decay on KerasTuner, then trains, printing each
+stage's verdict. Runs in about a minute on 2 CPU cores; run again, it resumes.
 """
 
 import os
@@ -44,7 +44,17 @@ def build_model():
     )
 
 
-"""## The procedure"""
+"""## The procedure
+
+`pb.run` chains the stages, each decision feeding the next: the initial
+loss, a small sample overfitted, the batch size (capped: on a CPU the
+largest is the whole dataset), the learning rate at that batch size, its
+cross-check, momentum, a weight-decay grid on KerasTuner (trials in
+runs/digits/tuning), and the final training with a step-down schedule.
+Run the script again and every finished stage is read back from the journal
+instead of run again; an interrupted final training continues from its last
+finished epoch. `PLAYBOOK_FRESH=1` starts a new journal.
+"""
 
 pb = Playbook(
     build_model,
@@ -55,27 +65,26 @@ pb = Playbook(
     metrics=["accuracy"],
     batch_size=64,
     directory=os.environ.get("PLAYBOOK_DIR", "runs/digits"),
-    overwrite=True,  # A fresh journal each run; without it, a second run carries the first one's journal on.
+    overwrite=bool(os.environ.get("PLAYBOOK_FRESH")),
 )
 print(pb.journal[0].summary())
-print(pb.check_initial_loss().summary())
-print(pb.overfit_small_sample().summary())
-# Tuning Playbook: the batch size (capped: on a CPU the largest is the whole
-# dataset), then the learning rate at that batch size, then momentum.
-batch = pb.find_batch_size(max_batch_size=128)
-print(batch.table())
-print(batch.summary())
-lr = pb.find_lr()
-print(lr.summary())
-print(pb.probe_lrs().summary())
-print(pb.sweep_momentum().summary())
-lr.plot().savefig(os.path.join(os.path.dirname(pb.journal.path), "find_lr.png"))
-# Smith 2018: with LR, batch size and momentum fixed, a weight-decay
-# grid (KerasTuner trials in runs/digits/tuning; overwrite=False would resume).
-decay = pb.grid_weight_decay(epochs=5, overwrite=True)
-print(decay.table())
-print(decay.summary())
-history = pb.fit(epochs=15, verbose=0)
-print(pb.journal[-1].summary())
-print(f"Validation accuracy: {history.history['val_accuracy'][-1]:.3f}")
+result = pb.run(
+    epochs=15,
+    plan=[
+        "check_initial_loss",
+        "overfit_small_sample",
+        ("find_batch_size", {"max_batch_size": 128}),
+        "find_lr",
+        "probe_lrs",
+        "sweep_momentum",
+        ("grid_weight_decay", {"epochs": 5}),
+        ("fit", {"epochs": 15, "schedule": "step_down", "restore_best": True, "verbose": 0}),
+    ],
+)
+for step in result.steps:
+    print(pb.journal.latest(step["stage"]).summary())
+print(pb.journal.latest("grid_weight_decay").table())
+pb.journal.latest("find_lr").plot().savefig(os.path.join(os.path.dirname(pb.journal.path), "find_lr.png"))
+print(result.table())
+print(result.message)
 print(f"Journal written to {pb.journal.path}")

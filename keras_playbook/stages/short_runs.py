@@ -16,7 +16,6 @@ import math
 
 import keras
 
-from keras_playbook.session import read_value
 
 
 class StepLosses(keras.callbacks.Callback):
@@ -86,8 +85,3 @@ def fixed_order(pipeline, seed):
     several rates) or repeated (a range test run again) each take this copy.
     """
     return pipeline.with_batch_size(pipeline.per_replica_batch_size, seed=seed).dataset
-
-
-def current_learning_rate(optimizer):
-    """The optimizer's learning rate now, as a float (also for mirrored variables and schedules)."""
-    return float(read_value(optimizer.learning_rate))
