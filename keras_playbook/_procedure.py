@@ -71,9 +71,13 @@ def plan_calls(playbook, plan):
     runnable = sorted(STAGES)
     calls = []
     for step in plan:
-        name, arguments = (step, {}) if isinstance(step, str) else (tuple(step) + (None, None))[:2]
-        if not isinstance(name, str) or not isinstance(arguments, dict) or (
-                not isinstance(step, str) and len(step) != 2):
+        if isinstance(step, str):
+            name, arguments = step, {}
+        elif isinstance(step, (list, tuple)) and len(step) == 2:
+            name, arguments = step
+        else:
+            name, arguments = None, None
+        if not isinstance(name, str) or not isinstance(arguments, dict):
             raise TypeError(f"run: each step of `plan` is a stage name or a (name, arguments) pair, e.g. "
                             f"('fit', {{'epochs': 10}}). Received: {step!r}.")
         if name not in STAGES:
@@ -142,14 +146,16 @@ def run(playbook, epochs, plan=None, search="weight_decay", schedule="step_down"
     calls = plan_calls(playbook, default_plan(playbook, epochs, search, schedule) if plan is None else plan)
     runner, journal = playbook._runner, playbook.journal
     started = time.perf_counter()
-    position, resuming, steps, stopped, reached = 1, True, [], None, None
+    position, resuming, steps, stopped = 1, True, [], None
     for name, arguments in calls:
         index = _recorded(journal, name, arguments, position) if resuming else None
+        reached = {}
         if index is not None:
             result, position = journal[index], index + 1
             _load_weights(playbook, result)
         else:
-            reached = None if not resuming else round(time.perf_counter() - started, 3)
+            if resuming and steps:  # The first stage run after reading back: how long getting here took.
+                reached = {"reached_after": round(time.perf_counter() - started, 3)}
             resuming = False
             runner.call(name, arguments)
             result, position = journal[len(journal) - 1], len(journal)
@@ -157,10 +163,8 @@ def run(playbook, epochs, plan=None, search="weight_decay", schedule="step_down"
         steps.append({
             "stage": name, "ok": bool(result.ok), "skipped": index is not None,
             "seconds": float(call.get("seconds", 0.0)), "steps": int(call.get("steps", 0)),
-            "summary": result.message,
+            "summary": result.message, **reached,
         })
-        if index is None and reached is not None:  # The first stage run: how long reading back took.
-            steps[-1]["reached_after"] = reached
         if stop_on_failure and name in SANITY and not result.ok:
             stopped = name
             break

@@ -219,8 +219,7 @@ class Runner:
         try:
             bound = signature.bind(None, **arguments)
         except TypeError as error:
-            valid = [parameter for parameter in list(signature.parameters)[1:]]
-            raise ValueError(f"{name}: {error}. Its arguments: {valid}.") from None
+            raise ValueError(f"{name}: {error}. Its arguments: {list(signature.parameters)[1:]}.") from None
         bound.apply_defaults()
         completed = dict(bound.arguments)
         completed.pop(next(iter(signature.parameters)))  # `self`.
@@ -283,7 +282,8 @@ class Runner:
         values, current = self.read(spec, arguments)
         key = next(_keys)
         context = StageContext(self, spec, values, key)
-        context.call_key = self._call_key(name, arguments, values)
+        if spec.trains:  # Only a training stage checkpoints under it.
+            context.call_key = self._call_key(name, arguments, values)
         start = time.perf_counter()
         try:
             with users_random_state() if spec.random_state else contextlib.nullcontext():

@@ -17,7 +17,6 @@ import math
 import keras
 
 
-
 class StepLosses(keras.callbacks.Callback):
     """Records the training loss of every step of a one-step-per-epoch `fit`.
 
