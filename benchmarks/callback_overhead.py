@@ -55,8 +55,14 @@ def callbacks(sample):
     }
 
 
-_HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
-          "on_train_batch_begin", "on_train_batch_end")
+_HOOKS = (
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+)
 
 
 class HookTimer(keras.callbacks.Callback):
@@ -100,8 +106,10 @@ def run(initial_weights, x, y, epochs, make, sample):
     """Median samples/s, the fastest epoch's duration, and the share of epochs spent in the callbacks' hooks."""
     model = build_cnn()
     model.set_weights(initial_weights)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     timer = EpochTimer()
     made = make()
     chosen = [HookTimer(c) for c in (training.watchers(model, lambda: sample) if made is None else made)]
@@ -111,8 +119,12 @@ def run(initial_weights, x, y, epochs, make, sample):
 
 
 def main():
-    arguments, x, y, initial_weights = setup(__doc__.splitlines()[0], repetitions=7, epochs=6,
-                                             extra=[("--only", {"default": "", "help": "comma-separated callbacks"})])
+    arguments, x, y, initial_weights = setup(
+        __doc__.splitlines()[0],
+        repetitions=7,
+        epochs=6,
+        extra=[("--only", {"default": "", "help": "comma-separated callbacks"})],
+    )
     sample = (x[:256], y[:256])
     makers = callbacks(sample)
     if arguments.only:
@@ -122,7 +134,7 @@ def main():
     fastest = {name: float("inf") for name in names}
     shares = {name: [] for name in names}
     for repetition in range(arguments.repetitions):
-        order = names[repetition % len(names):] + names[: repetition % len(names)]
+        order = names[repetition % len(names) :] + names[: repetition % len(names)]
         measured = {name: run(initial_weights, x, y, arguments.epochs, makers[name], sample) for name in order}
         for name in ratios:
             ratios[name].append(measured[name][0] / measured["none"][0])
@@ -139,8 +151,10 @@ def main():
             "1 - hook share": 1 - statistics.median(shares[name]),
         }
         e = estimates[name]
-        print(f"{name:<21} {e['median ratio']:>12.3f} {min(values):>7.3f} {max(values):>7.3f}"
-              f" {e['fastest-epoch ratio']:>21.3f} {e['1 - hook share']:>29.4f}")
+        print(
+            f"{name:<21} {e['median ratio']:>12.3f} {min(values):>7.3f} {max(values):>7.3f}"
+            f" {e['fastest-epoch ratio']:>21.3f} {e['1 - hook share']:>29.4f}"
+        )
     for label in ("median ratio", "fastest-epoch ratio", "1 - hook share"):
         met = all(estimates[name][label] >= 0.95 for name in ratios)
         print(f"Target ({label} >= 0.95 for each): {'met' if met else 'NOT met'}")

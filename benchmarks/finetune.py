@@ -111,8 +111,9 @@ def main():
     print(f"{'seed':>4} {'way':<9} {'best val acc':>12} {'final val acc':>13}")
     for seed in range(arguments.seeds):
         rng = np.random.default_rng(seed)
-        chosen = np.concatenate([rng.choice(np.flatnonzero(target_y == c), arguments.per_class, replace=False)
-                                 for c in range(5)])
+        chosen = np.concatenate(
+            [rng.choice(np.flatnonzero(target_y == c), arguments.per_class, replace=False) for c in range(5)]
+        )
         rest = np.setdiff1d(np.arange(len(target_y)), chosen)
         train, val = (target_x[chosen], target_y[chosen]), (target_x[rest], target_y[rest])
         curves = {
@@ -124,16 +125,22 @@ def main():
         for way, curve in curves.items():
             results[way].append((max(curve), curve[-1]))
             print(f"{seed:>4} {way:<9} {max(curve):>12.4f} {curve[-1]:>13.4f}")
-    print(f"\nmeans over {arguments.seeds} seeds ({arguments.per_class} training images per class, "
-          f"{total} epochs each, validation {len(rest)} images):")
-    means = {way: (statistics.mean(b for b, _ in values), statistics.mean(f for _, f in values))
-             for way, values in results.items()}
+    print(
+        f"\nmeans over {arguments.seeds} seeds ({arguments.per_class} training images per class, "
+        f"{total} epochs each, validation {len(rest)} images):"
+    )
+    means = {
+        way: (statistics.mean(b for b, _ in values), statistics.mean(f for _, f in values))
+        for way, values in results.items()
+    }
     for way, (best, final) in means.items():
         print(f"  {way:<9} best {best:.4f}  final {final:.4f}")
     others = [means[way][0] for way in means if way not in ("playbook", "pb+BN")]
     for way in ("playbook", "pb+BN"):
-        print(f"Target (the Playbook's fine-tuning, {way}, is best, by mean best-epoch accuracy): "
-              f"{'met' if means[way][0] >= max(others) else 'NOT met'}")
+        print(
+            f"Target (the Playbook's fine-tuning, {way}, is best, by mean best-epoch accuracy): "
+            f"{'met' if means[way][0] >= max(others) else 'NOT met'}"
+        )
 
 
 if __name__ == "__main__":

@@ -46,14 +46,19 @@ def digits_mlp():
     data = _split((x / 16.0).astype("float32"), y.astype("int64"))
 
     def build():
-        return keras.Sequential([
-            keras.Input((64,)),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(10),
-        ])
+        return keras.Sequential(
+            [
+                keras.Input((64,)),
+                keras.layers.Dense(128, activation="relu"),
+                keras.layers.Dense(10),
+            ]
+        )
 
     return dict(
-        name="digits MLP, Adam", build=build, data=data, epochs=20,
+        name="digits MLP, Adam",
+        build=build,
+        data=data,
+        epochs=20,
         optimizer=lambda lr: keras.optimizers.Adam(lr),
         loss=lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
@@ -64,17 +69,22 @@ def digits_cnn():
     data = _split((x / 16.0).reshape(-1, 8, 8, 1).astype("float32"), y.astype("int64"))
 
     def build():
-        return keras.Sequential([
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(10),
-        ])
+        return keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+                keras.layers.Flatten(),
+                keras.layers.Dense(10),
+            ]
+        )
 
     return dict(
-        name="digits CNN, SGD+momentum", build=build, data=data, epochs=20,
+        name="digits CNN, SGD+momentum",
+        build=build,
+        data=data,
+        epochs=20,
         optimizer=lambda lr: keras.optimizers.SGD(lr, momentum=0.9),
         loss=lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
@@ -87,14 +97,19 @@ def breast_cancer_mlp():
     data = ((x_train - mean) / std, y_train, (x_val - mean) / std, y_val)
 
     def build():
-        return keras.Sequential([
-            keras.Input((30,)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(1),
-        ])
+        return keras.Sequential(
+            [
+                keras.Input((30,)),
+                keras.layers.Dense(32, activation="relu"),
+                keras.layers.Dense(1),
+            ]
+        )
 
     return dict(
-        name="breast cancer MLP, RMSprop", build=build, data=data, epochs=30,
+        name="breast cancer MLP, RMSprop",
+        build=build,
+        data=data,
+        epochs=30,
         optimizer=lambda lr: keras.optimizers.RMSprop(lr),
         loss=lambda: keras.losses.BinaryCrossentropy(from_logits=True),
     )
@@ -111,8 +126,12 @@ def score(problem, learning_rate):
         model = problem["build"]()
         model.compile(problem["optimizer"](float(learning_rate)), problem["loss"](), metrics=[metric])
         history = model.fit(
-            x_train, y_train, batch_size=BATCH_SIZE, epochs=problem["epochs"],
-            validation_data=(x_val, y_val), verbose=0,
+            x_train,
+            y_train,
+            batch_size=BATCH_SIZE,
+            epochs=problem["epochs"],
+            validation_data=(x_val, y_val),
+            verbose=0,
         )
         key = [name for name in history.history if name.startswith("val_") and "acc" in name][0]
         values = history.history[key]
@@ -131,9 +150,13 @@ def run(problem, smoothing):
 
     keras.utils.set_random_seed(0)
     playbook = Playbook(
-        problem["build"], (x_train, y_train), validation_data=(x_val, y_val),
-        loss=problem["loss"](), optimizer=problem["optimizer"](1e-3),
-        batch_size=BATCH_SIZE, verbose=0,
+        problem["build"],
+        (x_train, y_train),
+        validation_data=(x_val, y_val),
+        loss=problem["loss"](),
+        optimizer=problem["optimizer"](1e-3),
+        batch_size=BATCH_SIZE,
+        verbose=0,
     )
     started = time.perf_counter()
     result = playbook.find_lr(smoothing=smoothing)
@@ -144,8 +167,10 @@ def run(problem, smoothing):
     print(f"   best of sweep: lr={best_lr:.2g}, score {sweep[best_lr]:.4f}  ({sweep_seconds:.0f} s)")
     steps = result.total_steps or result.steps_run  # All data orders the test ran over.
     compute_ratio = steps / sweep_steps
-    print(f"   range test: {steps} steps vs sweep {sweep_steps} steps: "
-          f"compute ratio {compute_ratio:.4f} ({finder_seconds:.1f} s vs {sweep_seconds:.0f} s)")
+    print(
+        f"   range test: {steps} steps vs sweep {sweep_steps} steps: "
+        f"compute ratio {compute_ratio:.4f} ({finder_seconds:.1f} s vs {sweep_seconds:.0f} s)"
+    )
     ratios = {}
     for rule in SUGGESTION_RULES:
         suggested = result.suggestions.get(rule)
@@ -174,8 +199,11 @@ def main():
     for rule in SUGGESTION_RULES:
         values = [ratios[rule] for ratios, _ in table]
         verdict = "meets" if min(values) >= 0.99 else "misses"
-        print(f"   {rule:>11}: " + "  ".join(f"{value:.4f}" for value in values)
-              + f"   worst {min(values):.4f} ({verdict} the target)")
+        print(
+            f"   {rule:>11}: "
+            + "  ".join(f"{value:.4f}" for value in values)
+            + f"   worst {min(values):.4f} ({verdict} the target)"
+        )
     print("   compute ratio: " + "  ".join(f"{ratio:.4f}" for _, ratio in table))
 
 

@@ -57,8 +57,9 @@ def samples_per_second(timer, num_examples):
 def run_plain(initial_weights, x, y, epochs):
     model = build_cnn()
     model.set_weights(initial_weights)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     timer = EpochTimer()
     model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, callbacks=[timer], verbose=0)
     return samples_per_second(timer, len(x))
@@ -67,16 +68,24 @@ def run_plain(initial_weights, x, y, epochs):
 def run_playbook(initial_weights, x, y, epochs):
     model = build_cnn()
     model.set_weights(initial_weights)
-    pb = Playbook(model, (x, y), optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  batch_size=BATCH_SIZE, verbose=0)
+    pb = Playbook(
+        model,
+        (x, y),
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        batch_size=BATCH_SIZE,
+        verbose=0,
+    )
     timer = EpochTimer()
     pb.fit(epochs=epochs, callbacks=[timer], verbose=0)
     return samples_per_second(timer, len(x))
 
 
 def setup(description, repetitions, epochs, extra=()):
-    """Parses the shared arguments (and `extra` (flag, options) pairs); returns them with synthetic images and the CNN's initial weights."""
+    """Parses the shared arguments (and `extra` (flag, options) pairs).
+
+    Returns them with synthetic images and the CNN's initial weights.
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--repetitions", type=int, default=repetitions)
     parser.add_argument("--epochs", type=int, default=epochs)
@@ -104,10 +113,14 @@ def main():
         ratios.append(ratio)
         best = {name: max(best[name], measured[name]) for name in best}
         print(f"{repetition:>3} {measured['plain']:>16.0f} {measured['playbook']:>19.0f} {ratio:>6.3f}")
-    print(f"median ratio (Playbook / plain model.fit): {statistics.median(ratios):.3f} "
-          f"(min {min(ratios):.3f}, max {max(ratios):.3f}); target >= 0.97")
-    print(f"ratio of best throughputs: {best['playbook'] / best['plain']:.3f} "
-          f"({best['playbook']:.0f} vs {best['plain']:.0f} samples/s)")
+    print(
+        f"median ratio (Playbook / plain model.fit): {statistics.median(ratios):.3f} "
+        f"(min {min(ratios):.3f}, max {max(ratios):.3f}); target >= 0.97"
+    )
+    print(
+        f"ratio of best throughputs: {best['playbook'] / best['plain']:.3f} "
+        f"({best['playbook']:.0f} vs {best['plain']:.0f} samples/s)"
+    )
 
 
 if __name__ == "__main__":

@@ -35,23 +35,32 @@ def data():
 
 def build_model():
     keras.utils.set_random_seed(0)
-    return keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(),
-        keras.layers.Dense(64, activation="relu"),
-        keras.layers.Dropout(0.3),
-        keras.layers.Dense(10),
-    ], name="digits_cnn")
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(10),
+        ],
+        name="digits_cnn",
+    )
 
 
 def playbook(directory, split):
     x_train, x_val, y_train, y_val = split
     return Playbook(
-        build_model, (x_train, y_train), validation_data=(x_val, y_val),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), optimizer=keras.optimizers.Adam(3e-3),
-        metrics=["accuracy"], batch_size=64, directory=directory, verbose=0,
+        build_model,
+        (x_train, y_train),
+        validation_data=(x_val, y_val),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        optimizer=keras.optimizers.Adam(3e-3),
+        metrics=["accuracy"],
+        batch_size=64,
+        directory=directory,
+        verbose=0,
     )
 
 
@@ -109,14 +118,20 @@ def main():
 
     print(f"{'stage (two runs each)':<22} {'by hand s':>10} {'share':>7} {'run() s':>9} {'share':>7}")
     for name, seconds in run_stages.items():
-        print(f"{name:<22} {hand_stages[name]:10.2f} {hand_stages[name] / by_hand:7.1%} "
-              f"{seconds:9.2f} {seconds / via_run:7.1%}")
-    print(f"total: by hand {by_hand:.1f} s ({timings[1][0]:.1f} + {timings[2][0]:.1f}), via run() {via_run:.1f} s "
-          f"({timings[0][0]:.1f} + {timings[3][0]:.1f})")
+        print(
+            f"{name:<22} {hand_stages[name]:10.2f} {hand_stages[name] / by_hand:7.1%} "
+            f"{seconds:9.2f} {seconds / via_run:7.1%}"
+        )
+    print(
+        f"total: by hand {by_hand:.1f} s ({timings[1][0]:.1f} + {timings[2][0]:.1f}), via run() {via_run:.1f} s "
+        f"({timings[0][0]:.1f} + {timings[3][0]:.1f})"
+    )
     print(f"ratio by hand / run() = {by_hand / via_run:.3f} (target >= 0.97)")
-    print(f"resumed run: {before_fit:.3f} s before the interrupted fit (Playbook {constructed:.3f} s, reading back "
-          f"{resumed.steps[-1]['reached_after']:.3f} s) against {skipped:.1f} s of stages skipped = "
-          f"{before_fit / skipped:.2%} (target < 5%)")
+    print(
+        f"resumed run: {before_fit:.3f} s before the interrupted fit (Playbook {constructed:.3f} s, reading back "
+        f"{resumed.steps[-1]['reached_after']:.3f} s) against {skipped:.1f} s of stages skipped = "
+        f"{before_fit / skipped:.2%} (target < 5%)"
+    )
 
 
 if __name__ == "__main__":

@@ -58,12 +58,17 @@ def digits_mlp():
     x, y = load_digits(return_X_y=True)
 
     def build():
-        return keras.Sequential([
-            keras.Input((64,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10),
-        ])
+        return keras.Sequential(
+            [
+                keras.Input((64,)),
+                keras.layers.Dense(64, activation="relu"),
+                keras.layers.Dense(10),
+            ]
+        )
 
     return dict(
-        name="digits MLP, Adam", build=build,
+        name="digits MLP, Adam",
+        build=build,
         data=_split((x / 16.0).astype("float32"), y.astype("int64"), 0.4),
         optimizer=keras.optimizers.Adam,
     )
@@ -74,12 +79,17 @@ def breast_cancer_mlp():
     x = ((x - x.mean(axis=0)) / x.std(axis=0)).astype("float32")
 
     def build():
-        return keras.Sequential([
-            keras.Input((30,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(2),
-        ])
+        return keras.Sequential(
+            [
+                keras.Input((30,)),
+                keras.layers.Dense(32, activation="relu"),
+                keras.layers.Dense(2),
+            ]
+        )
 
     return dict(
-        name="breast cancer MLP, SGD + momentum 0.9", build=build,
+        name="breast cancer MLP, SGD + momentum 0.9",
+        build=build,
         data=_split(x, y.astype("int64"), 0.4),
         optimizer=lambda learning_rate=0.01, **kwargs: keras.optimizers.SGD(learning_rate, momentum=0.9, **kwargs),
     )
@@ -93,8 +103,14 @@ def playbook_procedure(problem, directory):
     x, y, x_val, y_val = problem["data"]
     keras.utils.set_random_seed(0)
     pb = Playbook(
-        problem["build"], (x, y), validation_data=(x_val, y_val), loss=_loss(),
-        optimizer=problem["optimizer"](), metrics=["accuracy"], batch_size=BATCH_SIZE, verbose=0,
+        problem["build"],
+        (x, y),
+        validation_data=(x_val, y_val),
+        loss=_loss(),
+        optimizer=problem["optimizer"](),
+        metrics=["accuracy"],
+        batch_size=BATCH_SIZE,
+        verbose=0,
     )
     found = pb.find_lr()
     result = pb.tune_lr_wd(objective="val_accuracy", fine_epochs=FINE_EPOCHS, directory=directory)
@@ -124,19 +140,31 @@ def baseline(problem, tuner_class, budget, directory, **tuner_arguments):
         model = problem["build"]()
         model.compile(
             optimizer=problem["optimizer"](learning_rate=learning_rate, weight_decay=weight_decay or None),
-            loss=_loss(), metrics=["accuracy"],
+            loss=_loss(),
+            metrics=["accuracy"],
         )
         return model
 
     keras.utils.set_random_seed(0)
     _Budget.spent, _Budget.budget = 0, budget
     tuner = tuner_class(
-        build, objective="val_accuracy", directory=directory, project_name=tuner_class.__name__,
-        seed=0, **tuner_arguments,
+        build,
+        objective="val_accuracy",
+        directory=directory,
+        project_name=tuner_class.__name__,
+        seed=0,
+        **tuner_arguments,
     )
     try:
-        tuner.search(x, y, validation_data=(x_val, y_val), batch_size=BATCH_SIZE,
-                     callbacks=[_Budget()], verbose=0, **({"epochs": FINE_EPOCHS} if tuner_class is keras_tuner.RandomSearch else {}))
+        tuner.search(
+            x,
+            y,
+            validation_data=(x_val, y_val),
+            batch_size=BATCH_SIZE,
+            callbacks=[_Budget()],
+            verbose=0,
+            **({"epochs": FINE_EPOCHS} if tuner_class is keras_tuner.RandomSearch else {}),
+        )
     except keras_tuner.errors.FatalError:
         pass
     best = tuner.oracle.get_best_trials(1)[0]
@@ -153,10 +181,10 @@ def remeasure(problem, values, seeds=(100, 101, 102)):
         weight_decay = values.get("weight_decay") or None
         model.compile(
             optimizer=problem["optimizer"](learning_rate=values["learning_rate"], weight_decay=weight_decay),
-            loss=_loss(), metrics=["accuracy"],
+            loss=_loss(),
+            metrics=["accuracy"],
         )
-        history = model.fit(x, y, validation_data=(x_val, y_val), epochs=FINE_EPOCHS,
-                            batch_size=BATCH_SIZE, verbose=0)
+        history = model.fit(x, y, validation_data=(x_val, y_val), epochs=FINE_EPOCHS, batch_size=BATCH_SIZE, verbose=0)
         scores.append(max(history.history["val_accuracy"]))
     return float(np.mean(scores))
 
@@ -174,24 +202,38 @@ def main():
             start = time.perf_counter()
             score, epochs, best = playbook_procedure(problem, os.path.join(directory, "playbook"))
             again = remeasure(problem, best)
-            print(f"Playbook     best val_accuracy {score:.4f}  re-measured {again:.4f}  epochs {epochs:7.1f}  "
-                  f"({time.perf_counter() - start:.0f} s)  lr {best['learning_rate']:.3g} wd {best['weight_decay']:.3g}")
+            print(
+                f"Playbook     best val_accuracy {score:.4f}  re-measured {again:.4f}  epochs {epochs:7.1f}  "
+                f"({time.perf_counter() - start:.0f} s)  lr {best['learning_rate']:.3g} wd {best['weight_decay']:.3g}"
+            )
             budget = int(round(BUDGET_FACTOR * epochs))
             results = {"Playbook": (score, epochs, again)}
             for name, tuner_class, extra in (
                 ("RandomSearch", keras_tuner.RandomSearch, {"max_trials": 10_000}),
-                ("Hyperband", keras_tuner.Hyperband, {"max_epochs": FINE_EPOCHS, "factor": 3, "hyperband_iterations": 100}),
+                (
+                    "Hyperband",
+                    keras_tuner.Hyperband,
+                    {"max_epochs": FINE_EPOCHS, "factor": 3, "hyperband_iterations": 100},
+                ),
             ):
                 start = time.perf_counter()
-                base_score, spent, values = baseline(problem, tuner_class, budget, os.path.join(directory, name), **extra)
+                base_score, spent, values = baseline(
+                    problem, tuner_class, budget, os.path.join(directory, name), **extra
+                )
                 base_again = remeasure(problem, values)
                 results[name] = (base_score, spent, base_again)
-                print(f"{name:<12} best val_accuracy {base_score:.4f}  re-measured {base_again:.4f}  epochs {spent:7d}  "
-                      f"({time.perf_counter() - start:.0f} s)  lr {values['learning_rate']:.3g} wd {values['weight_decay']:.3g}")
+                print(
+                    f"{name:<12} best val_accuracy {base_score:.4f}  re-measured {base_again:.4f}  epochs {spent:7d}  "
+                    f"({time.perf_counter() - start:.0f} s)  "
+                    f"lr {values['learning_rate']:.3g} wd {values['weight_decay']:.3g}"
+                )
         for name in ("RandomSearch", "Hyperband"):
-            rows.append((problem["name"], name, score / results[name][0],
-                         again / results[name][2], epochs / results[name][1]))
-    print("\nproblem                                  against       best-accuracy ratio  re-measured ratio  epoch ratio")
+            rows.append(
+                (problem["name"], name, score / results[name][0], again / results[name][2], epochs / results[name][1])
+            )
+    print(
+        "\nproblem                                  against       best-accuracy ratio  re-measured ratio  epoch ratio"
+    )
     for name, against, accuracy_ratio, again_ratio, epoch_ratio in rows:
         print(f"{name:<40} {against:<14} {accuracy_ratio:18.4f} {again_ratio:18.4f} {epoch_ratio:12.3f}")
     for label, column in (("best validation accuracy", 2), ("re-measured accuracy", 3)):

@@ -42,7 +42,6 @@ import numpy as np  # noqa: E402
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris  # noqa: E402
 
 from keras_playbook import Playbook  # noqa: E402
-from keras_playbook.callbacks import OneCycle  # noqa: E402
 
 LOGITS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -98,26 +97,34 @@ def tokens():
 
 def mlp(inputs=64, units=10, hidden=32, activation=None, bias=None):
     initializer = "zeros" if bias is None else keras.initializers.Constant(bias)
-    return keras.Sequential([
-        keras.Input((inputs,)),
-        keras.layers.Dense(hidden, activation="relu", bias_initializer=initializer),
-        keras.layers.Dense(units, activation=activation),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((inputs,)),
+            keras.layers.Dense(hidden, activation="relu", bias_initializer=initializer),
+            keras.layers.Dense(units, activation=activation),
+        ]
+    )
 
 
 def cnn(augment=True):
     layers = [keras.Input((8, 8, 1))]
     if augment:
         layers += [keras.layers.RandomTranslation(0.1, 0.1)]
-    layers += [keras.layers.Conv2D(16, 3, padding="same", activation="relu"), keras.layers.BatchNormalization(),
-               keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.BatchNormalization(),
-               keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)]
+    layers += [
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+        keras.layers.BatchNormalization(),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.BatchNormalization(),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(10),
+    ]
     return keras.Sequential(layers)
 
 
 def gru():
-    return keras.Sequential([keras.Input((12,), dtype="int32"), keras.layers.Embedding(20, 8),
-                             keras.layers.GRU(16), keras.layers.Dense(1)])
+    return keras.Sequential(
+        [keras.Input((12,), dtype="int32"), keras.layers.Embedding(20, 8), keras.layers.GRU(16), keras.layers.Dense(1)]
+    )
 
 
 def two_headed():
@@ -133,25 +140,74 @@ BINARY_ACCURACY = keras.metrics.BinaryAccuracy(threshold=0.0)
 PROBLEMS = {
     "digits MLP, Adam": (lambda: mlp(), digits, LOGITS, "adam", ["accuracy"], {}, None),
     "digits CNN, BatchNorm + augmentation": (cnn, lambda: digits(True), LOGITS, "adam", ["accuracy"], {}, None),
-    "iris, SGD momentum": (lambda: mlp(4, 3, 16), iris, LOGITS, lambda: keras.optimizers.SGD(0.01, momentum=0.9),
-                           ["accuracy"], {}, None),
+    "iris, SGD momentum": (
+        lambda: mlp(4, 3, 16),
+        iris,
+        LOGITS,
+        lambda: keras.optimizers.SGD(0.01, momentum=0.9),
+        ["accuracy"],
+        {},
+        None,
+    ),
     "breast cancer, binary": (lambda: mlp(30, 1), cancer, BINARY_LOGITS, "adam", [BINARY_ACCURACY], {}, None),
     "regression, standardized": (lambda: mlp(10, 1), regression, "mse", "adam", None, {}, None),
     "two outputs": (two_headed, two_outputs, ["mse", "mse"], "adam", None, {}, None),
     "GRU on tokens": (gru, tokens, BINARY_LOGITS, "adam", [BINARY_ACCURACY], {}, None),
-    "no capacity": (lambda: keras.Sequential([keras.Input((64,)), keras.layers.Dense(1), keras.layers.Dense(10)]),
-                    digits, LOGITS, "adam", ["accuracy"], {}, "overfit_small_sample"),
+    "no capacity": (
+        lambda: keras.Sequential([keras.Input((64,)), keras.layers.Dense(1), keras.layers.Dense(10)]),
+        digits,
+        LOGITS,
+        "adam",
+        ["accuracy"],
+        {},
+        "overfit_small_sample",
+    ),
     "dead units": (lambda: mlp(bias=-100.0), digits, LOGITS, "adam", ["accuracy"], {}, "check_initial_loss"),
-    "unscaled targets": (lambda: mlp(10, 1), lambda: regression(50.0, 200.0), "mse", "adam", None, {},
-                         "check_initial_loss"),
-    "rate far too high": (lambda: mlp(), digits, LOGITS, lambda: keras.optimizers.SGD(0.1), ["accuracy"],
-                          {"learning_rate": 50.0}, "fit"),
-    "rate far too low": (lambda: mlp(), digits, LOGITS, lambda: keras.optimizers.SGD(0.1), ["accuracy"],
-                         {"learning_rate": 1e-4}, "fit"),
-    "from_logits mismatch": (lambda: mlp(activation="softmax"), digits, LOGITS, "adam", ["accuracy"], {},
-                             "check_initial_loss"),
-    "overfitting set-up": (lambda: mlp(hidden=512), lambda: digits_small(), LOGITS,
-                           lambda: keras.optimizers.Adam(1e-2), ["accuracy"], {"epochs": 60}, "fit (overfitting)"),
+    "unscaled targets": (
+        lambda: mlp(10, 1),
+        lambda: regression(50.0, 200.0),
+        "mse",
+        "adam",
+        None,
+        {},
+        "check_initial_loss",
+    ),
+    "rate far too high": (
+        lambda: mlp(),
+        digits,
+        LOGITS,
+        lambda: keras.optimizers.SGD(0.1),
+        ["accuracy"],
+        {"learning_rate": 50.0},
+        "fit",
+    ),
+    "rate far too low": (
+        lambda: mlp(),
+        digits,
+        LOGITS,
+        lambda: keras.optimizers.SGD(0.1),
+        ["accuracy"],
+        {"learning_rate": 1e-4},
+        "fit",
+    ),
+    "from_logits mismatch": (
+        lambda: mlp(activation="softmax"),
+        digits,
+        LOGITS,
+        "adam",
+        ["accuracy"],
+        {},
+        "check_initial_loss",
+    ),
+    "overfitting set-up": (
+        lambda: mlp(hidden=512),
+        lambda: digits_small(),
+        LOGITS,
+        lambda: keras.optimizers.Adam(1e-2),
+        ["accuracy"],
+        {"epochs": 60},
+        "fit (overfitting)",
+    ),
 }
 
 
@@ -169,8 +225,17 @@ def run_stages(epochs, seed):
     for name, (build, data, loss, optimizer, metrics, overrides, meant) in PROBLEMS.items():
         keras.utils.set_random_seed(seed)
         train, validation = data()
-        pb = Playbook(build, train, validation_data=validation, loss=loss, optimizer=_optimizer(optimizer),
-                      metrics=metrics, batch_size=32, seed=seed, verbose=0)
+        pb = Playbook(
+            build,
+            train,
+            validation_data=validation,
+            loss=loss,
+            optimizer=_optimizer(optimizer),
+            metrics=metrics,
+            batch_size=32,
+            seed=seed,
+            verbose=0,
+        )
         flags = {}
         initial = pb.check_initial_loss()
         flags["check_initial_loss"] = not initial.ok
@@ -186,9 +251,13 @@ def run_stages(epochs, seed):
         flags["fit"] = not record.ok
         flags["fit (overfitting)"] = "overfitting" in kinds
         rows.append((name, meant, flags, kinds, initial.checked))
-        print(f"  {name:38s} initial {'FLAG' if flags['check_initial_loss'] else 'ok  '}"
-              f"{'' if initial.checked else ' (not checked)'}  overfit {'FLAG' if flags['overfit_small_sample'] else 'ok  '}"
-              f"  fit {'FLAG' if flags['fit'] else 'ok  '}  findings {kinds}", flush=True)
+        print(
+            f"  {name:38s} initial {'FLAG' if flags['check_initial_loss'] else 'ok  '}"
+            f"{'' if initial.checked else ' (not checked)'}  "
+            f"overfit {'FLAG' if flags['overfit_small_sample'] else 'ok  '}"
+            f"  fit {'FLAG' if flags['fit'] else 'ok  '}  findings {kinds}",
+            flush=True,
+        )
     print("\nPer stage: false alarms on healthy runs, detections of the set-ups meant for it")
     for stage in ("check_initial_loss", "overfit_small_sample", "fit", "fit (overfitting)"):
         healthy = [flags[stage] for name, meant, flags, _, _ in rows if meant is None]
@@ -203,10 +272,14 @@ def run_search(epochs):
     pb.find_lr()
     tie = pb.grid_weight_decay(values=[0.0, 1e-9, 1e-8], epochs=epochs, overwrite=True)
     real = pb.grid_weight_decay(values=[0.0, 1.0], epochs=epochs, overwrite=True)
-    print(f"  weight decays 0, 1e-9, 1e-8 (a tie): meaningful={tie.meaningful} (target False), "
-          f"adopted {tie.adopted.get('weight_decay')} (target 0), noise {tie.noise}")
-    print(f"  weight decays 0, 1.0 (a real difference): meaningful={real.meaningful} (target True), "
-          f"adopted {real.adopted.get('weight_decay')} (target 0)")
+    print(
+        f"  weight decays 0, 1e-9, 1e-8 (a tie): meaningful={tie.meaningful} (target False), "
+        f"adopted {tie.adopted.get('weight_decay')} (target 0), noise {tie.noise}"
+    )
+    print(
+        f"  weight decays 0, 1.0 (a real difference): meaningful={real.meaningful} (target True), "
+        f"adopted {real.adopted.get('weight_decay')} (target 0)"
+    )
 
 
 def _best_accuracy(record):
@@ -218,13 +291,24 @@ def _seeded_playbook(build, data, loss, metrics, seed, optimizer="adam"):
     """A Playbook at batch 32 whose initial weights and data order come from `seed`."""
     keras.utils.set_random_seed(seed)
     train, validation = data()
-    return Playbook(build, train, validation_data=validation, loss=loss, metrics=metrics,
-                    optimizer=_optimizer(optimizer), batch_size=32, seed=seed, verbose=0)
+    return Playbook(
+        build,
+        train,
+        validation_data=validation,
+        loss=loss,
+        metrics=metrics,
+        optimizer=_optimizer(optimizer),
+        batch_size=32,
+        seed=seed,
+        verbose=0,
+    )
 
 
 def run_batch(epochs, seeds):
-    problems = {"digits": (lambda: mlp(), digits, LOGITS, ["accuracy"]),
-                "breast cancer": (lambda: mlp(30, 1), cancer, BINARY_LOGITS, [BINARY_ACCURACY])}
+    problems = {
+        "digits": (lambda: mlp(), digits, LOGITS, ["accuracy"]),
+        "breast cancer": (lambda: mlp(30, 1), cancer, BINARY_LOGITS, [BINARY_ACCURACY]),
+    }
     for name, (build, data, loss, metrics) in problems.items():
         scores = {"find_batch_size": [], "batch 32": []}
         chosen = []
@@ -237,14 +321,23 @@ def run_batch(epochs, seeds):
                 pb.fit(epochs, verbose=0)
                 scores[way].append(_best_accuracy(pb.journal.latest("fit")))
         ratio = np.mean(scores["find_batch_size"]) / np.mean(scores["batch 32"])
-        print(f"  {name}: chosen batch sizes {chosen}; best-epoch val accuracy "
-              f"{np.mean(scores['find_batch_size']):.4f} vs {np.mean(scores['batch 32']):.4f} at 32: "
-              f"ratio {ratio:.3f} (target >= 0.99)")
+        print(
+            f"  {name}: chosen batch sizes {chosen}; best-epoch val accuracy "
+            f"{np.mean(scores['find_batch_size']):.4f} vs {np.mean(scores['batch 32']):.4f} at 32: "
+            f"ratio {ratio:.3f} (target >= 0.99)"
+        )
 
 
 def run_one_cycle(epochs, seeds):
-    problems = {"BatchNorm CNN, no augmentation": (lambda: cnn(augment=False), lambda: digits(True), LOGITS,
-                                                   ["accuracy"], "adam")}
+    problems = {
+        "BatchNorm CNN, no augmentation": (
+            lambda: cnn(augment=False),
+            lambda: digits(True),
+            LOGITS,
+            ["accuracy"],
+            "adam",
+        )
+    }
     for name, (build, data, loss, optimizer, metrics, _, meant) in PROBLEMS.items():
         if meant is None and metrics is not None:  # The healthy classification problems (accuracy to compare).
             problems[name] = (build, data, loss, metrics, optimizer)
@@ -261,9 +354,12 @@ def run_one_cycle(epochs, seeds):
                 record = pb.journal.latest("fit")
                 name_acc = next(key for key in record.history if key.startswith("val_") and "accuracy" in key)
                 final[way].append(record.history[name_acc][-1])
-        print(f"  {name}: final val accuracy one_cycle {np.nanmean(final['one_cycle']):.4f} vs constant "
-              f"{np.nanmean(final['constant']):.4f} (ratio {np.nanmean(final['one_cycle']) / np.nanmean(final['constant']):.3f}; "
-              f"target >= 1.0)")
+        print(
+            f"  {name}: final val accuracy one_cycle {np.nanmean(final['one_cycle']):.4f} vs constant "
+            f"{np.nanmean(final['constant']):.4f} "
+            f"(ratio {np.nanmean(final['one_cycle']) / np.nanmean(final['constant']):.3f}; "
+            f"target >= 1.0)"
+        )
 
 
 def main():
@@ -281,12 +377,16 @@ def main():
         print("\nThe searches' 'meaningfully better' verdict:")
         run_search(6)
     if "batch" in parts:
-        print(f"\nfind_batch_size defaults, then find_lr and fit({arguments.epochs}), against batch 32 "
-              f"({arguments.seeds} seeds):")
+        print(
+            f"\nfind_batch_size defaults, then find_lr and fit({arguments.epochs}), against batch 32 "
+            f"({arguments.seeds} seeds):"
+        )
         run_batch(arguments.epochs, arguments.seeds)
     if "one_cycle" in parts:
-        print(f"\none_cycle from find_lr against a constant rate at its suggestion ({arguments.seeds} seeds, "
-              f"{arguments.epochs} epochs):")
+        print(
+            f"\none_cycle from find_lr against a constant rate at its suggestion ({arguments.seeds} seeds, "
+            f"{arguments.epochs} epochs):"
+        )
         run_one_cycle(arguments.epochs, arguments.seeds)
     print(f"\n({time.perf_counter() - start:.0f} s)")
 

@@ -66,8 +66,9 @@ def plan_calls(playbook, plan):
             before the plan or the journal settles one.
     """
     if not isinstance(plan, (list, tuple)) or not plan:
-        raise TypeError(f"run: `plan` must be a non-empty list of stage names or (name, arguments) pairs. "
-                        f"Received: plan={plan!r}.")
+        raise TypeError(
+            f"run: `plan` must be a non-empty list of stage names or (name, arguments) pairs. Received: plan={plan!r}."
+        )
     runnable = sorted(STAGES)
     calls = []
     for step in plan:
@@ -78,17 +79,21 @@ def plan_calls(playbook, plan):
         else:
             name, arguments = None, None
         if not isinstance(name, str) or not isinstance(arguments, dict):
-            raise TypeError(f"run: each step of `plan` is a stage name or a (name, arguments) pair, e.g. "
-                            f"('fit', {{'epochs': 10}}). Received: {step!r}.")
+            raise TypeError(
+                f"run: each step of `plan` is a stage name or a (name, arguments) pair, e.g. "
+                f"('fit', {{'epochs': 10}}). Received: {step!r}."
+            )
         if name not in STAGES:
             raise ValueError(f"run: unknown stage {name!r} in `plan`. Stages: {runnable}.")
         arguments = playbook._runner.complete(name, arguments)
         if name == "fit":
             unknown = sorted(set(arguments["overrides"]) - set(FIT_OVERRIDES))
             if unknown:
-                raise ValueError(f"run: fit does not take {unknown}. Its arguments: "
-                                 f"{list(playbook._runner.signature('fit').parameters)[1:-1]} and the "
-                                 f"hyperparameters {list(FIT_OVERRIDES)}.")
+                raise ValueError(
+                    f"run: fit does not take {unknown}. Its arguments: "
+                    f"{list(playbook._runner.signature('fit').parameters)[1:-1]} and the "
+                    f"hyperparameters {list(FIT_OVERRIDES)}."
+                )
             validation.check_int(arguments["epochs"], "epochs", "run")
         calls.append((name, arguments))
     _check_order(playbook, calls)
@@ -100,8 +105,10 @@ def _check_order(playbook, calls):
     ran_find_lr = playbook.journal.latest("find_lr") is not None
     for name, arguments in calls:
         if name in NEEDS_VALIDATION and playbook.validation_data is None:
-            raise ValueError(f"run: {name} judges on validation data and the Playbook has none. Pass "
-                             f"`validation_data=` to the Playbook, or leave {name} out of the plan.")
+            raise ValueError(
+                f"run: {name} judges on validation data and the Playbook has none. Pass "
+                f"`validation_data=` to the Playbook, or leave {name} out of the plan."
+            )
         given = STAGES[name].given_values(arguments)
         if "learning_rate" in STAGES[name].requires and "learning_rate" not in given and not settled:
             raise ValueError(
@@ -109,8 +116,10 @@ def _check_order(playbook, calls):
                 f"schedule). Put find_lr before {name} in the plan, or pass learning_rate to {name}."
             )
         if name == "fit" and arguments["schedule"] == "one_cycle" and not ran_find_lr:
-            raise ValueError("run: fit(schedule='one_cycle') takes its bounds from a range test, and none comes "
-                             "before it. Put find_lr before fit in the plan.")
+            raise ValueError(
+                "run: fit(schedule='one_cycle') takes its bounds from a range test, and none comes "
+                "before it. Put find_lr before fit in the plan."
+            )
         settled = settled or name in SETTLES_LEARNING_RATE
         ran_find_lr = ran_find_lr or name == "find_lr"
 
@@ -160,20 +169,33 @@ def run(playbook, epochs, plan=None, search="weight_decay", schedule="step_down"
             runner.call(name, arguments)
             result, position = journal[len(journal) - 1], len(journal)
         call = result.call or {}
-        steps.append({
-            "stage": name, "ok": bool(result.ok), "skipped": index is not None,
-            "seconds": float(call.get("seconds", 0.0)), "steps": int(call.get("steps", 0)),
-            "summary": result.message, **reached,
-        })
+        steps.append(
+            {
+                "stage": name,
+                "ok": bool(result.ok),
+                "skipped": index is not None,
+                "seconds": float(call.get("seconds", 0.0)),
+                "steps": int(call.get("steps", 0)),
+                "summary": result.message,
+                **reached,
+            }
+        )
         if stop_on_failure and name in SANITY and not result.ok:
             stopped = name
             break
-    run_result = RunResult.from_journal(journal, steps, stopped=stopped, plan=[
-        {"stage": name, "arguments": call_arguments(arguments)} for name, arguments in calls
-    ])
-    run_result.call = {"stage": "run", "arguments": {"stop_on_failure": stop_on_failure}, "parent": None,
-                       "seconds": round(time.perf_counter() - started, 3),
-                       "steps": sum(step["steps"] for step in steps if not step["skipped"])}
+    run_result = RunResult.from_journal(
+        journal,
+        steps,
+        stopped=stopped,
+        plan=[{"stage": name, "arguments": call_arguments(arguments)} for name, arguments in calls],
+    )
+    run_result.call = {
+        "stage": "run",
+        "arguments": {"stop_on_failure": stop_on_failure},
+        "parent": None,
+        "seconds": round(time.perf_counter() - started, 3),
+        "steps": sum(step["steps"] for step in steps if not step["skipped"]),
+    }
     journal.append(run_result)
     return run_result
 
@@ -184,6 +206,6 @@ def _load_weights(playbook, result):
     if weights and playbook.directory is not None:
         model = playbook.model
         if model.optimizer is not None and not model.optimizer.built:  # Its state was saved too (as Keras's
-            with playbook.session.scope():                               # BackupAndRestore does it).
+            with playbook.session.scope():  # BackupAndRestore does it).
                 model.optimizer.build(model.trainable_variables)
         model.load_weights(os.path.join(playbook.directory, weights))

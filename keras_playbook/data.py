@@ -8,9 +8,9 @@ examples lets later stages rebatch (the batch-size finder) and draw small
 fixed samples (the sanity stages).
 """
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
 
 _COMPONENT_NAMES = ("x", "y", "sample_weight")
 DEFAULT_BATCH_SIZE = 32
@@ -26,8 +26,7 @@ def validate_batch_size(batch_size, name="batch_size"):
         )
     if batch_size <= 0:
         raise ValueError(
-            f"Argument `{name}` must be a positive int (examples per replica). "
-            f"Received: {name}={batch_size}."
+            f"Argument `{name}` must be a positive int (examples per replica). Received: {name}={batch_size}."
         )
 
 
@@ -82,9 +81,7 @@ class DataPipeline:
                 dataset = self._batched_arrays()
             else:
                 dataset = self._batched_examples()
-            self._dataset = _with_distribute_options(dataset).prefetch(
-                tf.data.AUTOTUNE
-            )
+            self._dataset = _with_distribute_options(dataset).prefetch(tf.data.AUTOTUNE)
         return self._dataset
 
     def _batched_arrays(self):
@@ -96,15 +93,11 @@ class DataPipeline:
         """
         indices = tf.data.Dataset.range(self.num_examples)
         if self.shuffle:
-            indices = indices.shuffle(
-                self.num_examples, seed=self.seed, reshuffle_each_iteration=True
-            )
+            indices = indices.shuffle(self.num_examples, seed=self.seed, reshuffle_each_iteration=True)
         indices = indices.batch(self.global_batch_size)
         arrays = tf.data.Dataset.from_tensors(self.arrays).repeat()
         return tf.data.Dataset.zip(indices, arrays).map(
-            lambda batch, tensors: tf.nest.map_structure(
-                lambda tensor: tf.gather(tensor, batch), tensors
-            ),
+            lambda batch, tensors: tf.nest.map_structure(lambda tensor: tf.gather(tensor, batch), tensors),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
@@ -113,9 +106,7 @@ class DataPipeline:
         dataset = self.examples
         if self.shuffle:
             buffer_size = self.num_examples or 10 * self.global_batch_size
-            dataset = dataset.shuffle(
-                buffer_size, seed=self.seed, reshuffle_each_iteration=True
-            )
+            dataset = dataset.shuffle(buffer_size, seed=self.seed, reshuffle_each_iteration=True)
         return dataset.batch(self.global_batch_size)
 
     def with_batch_size(self, per_replica_batch_size, *, seed=None):
@@ -160,9 +151,7 @@ class DataPipeline:
             indices = np.sort(rng.choice(count, size=min(size, count), replace=False))
             return tf.nest.map_structure(lambda array: array[indices], self.arrays)
         buffer_size = min(max(4 * size, 1024), 50_000)
-        drawn = self.examples.shuffle(
-            buffer_size, seed=seed, reshuffle_each_iteration=False
-        ).take(size)
+        drawn = self.examples.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=False).take(size)
         return next(iter(drawn.batch(size).as_numpy_iterator()))
 
     def __repr__(self):
@@ -173,9 +162,7 @@ class DataPipeline:
         )
 
 
-def make_pipeline(
-    data, *, batch_size, num_replicas, shuffle, seed=None, input_rank=None, name="data"
-):
+def make_pipeline(data, *, batch_size, num_replicas, shuffle, seed=None, input_rank=None, name="data"):
     """Turns arrays, a `tf.data.Dataset` or a `keras.utils.PyDataset` into a pipeline.
 
     Args:
@@ -257,10 +244,7 @@ def _as_arrays(data, name):
             f"The {name} must be `(x, y)` or `(x, y, sample_weight)`. Received "
             f"a {type(data).__name__} of length {len(data)}."
         )
-    arrays = tuple(
-        tf.nest.map_structure(np.asarray, _structure(component))
-        for component in data
-    )
+    arrays = tuple(tf.nest.map_structure(np.asarray, _structure(component)) for component in data)
     for component, component_name in zip(arrays, _COMPONENT_NAMES):
         for path, leaf in _leaves_with_paths(component, component_name):
             _check_numeric(leaf, path, component_name, name)
@@ -270,10 +254,7 @@ def _as_arrays(data, name):
         for path, leaf in _leaves_with_paths(component, component_name)
     }
     if len(set(lengths.values())) > 1:
-        raise ValueError(
-            f"All arrays of the {name} must have the same length. Received "
-            f"lengths {lengths}."
-        )
+        raise ValueError(f"All arrays of the {name} must have the same length. Received lengths {lengths}.")
     if 0 in lengths.values():
         raise ValueError(f"The {name} is empty (0 examples). Pass at least one batch.")
     return arrays
@@ -290,8 +271,9 @@ def _structure(component):
     if isinstance(component, dict):
         return {key: _structure(value) for key, value in component.items()}
     if isinstance(component, (list, tuple)):
-        if component and all(isinstance(item, (np.ndarray, dict, tf.Tensor)) or _is_array_like(item)
-                             for item in component):
+        if component and all(
+            isinstance(item, (np.ndarray, dict, tf.Tensor)) or _is_array_like(item) for item in component
+        ):
             return tuple(_structure(item) for item in component)
         return np.asarray(component)
     return component
@@ -311,8 +293,14 @@ def _check_numeric(leaf, path, component_name, name):
             return
         except (TypeError, ValueError):
             pass
-    sample = next((repr(value.item() if isinstance(value, np.generic) else value) for value in leaf.ravel()[:50]
-                   if isinstance(value, (str, bytes))), repr(leaf.ravel()[0]) if leaf.size else "")
+    sample = next(
+        (
+            repr(value.item() if isinstance(value, np.generic) else value)
+            for value in leaf.ravel()[:50]
+            if isinstance(value, (str, bytes))
+        ),
+        repr(leaf.ravel()[0]) if leaf.size else "",
+    )
     if component_name == "y":
         raise ValueError(
             f"The labels of the {name} (`{path}`) are strings or objects (e.g. {sample}), dtype "
@@ -352,10 +340,7 @@ def _looks_batched(spec, input_rank):
     if isinstance(x_spec, tf.TensorSpec) and input_rank is not None and x_spec.shape.rank is not None:
         return x_spec.shape.rank == input_rank
     leaves = tf.nest.flatten(spec)
-    return all(
-        leaf.shape.rank is not None and leaf.shape.rank > 0 and leaf.shape[0] is None
-        for leaf in leaves
-    )
+    return all(leaf.shape.rank is not None and leaf.shape.rank > 0 and leaf.shape[0] is None for leaf in leaves)
 
 
 def _py_dataset_to_tf(py_dataset, name):
@@ -390,9 +375,7 @@ def _py_dataset_to_tf(py_dataset, name):
 
 def _with_distribute_options(dataset):
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA
-    )
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
 
 
@@ -451,18 +434,14 @@ def check_same_structure(train, validation):
     except (ValueError, TypeError) as error:
         problem = f"their structures differ ({error})"
     else:
-        for train_leaf, validation_leaf in zip(
-            tf.nest.flatten(train_spec), tf.nest.flatten(validation_spec)
-        ):
+        for train_leaf, validation_leaf in zip(tf.nest.flatten(train_spec), tf.nest.flatten(validation_spec)):
             if not train_leaf.shape.is_compatible_with(validation_leaf.shape):
                 problem = (
-                    f"an example of shape {validation_leaf.shape} does not "
-                    f"match the training shape {train_leaf.shape}"
+                    f"an example of shape {validation_leaf.shape} does not match the training shape {train_leaf.shape}"
                 )
             elif _dtype_family(train_leaf.dtype) != _dtype_family(validation_leaf.dtype):
                 problem = (
-                    f"dtype {validation_leaf.dtype.name} does not match the "
-                    f"training dtype {train_leaf.dtype.name}"
+                    f"dtype {validation_leaf.dtype.name} does not match the training dtype {train_leaf.dtype.name}"
                 )
             if problem:
                 break

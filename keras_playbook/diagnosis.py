@@ -69,8 +69,12 @@ RISE_OF_FALL = 0.25  # A rise past the best by this share of the loss's fall (st
 PLANNED_SCHEDULES = ("OneCycle", "CosineRestarts", "TwoStage", "ScheduledLR", "LearningRateScheduler")
 EARNED_SCHEDULES = ("StepDownLR", "ReduceLROnPlateau")
 SEVERE = (
-    "diverged", "rate_too_high", "not_decreasing", "learning_too_slowly",
-    "worse_after_convergence", "weight_decay_dominating",
+    "diverged",
+    "rate_too_high",
+    "not_decreasing",
+    "learning_too_slowly",
+    "worse_after_convergence",
+    "weight_decay_dominating",
 )
 
 _CURVES = references.johnson(6)
@@ -164,16 +168,23 @@ def diagnose(history, *, schedule=None, initial_loss=None, weight_decay=None):
     if learning_rate is not None and len(learning_rate) != len(loss):
         learning_rate = None
     name = schedule_name(schedule)
-    bad = [index for key in ("loss", "val_loss") if key in curves
-           for index in np.flatnonzero(~np.isfinite(curves[key]))]
+    bad = [
+        index for key in ("loss", "val_loss") if key in curves for index in np.flatnonzero(~np.isfinite(curves[key]))
+    ]
     if bad:
         epoch = int(min(bad)) + 1
         evidence = {"epoch": epoch, "last_finite_loss": _g(loss[epoch - 2]) if epoch > 1 else None}
         if learning_rate is not None:
             evidence["learning_rate"] = _g(learning_rate[epoch - 1])
-        return [Finding("diverged", [epoch], evidence,
-                        "The loss exploded to NaN/inf: the learning rate is too high or the "
-                        f"initialization is bad ({_CURVES}).")]
+        return [
+            Finding(
+                "diverged",
+                [epoch],
+                evidence,
+                "The loss exploded to NaN/inf: the learning rate is too high or the "
+                f"initialization is bad ({_CURVES}).",
+            )
+        ]
     epochs = len(loss)
     if epochs < WINDOW:
         return []
@@ -189,10 +200,15 @@ def diagnose(history, *, schedule=None, initial_loss=None, weight_decay=None):
         start = max(start, float(initial_loss))
     end = np.mean(loss[-window:])
     if end >= start - FLAT * abs(start):
-        return [Finding("not_decreasing", [1, epochs],
-                        {"first_epochs_loss": _g(start), "last_epochs_loss": _g(end)},
-                        "The training loss is not going down: the learning rate is too low, or the "
-                        f"initialization is bad ({_CURVES}).")] + _decay_dominating(decay_ratio)
+        return [
+            Finding(
+                "not_decreasing",
+                [1, epochs],
+                {"first_epochs_loss": _g(start), "last_epochs_loss": _g(end)},
+                "The training loss is not going down: the learning rate is too low, or the "
+                f"initialization is bad ({_CURVES}).",
+            )
+        ] + _decay_dominating(decay_ratio)
     findings = too_high + _too_slow(loss, curves.get("accuracy"), initial_loss)
     findings += _bad_initialization(loss)
     if name not in PLANNED_SCHEDULES + EARNED_SCHEDULES:
@@ -209,7 +225,7 @@ def diagnose(history, *, schedule=None, initial_loss=None, weight_decay=None):
 
 def _noise(loss):
     """Epoch-to-epoch noise of a curve: a robust spread (MAD) of its second half's epoch-to-epoch changes."""
-    changes = np.diff(loss[len(loss) // 2:])
+    changes = np.diff(loss[len(loss) // 2 :])
     if len(changes) < 2:
         return 0.0
     return float(1.4826 * np.median(np.abs(changes - np.median(changes))))
@@ -239,19 +255,28 @@ def _rate_too_high(loss, learning_rate, start):
         recovered = not _risen(loss, best, np.mean(loss[-WINDOW:]), start)
         what = (
             "The run recovered when the rate came down, but a lower peak trains more steadily"
-            if recovered else "The run did not recover"
+            if recovered
+            else "The run did not recover"
         )
-        return [Finding(
-            "rate_too_high", [best + 1, epoch + 1],
-            {"best_loss": _g(loss[best]), "learning_rate_at_best": _g(learning_rate[best]),
-             "loss": _g(loss[epoch]), "learning_rate": _g(learning_rate[epoch]), "final_loss": _g(loss[-1]),
-             "recovered": bool(recovered)},
-            f"The training loss rose from {loss[best]:.4g} (epoch {best + 1}, learning rate "
-            f"{learning_rate[best]:.3g}) to {loss[epoch]:.4g} (epoch {epoch + 1}) as the learning rate "
-            f"rose to {learning_rate[epoch]:.3g}: the rate is too high for this model. {what}: keep the peak "
-            f"below {learning_rate[epoch]:.3g} (for one cycle, a lower upper bound; {references.ONE_CYCLE}), "
-            f"or train at a constant rate near {learning_rate[best]:.3g} ({_CURVES}).",
-        )]
+        return [
+            Finding(
+                "rate_too_high",
+                [best + 1, epoch + 1],
+                {
+                    "best_loss": _g(loss[best]),
+                    "learning_rate_at_best": _g(learning_rate[best]),
+                    "loss": _g(loss[epoch]),
+                    "learning_rate": _g(learning_rate[epoch]),
+                    "final_loss": _g(loss[-1]),
+                    "recovered": bool(recovered),
+                },
+                f"The training loss rose from {loss[best]:.4g} (epoch {best + 1}, learning rate "
+                f"{learning_rate[best]:.3g}) to {loss[epoch]:.4g} (epoch {epoch + 1}) as the learning rate "
+                f"rose to {learning_rate[epoch]:.3g}: the rate is too high for this model. {what}: keep the peak "
+                f"below {learning_rate[epoch]:.3g} (for one cycle, a lower upper bound; {references.ONE_CYCLE}), "
+                f"or train at a constant rate near {learning_rate[best]:.3g} ({_CURVES}).",
+            )
+        ]
     return []
 
 
@@ -262,19 +287,27 @@ def _worse_than_untrained(loss, initial_loss, learning_rate):
     if not loss[0] - initial_loss > RISE * abs(initial_loss):
         return []
     recovered = bool(np.mean(loss[-WINDOW:]) < initial_loss)
-    evidence = {"initial_loss": _g(initial_loss), "first_epoch_loss": _g(loss[0]), "final_loss": _g(loss[-1]),
-                "recovered": recovered}
+    evidence = {
+        "initial_loss": _g(initial_loss),
+        "first_epoch_loss": _g(loss[0]),
+        "final_loss": _g(loss[-1]),
+        "recovered": recovered,
+    }
     rate = ""
     if learning_rate is not None:
         evidence["learning_rate"] = _g(learning_rate[0])
         rate = f" (learning rate {learning_rate[0]:.3g} at its end)"
-    return [Finding(
-        "rate_too_high", [1], evidence,
-        f"The first epoch ended at loss {loss[0]:.4g}{rate}, above the {initial_loss:.4g} the run started from: "
-        "the learning rate is too high from the start"
-        + (" (the run recovered later)" if recovered else "")
-        + f". Lower it (run find_lr; for one cycle, a lower upper bound; {references.ONE_CYCLE}) ({_CURVES}).",
-    )]
+    return [
+        Finding(
+            "rate_too_high",
+            [1],
+            evidence,
+            f"The first epoch ended at loss {loss[0]:.4g}{rate}, above the {initial_loss:.4g} the run started from: "
+            "the learning rate is too high from the start"
+            + (" (the run recovered later)" if recovered else "")
+            + f". Lower it (run find_lr; for one cycle, a lower upper bound; {references.ONE_CYCLE}) ({_CURVES}).",
+        )
+    ]
 
 
 def _too_slow(loss, accuracy, initial_loss):
@@ -294,10 +327,16 @@ def _too_slow(loss, accuracy, initial_loss):
     evidence = {"start_loss": _g(start), "final_loss": _g(loss[-1]), "fall": _g(total)}
     if accuracy is not None and len(accuracy) == len(loss):
         evidence["accuracy"] = [_g(accuracy[0]), _g(accuracy[-1])]
-    return [Finding("learning_too_slowly", [1, len(loss)], evidence,
-                    f"The loss fell by only {total:.1%} over {len(loss)} epochs and is still falling steadily: "
-                    "the learning rate is far too low. Run find_lr and train at its suggestion "
-                    f"({references.RANGE_TEST}; {_CURVES}).")]
+    return [
+        Finding(
+            "learning_too_slowly",
+            [1, len(loss)],
+            evidence,
+            f"The loss fell by only {total:.1%} over {len(loss)} epochs and is still falling steadily: "
+            "the learning rate is far too low. Run find_lr and train at its suggestion "
+            f"({references.RANGE_TEST}; {_CURVES}).",
+        )
+    ]
 
 
 def _bad_initialization(loss):
@@ -306,11 +345,16 @@ def _bad_initialization(loss):
         if (start.max() - start.min()) / max(abs(start[0]), 1e-12) >= 2 * FLAT:
             return []  # The start is not flat.
         if _relative_fall(loss, drop - 1, drop) > SUDDEN_DROP:
-            return [Finding("bad_initialization", list(range(1, drop + 2)),
-                            {"flat_loss": _g(loss[0]), "after_drop": _g(loss[drop]), "flat_epochs": drop},
-                            f"The loss stayed flat for {drop} epochs, then dropped suddenly: the "
-                            "weights started where gradients vanish. Try another initializer or "
-                            f"normalization layers ({_CURVES}).")]
+            return [
+                Finding(
+                    "bad_initialization",
+                    list(range(1, drop + 2)),
+                    {"flat_loss": _g(loss[0]), "after_drop": _g(loss[drop]), "flat_epochs": drop},
+                    f"The loss stayed flat for {drop} epochs, then dropped suddenly: the "
+                    "weights started where gradients vanish. Try another initializer or "
+                    f"normalization layers ({_CURVES}).",
+                )
+            ]
     return []
 
 
@@ -323,12 +367,20 @@ def _decay_too_early(loss, learning_rate):
         falling = _relative_fall(loss, drop - 2, drop - 1) > STILL_IMPROVING
         flat_after = _relative_fall(loss, drop, drop + WINDOW - 1) < FLAT
         if falling and flat_after:
-            return [Finding("decay_too_early", list(range(drop, drop + WINDOW + 1)),
-                            {"learning_rate": [_g(learning_rate[drop - 1]), _g(learning_rate[drop])],
-                             "loss_before": _g(loss[drop - 1]), "loss_after": _g(loss[drop + WINDOW - 1])},
-                            f"The learning rate was lowered at epoch {drop + 1} while the loss was still "
-                            "falling, and the loss went flat after it: decay later, hold the rate "
-                            f"while it works ({_CURVES}; {references.STEP_DOWN}).")]
+            return [
+                Finding(
+                    "decay_too_early",
+                    list(range(drop, drop + WINDOW + 1)),
+                    {
+                        "learning_rate": [_g(learning_rate[drop - 1]), _g(learning_rate[drop])],
+                        "loss_before": _g(loss[drop - 1]),
+                        "loss_after": _g(loss[drop + WINDOW - 1]),
+                    },
+                    f"The learning rate was lowered at epoch {drop + 1} while the loss was still "
+                    "falling, and the loss went flat after it: decay later, hold the rate "
+                    f"while it works ({_CURVES}; {references.STEP_DOWN}).",
+                )
+            ]
     return []
 
 
@@ -344,12 +396,21 @@ def _overfitting(loss, validation):
     if rise <= RISE_OF_FALL * max(validation[0] - validation[best], 0.0) and not _rising_trend(validation[best:]):
         return []  # Noise around a converged validation loss, not a trend.
     gap_then, gap_now = validation[best] - loss[best], validation[-1] - loss[-1]
-    return [Finding("overfitting", [best + 1, len(loss)],
-                    {"best_val_loss": _g(validation[best]), "final_val_loss": _g(validation[-1]),
-                     "gap_at_best": _g(gap_then), "gap_now": _g(gap_now)},
-                    f"The validation loss is best at epoch {best + 1} and rises after it while the "
-                    "training loss keeps falling: overfitting. Get more data or regularize more; "
-                    f"keep the best epoch's weights ({_CURVES}; {references.playbook('best epoch')}).")]
+    return [
+        Finding(
+            "overfitting",
+            [best + 1, len(loss)],
+            {
+                "best_val_loss": _g(validation[best]),
+                "final_val_loss": _g(validation[-1]),
+                "gap_at_best": _g(gap_then),
+                "gap_now": _g(gap_now),
+            },
+            f"The validation loss is best at epoch {best + 1} and rises after it while the "
+            "training loss keeps falling: overfitting. Get more data or regularize more; "
+            f"keep the best epoch's weights ({_CURVES}; {references.playbook('best epoch')}).",
+        )
+    ]
 
 
 def _rising_trend(values):
@@ -373,14 +434,18 @@ def _worse_after_convergence(loss, learning_rate, weight_decay, start):
         return []  # A schedule raised the rate: `rate_too_high` judges that.
     evidence = {"best_loss": _g(loss[best]), "final_loss": _g(loss[-1])}
     if weight_decay is False:
-        advice = (f"The training loss was best at epoch {best + 1} and rose after it at a constant learning rate, "
-                  "without weight decay: the rate is too high for the later phase of training. Lower it once "
-                  f"the loss stalls (StepDownLR; {references.STEP_DOWN}).")
+        advice = (
+            f"The training loss was best at epoch {best + 1} and rose after it at a constant learning rate, "
+            "without weight decay: the rate is too high for the later phase of training. Lower it once "
+            f"the loss stalls (StepDownLR; {references.STEP_DOWN})."
+        )
     else:
-        advice = (f"The training loss was best at epoch {best + 1} and rose after it at a constant learning rate: "
-                  "the weight-decay pull is likely overpowering the learning gradient. Reduce the weight decay, "
-                  f"or raise the learning rate ({references.DECOUPLED_DECAY}; {references.L2_VS_NORMALIZATION}); "
-                  "if the model has no weight decay, lower the rate once the loss stalls.")
+        advice = (
+            f"The training loss was best at epoch {best + 1} and rose after it at a constant learning rate: "
+            "the weight-decay pull is likely overpowering the learning gradient. Reduce the weight decay, "
+            f"or raise the learning rate ({references.DECOUPLED_DECAY}; {references.L2_VS_NORMALIZATION}); "
+            "if the model has no weight decay, lower the rate once the loss stalls."
+        )
     return [Finding("worse_after_convergence", [best + 1, len(loss)], evidence, advice)]
 
 
@@ -390,10 +455,16 @@ def _decay_dominating(ratio):
     epochs = [int(epoch) + 1 for epoch in np.flatnonzero(ratio > DECAY_WINS)]
     if not epochs:
         return []
-    return [Finding("weight_decay_dominating", epochs, {"max_weight_decay_ratio": _g(np.nanmax(ratio))},
-                    f"From epoch {epochs[0]} the weight-decay pull was up to {np.nanmax(ratio):.2g}x the "
-                    "push of the data loss on some layer: the decay wins and learning stops. Reduce the "
-                    f"weight decay, or raise the learning rate ({references.DECOUPLED_DECAY}).")]
+    return [
+        Finding(
+            "weight_decay_dominating",
+            epochs,
+            {"max_weight_decay_ratio": _g(np.nanmax(ratio))},
+            f"From epoch {epochs[0]} the weight-decay pull was up to {np.nanmax(ratio):.2g}x the "
+            "push of the data loss on some layer: the decay wins and learning stops. Reduce the "
+            f"weight decay, or raise the learning rate ({references.DECOUPLED_DECAY}).",
+        )
+    ]
 
 
 def _plateau(loss):
@@ -401,11 +472,16 @@ def _plateau(loss):
         return []
     recent = _relative_fall(loss, -WINDOW, -1) / (WINDOW - 1)
     if abs(recent) < FLAT / 2 and _relative_fall(loss, 0, -WINDOW) > 10 * FLAT:
-        return [Finding("plateau", list(range(len(loss) - WINDOW + 1, len(loss) + 1)),
-                        {"first_loss": _g(loss[0]), "final_loss": _g(loss[-1]), "recent_fall_per_epoch": _g(recent)},
-                        f"The loss stopped falling at {loss[-1]:.4g}, well above its floor: the "
-                        f"optimizer overshoots the minimum. Decay the learning rate ({_CURVES}), e.g. "
-                        f"with StepDownLR ({references.STEP_DOWN}).")]
+        return [
+            Finding(
+                "plateau",
+                list(range(len(loss) - WINDOW + 1, len(loss) + 1)),
+                {"first_loss": _g(loss[0]), "final_loss": _g(loss[-1]), "recent_fall_per_epoch": _g(recent)},
+                f"The loss stopped falling at {loss[-1]:.4g}, well above its floor: the "
+                f"optimizer overshoots the minimum. Decay the learning rate ({_CURVES}), e.g. "
+                f"with StepDownLR ({references.STEP_DOWN}).",
+            )
+        ]
     return []
 
 
@@ -416,10 +492,21 @@ def _still_improving(loss, validation, accuracy):
         return []
     epochs = list(range(len(loss) - WINDOW + 1, len(loss) + 1))
     if accuracy is not None and len(accuracy) and math.isfinite(accuracy[-1]) and accuracy[-1] < UNDERFIT_ACCURACY:
-        return [Finding("underfitting", epochs, {"final_loss": _g(loss[-1]), "final_accuracy": _g(accuracy[-1]),
-                                                 "fall_per_epoch": _g(per_epoch)},
-                        f"Still improving at the end with training accuracy {accuracy[-1]:.3f}: "
-                        f"underfitting. Train longer, or use a bigger model ({_CURVES}).")]
-    return [Finding("needs_longer_training", epochs, {"final": _g(watched[-1]), "fall_per_epoch": _g(per_epoch)},
-                    f"The curve is good and still falling ({per_epoch:.1%} per epoch at the end): "
-                    f"train longer ({_CURVES}; {references.playbook('best epoch')}: the best epoch is the last).")]
+        return [
+            Finding(
+                "underfitting",
+                epochs,
+                {"final_loss": _g(loss[-1]), "final_accuracy": _g(accuracy[-1]), "fall_per_epoch": _g(per_epoch)},
+                f"Still improving at the end with training accuracy {accuracy[-1]:.3f}: "
+                f"underfitting. Train longer, or use a bigger model ({_CURVES}).",
+            )
+        ]
+    return [
+        Finding(
+            "needs_longer_training",
+            epochs,
+            {"final": _g(watched[-1]), "fall_per_epoch": _g(per_epoch)},
+            f"The curve is good and still falling ({per_epoch:.1%} per epoch at the end): "
+            f"train longer ({_CURVES}; {references.playbook('best epoch')}: the best epoch is the last).",
+        )
+    ]

@@ -92,7 +92,7 @@ def _default_head(model):
     top = list(model.layers)
     nested = [index for index, layer in enumerate(top) if isinstance(layer, keras.Model)]
     if nested:
-        after = [layer for layer in top[nested[-1] + 1:] if layer.weights or isinstance(layer, keras.Model)]
+        after = [layer for layer in top[nested[-1] + 1 :] if layer.weights or isinstance(layer, keras.Model)]
         head = _resolve(model, after, "layer_groups") if after else []
         if head:
             return head
@@ -162,7 +162,9 @@ def layer_groups(model, n=3, *, prefixes=None, groups=None, head=None):
     if prefixes is not None:
         return _split_by_prefixes(body, prefixes) + [head_layers]
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"layer_groups: `n` must be an int >= 2 (the head and at least one more group). Received: n={n!r}.")
+        raise ValueError(
+            f"layer_groups: `n` must be an int >= 2 (the head and at least one more group). Received: n={n!r}."
+        )
     if n - 1 > len(body):
         raise ValueError(
             f"layer_groups: n={n} groups need at least {n - 1} weighted layers besides the head; "
@@ -374,7 +376,12 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
                 config.update(kwargs)
                 inner_optimizer = type(inner_optimizer).from_config(config)
         for path, value in multipliers.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not value > 0
+                or not math.isfinite(value)
+            ):
                 raise ValueError(f"Multipliers must be numbers > 0. Received: {value!r} for {path!r}.")
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner_optimizer
@@ -497,9 +504,15 @@ def discriminative(optimizer, groups, multipliers=None, factor=ULMFIT_FACTOR):
     for value in multipliers:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
             raise ValueError(f"discriminative: multipliers must be numbers > 0. Received: {list(multipliers)!r}.")
-    assigned = [(variable, float(multiplier)) for group, multiplier in zip(groups, multipliers)
-                for layer in _layers_in(group) for variable in _trainable_candidates(layer)]
-    return DiscriminativeOptimizer(optimizer, dict(zip(_path_endings([v for v, _ in assigned]), [m for _, m in assigned])))
+    assigned = [
+        (variable, float(multiplier))
+        for group, multiplier in zip(groups, multipliers)
+        for layer in _layers_in(group)
+        for variable in _trainable_candidates(layer)
+    ]
+    return DiscriminativeOptimizer(
+        optimizer, dict(zip(_path_endings([v for v, _ in assigned]), [m for _, m in assigned]))
+    )
 
 
 def _path_endings(variables):
@@ -589,9 +602,7 @@ class GradualUnfreezing(ConfigurableCallback):
 
     def _plateau(self, logs):
         if self.monitor not in logs:
-            raise ValueError(
-                f"GradualUnfreezing: the logs have no {self.monitor!r}. Available: {sorted(logs)}."
-            )
+            raise ValueError(f"GradualUnfreezing: the logs have no {self.monitor!r}. Available: {sorted(logs)}.")
         value = float(logs[self.monitor])
         if self._best is None or value < self._best - self.min_delta * abs(self._best):
             self._best, self._wait = value, 0

@@ -37,8 +37,10 @@ def stale_reason(result, name, current):
         if setting in current and current[setting] != measured:
             value = result.settles()[name]
             shown = f"{value:.3g}" if isinstance(value, float) else repr(value)
-            return (f"{name}={shown} from {result.kind} was measured at {setting}={measured}, "
-                    f"but {setting} is now {current[setting]}")
+            return (
+                f"{name}={shown} from {result.kind} was measured at {setting}={measured}, "
+                f"but {setting} is now {current[setting]}"
+            )
     return None
 
 
@@ -84,10 +86,7 @@ class Result:
 
     def to_dict(self):
         """Returns a JSON-ready dict, with the result's `kind` under "kind"."""
-        fields = {
-            field.name: to_builtin(getattr(self, field.name))
-            for field in dataclasses.fields(self)
-        }
+        fields = {field.name: to_builtin(getattr(self, field.name)) for field in dataclasses.fields(self)}
         data = {"kind": self.kind, **fields}
         if self.call is not None:
             data["call"] = to_builtin(self.call)
@@ -110,9 +109,7 @@ class Result:
                 "before loading the journal."
             )
         if cls is not Result and not issubclass(target, cls):
-            raise ValueError(
-                f"Cannot load a {kind!r} result as {cls.__name__}."
-            )
+            raise ValueError(f"Cannot load a {kind!r} result as {cls.__name__}.")
         call = data.pop("call", None)
         names = {field.name for field in dataclasses.fields(target)}
         result = target(**{key: value for key, value in data.items() if key in names})
@@ -148,10 +145,7 @@ class Result:
         Raises:
             NotImplementedError: for results that have nothing to draw.
         """
-        raise NotImplementedError(
-            f"{type(self).__name__} has nothing to plot; read its fields or "
-            "`message` instead."
-        )
+        raise NotImplementedError(f"{type(self).__name__} has nothing to plot; read its fields or `message` instead.")
 
     def summary(self):
         """Returns one line: the stage, its verdict and its message."""
@@ -183,8 +177,7 @@ class Journal:
         """Adds a result and writes the journal to disk if it has a path."""
         if not isinstance(result, Result):
             raise TypeError(
-                "Journal entries must be `Result` instances. Received: "
-                f"{result!r} (of type {type(result).__name__})."
+                f"Journal entries must be `Result` instances. Received: {result!r} (of type {type(result).__name__})."
             )
         self._results.append(result)
         if self.path is not None:
@@ -319,10 +312,7 @@ class Journal:
         if not self._results:
             return "Journal (empty)"
         lines = [f"Journal ({len(self)} results)"]
-        lines += [
-            f"  {number}. {result.summary()}"
-            for number, result in enumerate(self._results, start=1)
-        ]
+        lines += [f"  {number}. {result.summary()}" for number, result in enumerate(self._results, start=1)]
         lines += [f"  STALE: {reason}; run {result.kind} again." for result, reason in self.stale().values()]
         return "\n".join(lines)
 

@@ -22,14 +22,29 @@ BINARY = "binary_crossentropy"
 CROSSENTROPY_KINDS = (SPARSE_CATEGORICAL, CATEGORICAL, BINARY)
 # Losses that compare labels and outputs element for element: their shapes must match.
 ELEMENTWISE_LOSSES = (
-    "mean_squared_error", "mean_absolute_error", "mean_absolute_percentage_error",
-    "mean_squared_logarithmic_error", "huber", "log_cosh", "cosine_similarity",
+    "mean_squared_error",
+    "mean_absolute_error",
+    "mean_absolute_percentage_error",
+    "mean_squared_logarithmic_error",
+    "huber",
+    "log_cosh",
+    "cosine_similarity",
 )
 
 # Other Keras losses that are never negative.
-_OTHER_KERAS_LOSSES = ("hinge", "squared_hinge", "categorical_hinge", "kl_divergence", "poisson",
-                       "binary_focal_crossentropy", "categorical_focal_crossentropy", "dice", "tversky",
-                       "mean_squared_error", "mean_absolute_error")
+_OTHER_KERAS_LOSSES = (
+    "hinge",
+    "squared_hinge",
+    "categorical_hinge",
+    "kl_divergence",
+    "poisson",
+    "binary_focal_crossentropy",
+    "categorical_focal_crossentropy",
+    "dice",
+    "tversky",
+    "mean_squared_error",
+    "mean_absolute_error",
+)
 
 _PER_EXAMPLE_FUNCTIONS = {
     SPARSE_CATEGORICAL: keras.losses.sparse_categorical_crossentropy,
@@ -84,8 +99,11 @@ class LossInfo:
         y_true = np.asarray(y_true)
         if self.kind == BINARY and y_true.ndim == np.ndim(y_pred) - 1:
             y_true = y_true[..., None]  # (batch,) labels for a (batch, 1) output.
-        values = function(y_true.astype(np.float32) if self.kind != SPARSE_CATEGORICAL else y_true,
-                          y_pred, from_logits=self.from_logits)
+        values = function(
+            y_true.astype(np.float32) if self.kind != SPARSE_CATEGORICAL else y_true,
+            y_pred,
+            from_logits=self.from_logits,
+        )
         values = keras.ops.convert_to_numpy(values)
         return values.reshape(len(values), -1).mean(axis=1)
 
@@ -134,9 +152,7 @@ def check_labels_fit(info, labels, output_shape, source="training data"):
                 f"has 1. {hint} Use loss='binary_crossentropy' for two "
                 "classes with one sigmoid unit, or give the last layer C units."
             )
-        if labels.ndim > len(output_shape) or (
-            labels.ndim == len(output_shape) and labels.shape[-1] != 1
-        ):
+        if labels.ndim > len(output_shape) or (labels.ndim == len(output_shape) and labels.shape[-1] != 1):
             raise ValueError(
                 f"{info.name} expects integer class ids, but the labels of the "
                 f"{source} have shape {labels.shape}. {hint} For one-hot labels "
@@ -183,6 +199,5 @@ def check_labels_fit(info, labels, output_shape, source="training data"):
             expected = expected[:-1]
         if tuple(squeezed) != expected:
             raise ValueError(
-                f"Labels of the {source} have shape {labels.shape}, which does "
-                f"not match the model's output. {hint}"
+                f"Labels of the {source} have shape {labels.shape}, which does not match the model's output. {hint}"
             )

@@ -37,8 +37,10 @@ def _journal_in(directory):
             "is: move it away, pass another `directory`, or overwrite=True to start a new journal there."
         ) from None
     if not journal or journal[0].kind != "setup":
-        raise ValueError(f"{path} does not start with a set-up record. Pass another `directory`, or "
-                         "overwrite=True to start a new journal there.")
+        raise ValueError(
+            f"{path} does not start with a set-up record. Pass another `directory`, or "
+            "overwrite=True to start a new journal there."
+        )
     return journal
 
 
@@ -127,8 +129,7 @@ class Playbook:
             data_module.validate_batch_size(batch_size)
         if directory is not None and not isinstance(directory, (str, os.PathLike)):
             raise TypeError(
-                "Argument `directory` must be a path (str or os.PathLike) or "
-                f"None. Received: directory={directory!r}."
+                f"Argument `directory` must be a path (str or os.PathLike) or None. Received: directory={directory!r}."
             )
         if verbose not in (0, 1):
             raise ValueError(f"Argument `verbose` must be 0 or 1. Received: verbose={verbose!r}.")
@@ -142,15 +143,24 @@ class Playbook:
         input_rank = _input_rank(self.session.model)
         replicas = self.session.num_replicas
         self.train_data = data_module.make_pipeline(
-            train_data, batch_size=batch_size, num_replicas=replicas, shuffle=True,
-            seed=seed, input_rank=input_rank, name="training data",
+            train_data,
+            batch_size=batch_size,
+            num_replicas=replicas,
+            shuffle=True,
+            seed=seed,
+            input_rank=input_rank,
+            name="training data",
         )
         self.validation_data = None
         if validation_data is not None:
             self.validation_data = data_module.make_pipeline(
-                validation_data, batch_size=self.train_data.per_replica_batch_size,
-                num_replicas=replicas, shuffle=False, seed=seed,
-                input_rank=input_rank, name="validation data",
+                validation_data,
+                batch_size=self.train_data.per_replica_batch_size,
+                num_replicas=replicas,
+                shuffle=False,
+                seed=seed,
+                input_rank=input_rank,
+                name="validation data",
             )
             data_module.check_same_structure(self.train_data, self.validation_data)
         data_module.check_finite(self.train_data, name="training data")
@@ -168,8 +178,13 @@ class Playbook:
             self.journal = Journal(path)
             self.journal.append(setup)
         self._runner = Runner(
-            self.session, self.journal, self._pipelines, lambda name: inspect.signature(getattr(Playbook, name)),
-            seed=seed, verbose=verbose, directory=self.directory,
+            self.session,
+            self.journal,
+            self._pipelines,
+            lambda name: inspect.signature(getattr(Playbook, name)),
+            seed=seed,
+            verbose=verbose,
+            directory=self.directory,
         )
 
     def _call(self, name, arguments):
@@ -210,17 +225,15 @@ class Playbook:
         info = losses.describe_loss(loss)
         losses.check_labels_fit(info, data_module.labels_of(self.train_data), output_shape, "training data")
         if self.validation_data is not None:
-            losses.check_labels_fit(
-                info, data_module.labels_of(self.validation_data), output_shape, "validation data"
-            )
+            losses.check_labels_fit(info, data_module.labels_of(self.validation_data), output_shape, "validation data")
 
     def _setup_record(self):
         session, train = self.session, self.train_data
         validation_count = None if self.validation_data is None else self.validation_data.num_examples
         loss = self.model.loss
         loss_name = loss if isinstance(loss, str) else getattr(loss, "name", getattr(loss, "__name__", str(loss)))
-        strategy_name = type(session.strategy).__name__.lstrip("_").replace(
-            "DefaultDistributionStrategy", "DefaultStrategy"
+        strategy_name = (
+            type(session.strategy).__name__.lstrip("_").replace("DefaultDistributionStrategy", "DefaultStrategy")
         )
         return SetupRecord(
             strategy=strategy_name,
@@ -521,8 +534,7 @@ class Playbook:
 
     # Training ---------------------------------------------------------------
 
-    def fit(self, epochs, callbacks=None, verbose="auto", schedule=None, watch=True, restore_best=False,
-            **overrides):
+    def fit(self, epochs, callbacks=None, verbose="auto", schedule=None, watch=True, restore_best=False, **overrides):
         """Trains the model for real with the hyperparameters settled so far, watched.
 
         Values settled by earlier stages (the journal's `settled()`: a found
@@ -625,8 +637,14 @@ class Playbook:
         model = finetuning.build_model(backbone, num_classes, pooling=pooling, dropout=dropout)
         if loss is None:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        return cls(model, train_data, validation_data, loss=loss,
-                   metrics=list(metrics) if metrics is not None else None, **kwargs)
+        return cls(
+            model,
+            train_data,
+            validation_data,
+            loss=loss,
+            metrics=list(metrics) if metrics is not None else None,
+            **kwargs,
+        )
 
     def fine_tune(
         self,
@@ -643,7 +661,7 @@ class Playbook:
         callbacks=None,
         verbose="auto",
     ):
-        """Fine-tunes the model in two phases: the head alone, then every layer with discriminative rates (Howard & Ruder 2018).
+        """Fine-tunes in two phases: the head alone, then every layer with discriminative rates (Howard & Ruder 2018).
 
         1. Every group but the head is frozen; a range test on the head finds
            its rate (unless `head_learning_rate`); the head trains
@@ -800,4 +818,3 @@ def _jsonable(config):
         return str(value)
 
     return convert(config)
-

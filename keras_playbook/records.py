@@ -52,8 +52,14 @@ class SetupRecord(Result):
     initial_values: dict = dataclasses.field(default_factory=dict, kw_only=True)
 
     # What must match for a journal to belong to a Playbook (`differences`).
-    IDENTITY = ("architecture", "num_parameters", "num_train_examples", "num_validation_examples", "loss",
-                "num_replicas")
+    IDENTITY = (
+        "architecture",
+        "num_parameters",
+        "num_train_examples",
+        "num_validation_examples",
+        "loss",
+        "num_replicas",
+    )
 
     def settles(self):
         return {"batch_size": self.per_replica_batch_size, **self.initial_values}
@@ -110,8 +116,9 @@ class FitRecord(Result):
     weights: str | None = None
 
     @classmethod
-    def from_history(cls, history, hyperparameters, schedule=None, findings=(), initial_loss=None,
-                     restored_best=False, weights=None):
+    def from_history(
+        cls, history, hyperparameters, schedule=None, findings=(), initial_loss=None, restored_best=False, weights=None
+    ):
         """Builds the record of a finished `model.fit` from its History."""
         curves = {name: [float(value) for value in values] for name, values in history.history.items()}
         monitor = "val_loss" if "val_loss" in curves else "loss"
@@ -120,16 +127,21 @@ class FitRecord(Result):
         finite = bool(epochs) and bool(np.all(np.isfinite(values)))
         best_epoch = int(np.nanargmin(values)) + 1 if np.isfinite(values).any() else 0
         findings = [dict(finding) for finding in findings]
-        severe = [finding for finding in findings
-                  if finding["kind"] in SEVERE and not finding["evidence"].get("recovered", False)]
+        severe = [
+            finding
+            for finding in findings
+            if finding["kind"] in SEVERE and not finding["evidence"].get("recovered", False)
+        ]
         if not finite:
             message = (
                 f"Training produced a non-finite {monitor}: lower the learning rate "
                 f"(a loss that explodes means a rate too high; {references.johnson(2)})."
             )
         else:
-            settled = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
-                                for key, value in sorted(hyperparameters.items()))
+            settled = ", ".join(
+                f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+                for key, value in sorted(hyperparameters.items())
+            )
             verdict = "Training did not work:" if severe else "Trained"
             message = (
                 f"{verdict} {epochs} epochs ({settled or 'model defaults'}"
@@ -142,11 +154,18 @@ class FitRecord(Result):
         if len(findings) > 3:
             message += f" (+{len(findings) - 3} more in `findings`)"
         return cls(
-            epochs=epochs, hyperparameters=dict(hyperparameters), history=curves,
-            monitor=monitor, best_epoch=best_epoch, ok=finite and not severe, message=message,
-            schedule=schedule, findings=findings,
+            epochs=epochs,
+            hyperparameters=dict(hyperparameters),
+            history=curves,
+            monitor=monitor,
+            best_epoch=best_epoch,
+            ok=finite and not severe,
+            message=message,
+            schedule=schedule,
+            findings=findings,
             initial_loss=None if initial_loss is None else float(initial_loss),
-            restored_best=bool(restored_best), weights=weights,
+            restored_best=bool(restored_best),
+            weights=weights,
         )
 
     def plot(self):
@@ -163,8 +182,6 @@ class FitRecord(Result):
             axes.set_title(name)
             axes.legend()
         return figure
-
-
 
 
 @dataclasses.dataclass
@@ -202,44 +219,68 @@ class RunResult(Result):
         settled = {}
         for name, value in journal.settled().items():
             source = journal.source(name)
-            settled[name] = {"value": value, "stage": "the model as compiled" if source.kind == "setup" else source.kind}
+            settled[name] = {
+                "value": value,
+                "stage": "the model as compiled" if source.kind == "setup" else source.kind,
+            }
         fit = journal.latest("fit") if any(step["stage"] in ("fit", "fine_tune") for step in steps) else None
         final, best_epoch, findings = {}, 0, []
         if fit is not None and fit.best_epoch:
-            final = {name: values[fit.best_epoch - 1] for name, values in fit.history.items()
-                     if len(values) >= fit.best_epoch}
+            final = {
+                name: values[fit.best_epoch - 1]
+                for name, values in fit.history.items()
+                if len(values) >= fit.best_epoch
+            }
             best_epoch, findings = fit.best_epoch, list(fit.findings)
         failed = [step for step in steps if not step["ok"]]
         skipped = sum(step["skipped"] for step in steps)
         done = f"Ran {len(steps) - skipped} stage(s)" + (f", read {skipped} back from the journal" if skipped else "")
         if stopped is not None:
             summary = next(step["summary"] for step in steps if step["stage"] == stopped)
-            message = (f"Stopped at {stopped}: {summary} The stages after it would build on this; fix it and run "
-                       "again (finished stages are read back), or run(stop_on_failure=False) to go on.")
+            message = (
+                f"Stopped at {stopped}: {summary} The stages after it would build on this; fix it and run "
+                "again (finished stages are read back), or run(stop_on_failure=False) to go on."
+            )
         else:
-            decisions = "; ".join(f"{_WORDS.get(name, name)} {_shown(entry['value'])} ({entry['stage']})"
-                                  for name, entry in settled.items())
+            decisions = "; ".join(
+                f"{_WORDS.get(name, name)} {_shown(entry['value'])} ({entry['stage']})"
+                for name, entry in settled.items()
+            )
             message = f"{done}. Decisions: {decisions}."
             if fit is not None:
-                metrics = ", ".join(f"{name} {_shown(value)}" for name, value in final.items()
-                                    if name.startswith("val_") or "val_loss" not in final)
-                message += (f" Final training: {fit.epochs} epochs, best epoch {best_epoch} ({metrics})"
-                            + ("; the model holds its weights." if fit.restored_best else "."))
+                metrics = ", ".join(
+                    f"{name} {_shown(value)}"
+                    for name, value in final.items()
+                    if name.startswith("val_") or "val_loss" not in final
+                )
+                message += f" Final training: {fit.epochs} epochs, best epoch {best_epoch} ({metrics})" + (
+                    "; the model holds its weights." if fit.restored_best else "."
+                )
             for finding in findings[:3]:
                 message += f" {finding['kind']}: {finding['advice']}"
             if failed:
                 message += " Check: " + ", ".join(step["stage"] for step in failed) + " (see their messages)."
-        return cls(plan=list(plan), steps=list(steps), settled=settled, final=final, best_epoch=best_epoch,
-                   findings=findings, stopped=stopped, ok=stopped is None and (fit is None or fit.ok),
-                   message=message)
+        return cls(
+            plan=list(plan),
+            steps=list(steps),
+            settled=settled,
+            final=final,
+            best_epoch=best_epoch,
+            findings=findings,
+            stopped=stopped,
+            ok=stopped is None and (fit is None or fit.ok),
+            message=message,
+        )
 
     def table(self):
         """Returns the stages as text: verdict, read back or run, seconds, training steps."""
         lines = ["stage                  verdict  how        seconds   steps"]
         for step in self.steps:
             how = "journal" if step["skipped"] else "ran"
-            lines.append(f"{step['stage']:<22} {'OK' if step['ok'] else 'CHECK':<8} {how:<10} "
-                         f"{step['seconds']:7.1f} {step['steps']:7d}")
+            lines.append(
+                f"{step['stage']:<22} {'OK' if step['ok'] else 'CHECK':<8} {how:<10} "
+                f"{step['seconds']:7.1f} {step['steps']:7d}"
+            )
         return "\n".join(lines)
 
 

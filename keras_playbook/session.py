@@ -236,10 +236,7 @@ class Session:
         return model
 
     def _in_scope(self, variables):
-        return all(
-            self.strategy.extended.variable_created_in_scope(getattr(v, "value", v))
-            for v in variables
-        )
+        return all(self.strategy.extended.variable_created_in_scope(getattr(v, "value", v)) for v in variables)
 
     def _placed(self, model):
         """Returns `model` if its variables live in the scope, else a copy that does."""
@@ -282,9 +279,7 @@ class Session:
         arguments = {}
         if source.compiled:
             with self.scope():
-                arguments = keras.saving.deserialize_keras_object(
-                    source.get_compile_config()
-                )
+                arguments = keras.saving.deserialize_keras_object(source.get_compile_config())
             if not rebuilt and self._in_scope(source.optimizer.variables):
                 arguments["optimizer"] = source.optimizer
         if optimizer is not None:
@@ -296,9 +291,7 @@ class Session:
             arguments["metrics"] = metrics
         with self.scope():
             candidate = arguments["optimizer"]
-            if isinstance(candidate, keras.optimizers.Optimizer) and not self._in_scope(
-                candidate.variables
-            ):
+            if isinstance(candidate, keras.optimizers.Optimizer) and not self._in_scope(candidate.variables):
                 arguments["optimizer"] = _copy_optimizer(candidate)
             model.compile(**arguments)
         carried_over = optimizer is None and source.compiled and source.optimizer.built
@@ -353,8 +346,10 @@ class Session:
             RuntimeError: when the model or its optimizer no longer has the
                 variables the snapshot holds (nothing is assigned then).
         """
-        for what, variables, values in (("model", self.model.variables, state.model),
-                                         ("optimizer", self.model.optimizer.variables, state.optimizer)):
+        for what, variables, values in (
+            ("model", self.model.variables, state.model),
+            ("optimizer", self.model.optimizer.variables, state.optimizer),
+        ):
             if len(variables) != len(values):
                 raise RuntimeError(
                     f"Cannot restore the {what}: it has {len(variables)} variables now and the snapshot "
@@ -490,6 +485,4 @@ def _copy_optimizer(optimizer):
 
 def weights_equal(first, second):
     """True when two `get_weights()`-style lists are equal element for element."""
-    return len(first) == len(second) and all(
-        np.array_equal(a, b) for a, b in zip(first, second)
-    )
+    return len(first) == len(second) and all(np.array_equal(a, b) for a, b in zip(first, second))

@@ -61,10 +61,7 @@ def regularized_incomplete_beta(a, b, x):
         return 0.0
     if x >= 1.0:
         return 1.0
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-        + a * math.log(x) + b * math.log1p(-x)
-    )
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
     if x < (a + 1.0) / (a + b + 2.0):
         return math.exp(log_front) * _continued_fraction(a, b, x) / a
     return 1.0 - math.exp(log_front) * _continued_fraction(b, a, 1.0 - x) / b
@@ -74,9 +71,7 @@ def student_t_two_sided_p(t, degrees_of_freedom):
     """P(|T| >= |t|) for Student's t with the given degrees of freedom."""
     if not math.isfinite(t):
         return 0.0
-    return regularized_incomplete_beta(
-        degrees_of_freedom / 2.0, 0.5, degrees_of_freedom / (degrees_of_freedom + t * t)
-    )
+    return regularized_incomplete_beta(degrees_of_freedom / 2.0, 0.5, degrees_of_freedom / (degrees_of_freedom + t * t))
 
 
 def welch_t_test(first, second):

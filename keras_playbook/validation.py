@@ -12,10 +12,7 @@ import numpy as np
 def check_int(value, name, caller, minimum=1):
     """Raises ValueError unless `value` is an int >= `minimum` (bools rejected)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(
-            f"{caller}: argument `{name}` must be an int >= {minimum}. "
-            f"Received: {name}={value!r}."
-        )
+        raise ValueError(f"{caller}: argument `{name}` must be an int >= {minimum}. Received: {name}={value!r}.")
 
 
 def check_number(value, name, caller, allow_zero=False):
@@ -28,7 +25,4 @@ def check_number(value, name, caller, allow_zero=False):
     )
     if not valid:
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(
-            f"{caller}: argument `{name}` must be a finite number {bound}. "
-            f"Received: {name}={value!r}."
-        )
+        raise ValueError(f"{caller}: argument `{name}` must be a finite number {bound}. Received: {name}={value!r}.")

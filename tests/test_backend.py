@@ -7,15 +7,11 @@ import sys
 
 def _import_in_subprocess(code, **environment):
     env = {**os.environ, **environment}
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
-    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
 
 
 def test_import_without_tensorflow_names_the_extra():
-    completed = _import_in_subprocess(
-        "import sys; sys.modules['tensorflow'] = None; import keras_playbook"
-    )
+    completed = _import_in_subprocess("import sys; sys.modules['tensorflow'] = None; import keras_playbook")
     assert completed.returncode != 0
     assert "ImportError" in completed.stderr
     assert "keras-playbook[cpu]" in completed.stderr

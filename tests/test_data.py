@@ -26,8 +26,11 @@ def _count(pipeline):
 def test_arrays_are_batched_per_replica_times_replicas(strategy, digits):
     replicas = strategy.num_replicas_in_sync
     pipeline = data_module.make_pipeline(
-        (digits["x_train"], digits["y_train"]), batch_size=16,
-        num_replicas=replicas, shuffle=True, seed=1,
+        (digits["x_train"], digits["y_train"]),
+        batch_size=16,
+        num_replicas=replicas,
+        shuffle=True,
+        seed=1,
     )
     assert pipeline.global_batch_size == 16 * replicas
     first = next(pipeline.dataset.as_numpy_iterator())
@@ -38,7 +41,11 @@ def test_arrays_are_batched_per_replica_times_replicas(strategy, digits):
 
 def test_arrays_reshuffle_every_epoch(digits):
     pipeline = data_module.make_pipeline(
-        (digits["x_train"], digits["y_train"]), batch_size=512, num_replicas=1, shuffle=True, seed=1,
+        (digits["x_train"], digits["y_train"]),
+        batch_size=512,
+        num_replicas=1,
+        shuffle=True,
+        seed=1,
     )
     first = next(pipeline.dataset.as_numpy_iterator())[1]
     second = next(pipeline.dataset.as_numpy_iterator())[1]
@@ -55,7 +62,11 @@ def test_datasets_and_py_datasets_give_the_same_examples(form, digits):
     else:
         data = _Batches(x, y, 20)
     pipeline = data_module.make_pipeline(
-        data, batch_size=8, num_replicas=2, shuffle=True, input_rank=2,
+        data,
+        batch_size=8,
+        num_replicas=2,
+        shuffle=True,
+        input_rank=2,
     )
     assert pipeline.global_batch_size == 16
     batches = list(pipeline.dataset.as_numpy_iterator())
@@ -75,7 +86,10 @@ def test_batch_size_defaults_to_the_data_batch(digits):
 
 def test_sample_is_fixed_by_seed(digits):
     pipeline = data_module.make_pipeline(
-        (digits["x_train"], digits["y_train"]), batch_size=16, num_replicas=1, shuffle=True,
+        (digits["x_train"], digits["y_train"]),
+        batch_size=16,
+        num_replicas=1,
+        shuffle=True,
     )
     first = pipeline.sample(2, seed=3)
     assert first[0].shape == (32, 64)
@@ -83,24 +97,30 @@ def test_sample_is_fixed_by_seed(digits):
     assert not np.array_equal(first[1], pipeline.sample(2, seed=4)[1])
     unbatched = data_module.make_pipeline(
         tf.data.Dataset.from_tensor_slices((digits["x_train"], digits["y_train"])),
-        batch_size=16, num_replicas=1, shuffle=False, input_rank=2,
+        batch_size=16,
+        num_replicas=1,
+        shuffle=False,
+        input_rank=2,
     )
     np.testing.assert_array_equal(unbatched.sample(2, seed=3)[1], unbatched.sample(2, seed=3)[1])
 
 
-@pytest.mark.parametrize("batch_size, error", [(0, ValueError), (-4, ValueError), ("32", TypeError), (True, TypeError), (2.0, TypeError)])
+@pytest.mark.parametrize(
+    "batch_size, error", [(0, ValueError), (-4, ValueError), ("32", TypeError), (True, TypeError), (2.0, TypeError)]
+)
 def test_bad_batch_size_raises(batch_size, error, digits):
     with pytest.raises(error, match="batch_size"):
         data_module.make_pipeline(
-            (digits["x_train"], digits["y_train"]), batch_size=batch_size, num_replicas=1, shuffle=False,
+            (digits["x_train"], digits["y_train"]),
+            batch_size=batch_size,
+            num_replicas=1,
+            shuffle=False,
         )
 
 
 def test_empty_data_raises():
     with pytest.raises(ValueError, match="empty"):
-        data_module.make_pipeline(
-            (np.zeros((0, 4)), np.zeros((0,))), batch_size=4, num_replicas=1, shuffle=False
-        )
+        data_module.make_pipeline((np.zeros((0, 4)), np.zeros((0,))), batch_size=4, num_replicas=1, shuffle=False)
     empty = tf.data.Dataset.from_tensor_slices((np.zeros((0, 4)), np.zeros((0,))))
     with pytest.raises(ValueError, match="empty"):
         data_module.make_pipeline(empty, batch_size=4, num_replicas=1, shuffle=False)
@@ -112,9 +132,7 @@ def test_unequal_lengths_and_unsupported_types_raise(digits):
             (digits["x_train"], digits["y_train"][:10]), batch_size=4, num_replicas=1, shuffle=False
         )
     with pytest.raises(TypeError, match="Unsupported training data: ndarray"):
-        data_module.make_pipeline(
-            digits["x_train"], batch_size=4, num_replicas=1, shuffle=False, name="training data"
-        )
+        data_module.make_pipeline(digits["x_train"], batch_size=4, num_replicas=1, shuffle=False, name="training data")
     with pytest.raises(ValueError, match=r"must yield `\(x, y\)`"):
         data_module.make_pipeline(
             tf.data.Dataset.from_tensor_slices(digits["x_train"]), batch_size=4, num_replicas=1, shuffle=False
@@ -171,9 +189,18 @@ def test_common_data_mistakes_get_clear_errors_before_any_compute():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, 4)).astype("float32")
     cases = [
-        ((x, np.array(["setosa", "versicolor"] * 100)), helpers.LOGITS_LOSS, 3, "labels .* are strings.*'setosa'.*np.unique"),
-        (({"a": x, "b": np.array(["u", "v"] * 100)}, np.zeros(200, int)), helpers.LOGITS_LOSS, 3,
-         "`x\\['b'\\]` of the training data holds strings.*StringLookup"),
+        (
+            (x, np.array(["setosa", "versicolor"] * 100)),
+            helpers.LOGITS_LOSS,
+            3,
+            "labels .* are strings.*'setosa'.*np.unique",
+        ),
+        (
+            ({"a": x, "b": np.array(["u", "v"] * 100)}, np.zeros(200, int)),
+            helpers.LOGITS_LOSS,
+            3,
+            "`x\\['b'\\]` of the training data holds strings.*StringLookup",
+        ),
         ((x, rng.standard_normal((200, 2))), "mse", 1, "shape \\(200, 2\\).*output is \\(None, 1\\).*broadcast"),
     ]
     for data, loss, units, match in cases:
@@ -207,8 +234,14 @@ def test_a_batched_in_memory_dataset_keeps_its_length(capsys):
     data = helpers.digits_data()
     train = tf.data.Dataset.from_tensor_slices((data["x_train"], data["y_train"])).batch(32)
     validation = tf.data.Dataset.from_tensor_slices((data["x_val"], data["y_val"])).batch(32)
-    pb = Playbook(helpers.mlp(), train, validation_data=validation, loss=helpers.LOGITS_LOSS,
-                  optimizer=keras.optimizers.SGD(0.05, momentum=0.9), verbose=0)
+    pb = Playbook(
+        helpers.mlp(),
+        train,
+        validation_data=validation,
+        loss=helpers.LOGITS_LOSS,
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        verbose=0,
+    )
     assert pb.train_data.num_examples == 512 and pb.validation_data.num_examples == 128
     assert int(pb.train_data.dataset.cardinality()) == 16
     with warnings.catch_warnings(record=True) as caught:

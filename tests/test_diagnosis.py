@@ -124,9 +124,15 @@ def _run(model_kwargs, optimizer, epochs, num_train, callbacks=(), strategy=None
     with (strategy or tf.distribute.get_strategy()).scope():
         model = helpers.mlp(**model_kwargs)
         model.compile(optimizer=optimizer, loss=helpers.LOGITS_LOSS, metrics=["accuracy"])
-    return model.fit(data["x_train"][:num_train], data["y_train"][:num_train],
-                     validation_data=(data["x_val"], data["y_val"]), epochs=epochs, batch_size=32,
-                     callbacks=list(callbacks), verbose=0)
+    return model.fit(
+        data["x_train"][:num_train],
+        data["y_train"][:num_train],
+        validation_data=(data["x_val"], data["y_val"]),
+        epochs=epochs,
+        batch_size=32,
+        callbacks=list(callbacks),
+        verbose=0,
+    )
 
 
 def test_real_runs_made_to_overfit_and_underfit_and_a_healthy_one():
@@ -143,7 +149,11 @@ def test_curve_diagnosis_callback_stops_on_divergence(strategy):
     history = _run({}, keras.optimizers.SGD(1e20), 10, num_train=256, callbacks=[diagnosis], strategy=strategy)
     assert [f.kind for f in diagnosis.findings] == ["diverged"]
     assert len(history.history["loss"]) == 1 and not math.isfinite(history.history["loss"][-1])  # Stopped at once.
-    assert CurveDiagnosis(**diagnosis.get_config()).get_config() == {"stop_on_divergence": True, "schedule": None, "verbose": 0}
+    assert CurveDiagnosis(**diagnosis.get_config()).get_config() == {
+        "stop_on_divergence": True,
+        "schedule": None,
+        "verbose": 0,
+    }
 
 
 def test_weight_decay_ratio_from_the_monitor_is_read():
@@ -151,7 +161,9 @@ def test_weight_decay_ratio_from_the_monitor_is_read():
     dominated = diagnose({"loss": loss, "weight_decay_ratio": [0.2] * 6 + [1.5, 2.0, 2.5, 3.0]})
     (finding,) = [f for f in dominated if f.kind == "weight_decay_dominating"]
     assert finding.epochs == [7, 8, 9, 10] and "Loshchilov & Hutter 2019" in finding.advice
-    assert not [f for f in diagnose({"loss": loss, "weight_decay_ratio": [0.2] * 10}) if f.kind == "weight_decay_dominating"]
+    assert not [
+        f for f in diagnose({"loss": loss, "weight_decay_ratio": [0.2] * 10}) if f.kind == "weight_decay_dominating"
+    ]
 
 
 def test_a_short_run_that_learns_is_not_called_flat():

@@ -50,10 +50,16 @@ def test_groups_by_depth_prefix_and_list():
     assert [len(group) for group in names[:-1]] == [3, 2]
     by_prefix = finetune.layer_groups(model, prefixes=[["block1", "block2"], "block3"])
     assert [[layer.name for layer in group] for group in by_prefix] == [
-        ["block1_conv", "block1_bn", "block2_conv", "block2_bn"], ["block3_conv"], ["head"]]
+        ["block1_conv", "block1_bn", "block2_conv", "block2_bn"],
+        ["block3_conv"],
+        ["head"],
+    ]
     explicit = finetune.layer_groups(model, groups=[["block1_conv", "block1_bn"], ["block3_conv"]])
     assert [[layer.name for layer in group] for group in explicit] == [
-        ["block1_conv", "block1_bn"], ["block3_conv"], ["head"]]
+        ["block1_conv", "block1_bn"],
+        ["block3_conv"],
+        ["head"],
+    ]
     with pytest.raises(ValueError, match="no layer named 'block9_conv'"):
         finetune.layer_groups(model, groups=[["block9_conv"]])
     with pytest.raises(ValueError, match="starts with 'stage1'"):
@@ -153,7 +159,9 @@ def test_callbacks_that_set_the_base_rate_reach_every_group(digits):
     before = _values(model.trainable_variables)
     schedule = keras.callbacks.LearningRateScheduler(lambda epoch, rate: 0.2)  # Keras's own callback.
     model.fit(x, y, batch_size=128, epochs=1, shuffle=False, callbacks=[schedule], verbose=0)
-    for after, start, gradient, multiplier in zip(_values(model.trainable_variables), before, gradients, [0.5, 0.5, 1, 1]):
+    for after, start, gradient, multiplier in zip(
+        _values(model.trainable_variables), before, gradients, [0.5, 0.5, 1, 1]
+    ):
         # float32 weights of ~0.1 round their difference to ~1e-8.
         np.testing.assert_allclose(after - start, -multiplier * 0.2 * gradient, rtol=1e-4, atol=3e-8)
     assert finetune.learning_rates(model)[model.trainable_variables[0].path] == pytest.approx(0.1)
@@ -238,10 +246,12 @@ def test_one_cycle_drives_a_discriminative_optimizer(digits):
 
     model = helpers.mlp(hidden=16)
     groups = finetune.layer_groups(model, n=2)
-    model.compile(optimizer=finetune.discriminative(keras.optimizers.SGD(0.1, momentum=0.9), groups, [0.25, 1.0]),
-                  loss=LOSS)
-    history = model.fit(digits["x_train"], digits["y_train"], batch_size=64, epochs=2,
-                        callbacks=[OneCycle((0.01, 0.1))], verbose=0)
+    model.compile(
+        optimizer=finetune.discriminative(keras.optimizers.SGD(0.1, momentum=0.9), groups, [0.25, 1.0]), loss=LOSS
+    )
+    history = model.fit(
+        digits["x_train"], digits["y_train"], batch_size=64, epochs=2, callbacks=[OneCycle((0.01, 0.1))], verbose=0
+    )
     assert history.history["momentum"][-1] == pytest.approx(0.95)  # Cycled on the inner SGD.
     assert model.optimizer.inner_optimizer.momentum == 0.9  # And given back.
     final = history.history["learning_rate"][-1]
@@ -254,12 +264,23 @@ def test_gradual_unfreezing_on_a_plateau(digits):
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=LOSS)  # Nothing learns: every epoch is a plateau.
     groups = finetune.layer_groups(model, n=2)
     callback = finetune.GradualUnfreezing(groups, monitor="val_loss", patience=1)
-    model.fit(digits["x_train"], digits["y_train"], validation_data=(digits["x_val"], digits["y_val"]),
-              epochs=3, callbacks=[callback], verbose=0)
+    model.fit(
+        digits["x_train"],
+        digits["y_train"],
+        validation_data=(digits["x_val"], digits["y_val"]),
+        epochs=3,
+        callbacks=[callback],
+        verbose=0,
+    )
     assert callback.thawed == [{"epoch": 2, "group": 0}]  # Best at epoch 1, no progress at 2: thaw.
     with pytest.raises(ValueError, match="no 'val_acc'"):
-        model.fit(digits["x_train"], digits["y_train"], epochs=1, verbose=0,
-                  callbacks=[finetune.GradualUnfreezing(groups, monitor="val_acc")])
+        model.fit(
+            digits["x_train"],
+            digits["y_train"],
+            epochs=1,
+            verbose=0,
+            callbacks=[finetune.GradualUnfreezing(groups, monitor="val_acc")],
+        )
 
 
 def test_freeze_to_after_freezing_everything_does_not_warn(recwarn):
@@ -297,6 +318,11 @@ def test_an_interrupted_gradual_unfreezing_gives_the_trainability_back(strategy,
 
     pb = Playbook(model, (x, y), batch_size=64, strategy=strategy, verbose=0)
     with pytest.raises(KeyboardInterrupt):  # Inside the Playbook: given back on the way out of fit.
-        pb.fit(2, callbacks=[finetune.GradualUnfreezing(groups, every_epochs=1), _CtrlC()], watch=False,
-               learning_rate=1e-3, verbose=0)
+        pb.fit(
+            2,
+            callbacks=[finetune.GradualUnfreezing(groups, every_epochs=1), _CtrlC()],
+            watch=False,
+            learning_rate=1e-3,
+            verbose=0,
+        )
     assert [layer.trainable for layer in finetune.leaf_layers(pb.model)] == before

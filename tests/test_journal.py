@@ -19,20 +19,37 @@ class _SettlingResult(Result):
 
 def _initial_loss_result():
     return InitialLossResult(
-        loss=2.31, expected=2.302585, tolerance=0.25, num_classes=10,
-        loss_name="sparse_categorical_crossentropy", from_logits=True,
-        output_kind="logits", output_std=0.4, num_examples=3,
-        per_example_losses=[2.2, 2.3, 2.43], ok=True, message="fine",
+        loss=2.31,
+        expected=2.302585,
+        tolerance=0.25,
+        num_classes=10,
+        loss_name="sparse_categorical_crossentropy",
+        from_logits=True,
+        output_kind="logits",
+        output_std=0.4,
+        num_examples=3,
+        per_example_losses=[2.2, 2.3, 2.43],
+        ok=True,
+        message="fine",
     )
 
 
 def _overfit_result():
     return OverfitResult(
-        verdict="diverged", num_examples=64, steps=10, learning_rate=10.0,
-        initial_loss=2.3, final_loss=float("nan"), final_accuracy=None,
-        target_loss=0.023, losses=[2.3, float("inf")], accuracies=[],
-        steps_per_pass=2, regularization_disabled=["dropout: d (rate 0.5)"],
-        ok=False, message="exploded",
+        verdict="diverged",
+        num_examples=64,
+        steps=10,
+        learning_rate=10.0,
+        initial_loss=2.3,
+        final_loss=float("nan"),
+        final_accuracy=None,
+        target_loss=0.023,
+        losses=[2.3, float("inf")],
+        accuracies=[],
+        steps_per_pass=2,
+        regularization_disabled=["dropout: d (rate 0.5)"],
+        ok=False,
+        message="exploded",
     )
 
 

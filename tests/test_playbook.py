@@ -85,8 +85,12 @@ def test_fit_uses_settled_hyperparameters_unless_overridden(strategy, digits):
     pb.fit(epochs=1, verbose=0, learning_rate=0.05, weight_decay=1e-4, batch_size=8)
     assert keras.ops.convert_to_numpy(pb.model.optimizer.learning_rate) == pytest.approx(0.05)
     assert pb.model.optimizer.weight_decay == 1e-4
-    assert pb.journal[-1].hyperparameters == {"learning_rate": 0.05, "weight_decay": 1e-4, "batch_size": 8,
-                                              "momentum": 0.0}
+    assert pb.journal[-1].hyperparameters == {
+        "learning_rate": 0.05,
+        "weight_decay": 1e-4,
+        "batch_size": 8,
+        "momentum": 0.0,
+    }
 
 
 def test_fit_rejects_bad_arguments_before_training(digits):
@@ -166,7 +170,11 @@ def test_builder_without_loss_raises(digits):
     [
         (lambda y: y + 5, helpers.LOGITS_LOSS, r"range over \[5, 14\].*10 classes"),
         (lambda y: keras.utils.to_categorical(y, 10), helpers.LOGITS_LOSS, "integer class ids.*shape \\(512, 10\\)"),
-        (lambda y: keras.utils.to_categorical(y, 12), "categorical_crossentropy", "one-hot labels with 10 columns.*\\(512, 12\\)"),
+        (
+            lambda y: keras.utils.to_categorical(y, 12),
+            "categorical_crossentropy",
+            "one-hot labels with 10 columns.*\\(512, 12\\)",
+        ),
         (lambda y: y, "binary_crossentropy", r"labels in \[0, 1\].*\[0, 9\]"),
     ],
 )
@@ -181,14 +189,23 @@ def test_labels_that_do_not_fit_the_output_raise(digits, labels, loss, match):
 
 def test_sparse_loss_with_one_output_unit_raises(digits):
     with pytest.raises(ValueError, match="needs one output unit per class.*binary_crossentropy"):
-        Playbook(lambda: helpers.mlp(num_classes=1), (digits["x_train"], digits["y_train"] % 2),
-                 loss="sparse_categorical_crossentropy", verbose=0)
+        Playbook(
+            lambda: helpers.mlp(num_classes=1),
+            (digits["x_train"], digits["y_train"] % 2),
+            loss="sparse_categorical_crossentropy",
+            verbose=0,
+        )
 
 
 def test_validation_labels_are_checked_too(digits):
     with pytest.raises(ValueError, match="validation data"):
-        Playbook(helpers.mlp, (digits["x_train"], digits["y_train"]),
-                 validation_data=(digits["x_val"], digits["y_val"] + 1), loss=helpers.LOGITS_LOSS, verbose=0)
+        Playbook(
+            helpers.mlp,
+            (digits["x_train"], digits["y_train"]),
+            validation_data=(digits["x_val"], digits["y_val"] + 1),
+            loss=helpers.LOGITS_LOSS,
+            verbose=0,
+        )
 
 
 def test_nan_in_data_raises(digits):
@@ -207,23 +224,33 @@ def test_empty_dataset_raises():
 @pytest.mark.parametrize("batch_size, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError)])
 def test_bad_batch_size_raises(digits, batch_size, error):
     with pytest.raises(error, match=f"batch_size={batch_size}"):
-        Playbook(helpers.mlp, (digits["x_train"], digits["y_train"]), loss=helpers.LOGITS_LOSS,
-                 batch_size=batch_size, verbose=0)
+        Playbook(
+            helpers.mlp,
+            (digits["x_train"], digits["y_train"]),
+            loss=helpers.LOGITS_LOSS,
+            batch_size=batch_size,
+            verbose=0,
+        )
 
 
 def test_strategy_that_is_not_a_strategy_raises(digits):
     model = helpers.mlp()
     with pytest.raises(TypeError, match="strategy='mirrored'"):
-        Playbook(model, (digits["x_train"], digits["y_train"]), loss=helpers.LOGITS_LOSS,
-                 strategy="mirrored", verbose=0)
+        Playbook(
+            model, (digits["x_train"], digits["y_train"]), loss=helpers.LOGITS_LOSS, strategy="mirrored", verbose=0
+        )
     assert not model.compiled
 
 
 def test_validation_structure_differing_from_training_raises(digits):
     with pytest.raises(ValueError, match="same structure"):
-        Playbook(helpers.mlp, (digits["x_train"], digits["y_train"]),
-                 validation_data=({"features": digits["x_val"]}, digits["y_val"]),
-                 loss=helpers.LOGITS_LOSS, verbose=0)
+        Playbook(
+            helpers.mlp,
+            (digits["x_train"], digits["y_train"]),
+            validation_data=({"features": digits["x_val"]}, digits["y_val"]),
+            loss=helpers.LOGITS_LOSS,
+            verbose=0,
+        )
 
 
 def test_weight_decay_override_takes_effect_after_a_first_fit(digits):
@@ -264,9 +291,14 @@ def test_a_new_playbook_on_the_same_directory_carries_the_journal_on(digits, tmp
     with pytest.raises(ValueError, match=r"belongs to another set-up \(architecture: .*num parameters: 2410 -> 4810"):
         _playbook(None, digits, model=helpers.mlp(hidden=64), directory=tmp_path)
     with pytest.raises(ValueError, match=r"num train examples: 512 -> 256"):
-        Playbook(helpers.mlp(), (digits["x_train"][:256], digits["y_train"][:256]),
-                 validation_data=(digits["x_val"], digits["y_val"]), loss=helpers.LOGITS_LOSS, directory=tmp_path,
-                 verbose=0)
+        Playbook(
+            helpers.mlp(),
+            (digits["x_train"][:256], digits["y_train"][:256]),
+            validation_data=(digits["x_val"], digits["y_val"]),
+            loss=helpers.LOGITS_LOSS,
+            directory=tmp_path,
+            verbose=0,
+        )
     assert path.read_bytes() == written
     fresh = _playbook(None, digits, model=helpers.mlp(hidden=64), directory=tmp_path, overwrite=True)
     assert [result.kind for result in fresh.journal] == ["setup"]

@@ -21,8 +21,10 @@ from tests import helpers
 TINY_PLAN = [
     "check_initial_loss",
     ("overfit_small_sample", {"max_steps": 100}),
-    ("find_batch_size", {"initial_batch_size": 16, "max_batch_size": 32, "criterion": "largest",
-                         "min_steps_per_epoch": 10}),
+    (
+        "find_batch_size",
+        {"initial_batch_size": 16, "max_batch_size": 32, "criterion": "largest", "min_steps_per_epoch": 10},
+    ),
     ("find_lr", {"repeats": 1}),
     ("probe_lrs", {"num_steps": 20}),
     ("sweep_momentum", {"num_steps": 20, "values": [0.95, 0.9]}),
@@ -34,9 +36,17 @@ TINY_PLAN = [
 def _playbook(digits, strategy=None, directory=None, optimizer=None, **kwargs):
     model = helpers.mlp(hidden=16)
     return Playbook(
-        model, (digits["x_train"], digits["y_train"]), validation_data=(digits["x_val"], digits["y_val"]),
-        loss=helpers.LOGITS_LOSS, metrics=["accuracy"], batch_size=32, strategy=strategy, directory=directory,
-        optimizer=optimizer or keras.optimizers.SGD(0.01, momentum=0.9), verbose=0, **kwargs,
+        model,
+        (digits["x_train"], digits["y_train"]),
+        validation_data=(digits["x_val"], digits["y_val"]),
+        loss=helpers.LOGITS_LOSS,
+        metrics=["accuracy"],
+        batch_size=32,
+        strategy=strategy,
+        directory=directory,
+        optimizer=optimizer or keras.optimizers.SGD(0.01, momentum=0.9),
+        verbose=0,
+        **kwargs,
     )
 
 
@@ -44,8 +54,9 @@ def test_run_chains_the_stages_and_fit_trains_at_what_the_journal_settled(strate
     pb = _playbook(digits, strategy, directory=tmp_path)
     result = pb.run(epochs=2, plan=TINY_PLAN)
     assert isinstance(result, RunResult) and pb.journal[-1] is result
-    assert [step["stage"] for step in result.steps] == [step if isinstance(step, str) else step[0]
-                                                        for step in TINY_PLAN]
+    assert [step["stage"] for step in result.steps] == [
+        step if isinstance(step, str) else step[0] for step in TINY_PLAN
+    ]
     assert not any(step["skipped"] for step in result.steps)
     record = pb.journal.latest("fit")
     settled = {name: entry["value"] for name, entry in result.settled.items()}
@@ -61,7 +72,8 @@ def test_run_chains_the_stages_and_fit_trains_at_what_the_journal_settled(strate
     # Every stage's record carries its call: arguments, the values it read, time and steps.
     find_lr = pb.journal.latest("find_lr")
     assert find_lr.call["arguments"]["num_steps"] == 100 and find_lr.call["depends_on"] == {
-        "batch_size": pb.journal.latest("find_batch_size").batch_size}
+        "batch_size": pb.journal.latest("find_batch_size").batch_size
+    }
     assert os.path.exists(tmp_path / record.weights)
 
 
@@ -128,8 +140,9 @@ def test_a_failed_sanity_verdict_stops_the_run(digits):
     assert result.stopped == "check_initial_loss" and not result.ok
     assert [step["stage"] for step in result.steps] == ["check_initial_loss"]
     assert "stop_on_failure=False" in result.message
-    result = pb.run(epochs=1, plan=["check_initial_loss", ("find_lr", {"repeats": 1, "num_steps": 20})],
-                    stop_on_failure=False)
+    result = pb.run(
+        epochs=1, plan=["check_initial_loss", ("find_lr", {"repeats": 1, "num_steps": 20})], stop_on_failure=False
+    )
     assert [step["stage"] for step in result.steps] == ["check_initial_loss", "find_lr"]
 
 
@@ -139,12 +152,17 @@ def test_staleness_is_the_same_for_every_stage(strategy, digits):
     assert pb.find_lr(repeats=1).ok
     found = pb.find_batch_size(initial_batch_size=8, max_trials=1, min_steps_per_epoch=1)
     assert found.batch_size == 8  # Measured at 32, the learning rate and momentum no longer hold.
-    for stage in (lambda: pb.sweep_momentum(num_steps=5),
-                  lambda: pb.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0),
-                  lambda: pb.tune_lr_wd(coarse_epochs=1, fine_epochs=1, confirm_seeds=0),
-                  lambda: pb.fit(epochs=1, verbose=0)):
-        with pytest.raises(ValueError, match=r"learning_rate=.* from find_lr was measured at batch_size=32, but "
-                                             r"batch_size is now 8.*Run .*pb\.find_lr\(\)"):
+    for stage in (
+        lambda: pb.sweep_momentum(num_steps=5),
+        lambda: pb.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0),
+        lambda: pb.tune_lr_wd(coarse_epochs=1, fine_epochs=1, confirm_seeds=0),
+        lambda: pb.fit(epochs=1, verbose=0),
+    ):
+        with pytest.raises(
+            ValueError,
+            match=r"learning_rate=.* from find_lr was measured at batch_size=32, but "
+            r"batch_size is now 8.*Run .*pb\.find_lr\(\)",
+        ):
             stage()
     # A measuring stage does not apply a stale value: it uses the one that still holds (the compiled momentum).
     probe = pb.probe_lrs(learning_rates=[0.01], num_steps=5)
@@ -183,8 +201,13 @@ print("SKIPPED", [step["skipped"] for step in result.steps])
 
 def _start(script, directory):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.Popen([sys.executable, "-c", script, str(directory)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(directory)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _kill_when(process, ready, timeout=300):
@@ -226,7 +249,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     _kill_when(_start(script, killed), lambda: _finished_epochs(killed) >= 2)
     resumed = _journal(killed)
     assert resumed[: len(earlier)] == earlier  # Nothing finished was run again or rewritten.
-    assert [entry["kind"] for entry in resumed[len(earlier):]] == ["sweep_momentum", "grid_weight_decay"]
+    assert [entry["kind"] for entry in resumed[len(earlier) :]] == ["sweep_momentum", "grid_weight_decay"]
     finishing = _start(script, killed)
     output, errors = finishing.communicate(timeout=300)
     assert finishing.returncode == 0, errors[-3000:]

@@ -35,9 +35,7 @@ def test_model_built_outside_the_scope_is_rebuilt_inside_with_same_weights(mirro
     session = Session(user_model, strategy=mirrored_strategy)
     session.compile()
     assert session.model is not user_model
-    assert all(
-        mirrored_strategy.extended.variable_created_in_scope(v.value) for v in session.model.variables
-    )
+    assert all(mirrored_strategy.extended.variable_created_in_scope(v.value) for v in session.model.variables)
     assert weights_equal(session.model.get_weights(), user_model.get_weights())
     # The optimizer is copied with its state (step count, Adam moments).
     helpers.assert_same_values(
@@ -62,7 +60,9 @@ def test_preserved_restores_weights_and_optimizer_state(strategy, digits, interr
     with pytest.raises(interruption):
         with session.preserved():
             model.fit(digits["x_train"], digits["y_train"], epochs=2, verbose=0)
-            assert not weights_equal(before[: len(model.variables)], helpers.variables_of(model)[: len(model.variables)])
+            assert not weights_equal(
+                before[: len(model.variables)], helpers.variables_of(model)[: len(model.variables)]
+            )
             raise interruption()
     helpers.assert_same_values(before, helpers.variables_of(model))
 
@@ -116,9 +116,7 @@ def test_optimizer_override_starts_fresh_on_a_rebuilt_model(mirrored_strategy, d
     session = Session(user_model, strategy=mirrored_strategy)
     session.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     assert session.model.optimizer is not user_model.optimizer
-    assert not session.model.optimizer.built or int(
-        keras.ops.convert_to_numpy(session.model.optimizer.iterations)
-    ) == 0
+    assert not session.model.optimizer.built or int(keras.ops.convert_to_numpy(session.model.optimizer.iterations)) == 0
 
 
 def test_restore_refuses_a_snapshot_that_does_not_fit():

@@ -28,9 +28,7 @@ def test_matches_scipy_welch(first, second):
 
 def test_incomplete_beta_matches_scipy():
     for a, b, x in [(0.5, 0.5, 0.3), (2.0, 0.5, 0.9), (10.0, 0.5, 0.01), (3.3, 7.1, 0.6)]:
-        assert significance.regularized_incomplete_beta(a, b, x) == pytest.approx(
-            special.betainc(a, b, x), rel=1e-10
-        )
+        assert significance.regularized_incomplete_beta(a, b, x) == pytest.approx(special.betainc(a, b, x), rel=1e-10)
 
 
 def test_identical_samples_and_no_variation():

@@ -102,8 +102,17 @@ class UpdateRatioMonitor(ConfigurableCallback):
         (ratio of weight updates to weight magnitudes, ~1e-3).
     """
 
-    def __init__(self, frequency=None, window=5, warmup_steps=10, target=1e-3, tolerance=100.0, patience=2,
-                 reference_loss=None, verbose=0):
+    def __init__(
+        self,
+        frequency=None,
+        window=5,
+        warmup_steps=10,
+        target=1e-3,
+        tolerance=100.0,
+        patience=2,
+        reference_loss=None,
+        verbose=0,
+    ):
         super().__init__()
         if frequency is not None:
             validation.check_int(frequency, "frequency", "UpdateRatioMonitor")
@@ -140,7 +149,8 @@ class UpdateRatioMonitor(ConfigurableCallback):
     def _read(self):
         return {
             layer.name: [read_value(v) for v in layer.trainable_weights]
-            for layer in leaf_layers(self.model) if layer.trainable_weights
+            for layer in leaf_layers(self.model)
+            if layer.trainable_weights
         }
 
     def _interval(self):
@@ -204,17 +214,24 @@ class UpdateRatioMonitor(ConfigurableCallback):
                 self._flagged.add((name, direction))
                 windows = f"{count} successive windows" if count > 1 else "a window"
                 if direction == "low":
-                    kind, advice = "update_too_small", (
-                        f"Layer {name!r}: update/weight ratio {ratio:.2g} over {windows} up to step {self._step}, "
-                        f"below {low:.2g} ({self.target:g} / {self.tolerance:g}): the layer barely moves; the "
-                        "learning rate is far too low for it, or the layer is dead (CS231n, learning and evaluation)."
+                    kind, advice = (
+                        "update_too_small",
+                        (
+                            f"Layer {name!r}: update/weight ratio {ratio:.2g} over {windows} up to step {self._step}, "
+                            f"below {low:.2g} ({self.target:g} / {self.tolerance:g}): the layer barely moves; the "
+                            "learning rate is far too low for it, or the layer is dead "
+                            "(CS231n, learning and evaluation)."
+                        ),
                     )
                 else:
-                    kind, advice = "update_too_large", (
-                        f"Layer {name!r}: update/weight ratio {ratio:.2g} over {windows} up to step {self._step}, "
-                        f"above {high:.2g} ({self.target:g} x {self.tolerance:g}): each step rewrites a large part "
-                        "of the weights, which makes training unstable; lower the learning rate "
-                        "(CS231n, learning and evaluation)."
+                    kind, advice = (
+                        "update_too_large",
+                        (
+                            f"Layer {name!r}: update/weight ratio {ratio:.2g} over {windows} up to step {self._step}, "
+                            f"above {high:.2g} ({self.target:g} x {self.tolerance:g}): each step rewrites a large part "
+                            "of the weights, which makes training unstable; lower the learning rate "
+                            "(CS231n, learning and evaluation)."
+                        ),
                     )
                 evidence = {"layer": name, "ratio": ratio, "step": self._step, "windows": count}
                 self.findings.append(Finding(kind, [self._epoch + 1], evidence, advice))

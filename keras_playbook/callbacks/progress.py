@@ -26,10 +26,7 @@ class StepProgress(ConfigurableCallback):
     def __init__(self, total_steps, title=None):
         super().__init__()
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(
-                "Argument `total_steps` must be a positive int. Received: "
-                f"total_steps={total_steps!r}."
-            )
+            raise ValueError(f"Argument `total_steps` must be a positive int. Received: total_steps={total_steps!r}.")
         self.total_steps = total_steps
         self.title = title
         self._progbar = None
@@ -38,9 +35,7 @@ class StepProgress(ConfigurableCallback):
     def on_train_begin(self, logs=None):
         if self.title:
             print(self.title)
-        self._progbar = keras.utils.Progbar(
-            self.total_steps, unit_name="step", stateful_metrics=["loss"]
-        )
+        self._progbar = keras.utils.Progbar(self.total_steps, unit_name="step", stateful_metrics=["loss"])
         self._seen = 0
 
     def on_train_batch_end(self, batch, logs=None):

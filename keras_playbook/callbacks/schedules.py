@@ -129,7 +129,9 @@ class StepDownLR(ConfigurableCallback):
     ):
         super().__init__()
         if not isinstance(monitor, str) or not monitor:
-            raise ValueError(f"Argument `monitor` must be a metric name such as 'val_loss'. Received: monitor={monitor!r}.")
+            raise ValueError(
+                f"Argument `monitor` must be a metric name such as 'val_loss'. Received: monitor={monitor!r}."
+            )
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1:
             raise ValueError(
                 "Argument `factor` must be in (0, 1): the learning rate is multiplied by it "
@@ -145,10 +147,13 @@ class StepDownLR(ConfigurableCallback):
             isinstance(spike_tolerance, bool) or not isinstance(spike_tolerance, (int, float)) or spike_tolerance <= 0
         ):
             raise ValueError(
-                f"Argument `spike_tolerance` must be a number > 0 or None. Received: spike_tolerance={spike_tolerance!r}."
+                "Argument `spike_tolerance` must be a number > 0 or None. "
+                f"Received: spike_tolerance={spike_tolerance!r}."
             )
         milestones = [] if milestones is None else list(milestones)
-        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones) or milestones != sorted(set(milestones)):
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones) or milestones != sorted(
+            set(milestones)
+        ):
             raise ValueError(
                 "Argument `milestones` must be increasing 1-based epoch numbers, e.g. [30, 60]. "
                 f"Received: milestones={milestones!r}."
@@ -200,7 +205,7 @@ class StepDownLR(ConfigurableCallback):
         self._wait += 1
         if self._wait < self.patience:
             return None
-        window = np.asarray(self._recent[-(self.patience + 1):], dtype=float)
+        window = np.asarray(self._recent[-(self.patience + 1) :], dtype=float)
         steps = np.sign(np.diff(window))
         if len(steps) and np.all(steps > 0 if self.direction == "min" else steps < 0):
             kind = "rising"
@@ -483,7 +488,9 @@ class OneCycle(_PerStepSchedule):
                 )
             lr_bounds = lr_bounds.one_cycle_lr_bounds
         if not isinstance(lr_bounds, (tuple, list)) or len(lr_bounds) != 2:
-            raise ValueError(f"Argument `lr_bounds` must be (lower, upper) learning rates. Received: lr_bounds={lr_bounds!r}.")
+            raise ValueError(
+                f"Argument `lr_bounds` must be (lower, upper) learning rates. Received: lr_bounds={lr_bounds!r}."
+            )
         for value in lr_bounds:
             _check_positive(value, "lr_bounds")
         if not lr_bounds[0] < lr_bounds[1]:
@@ -492,23 +499,31 @@ class OneCycle(_PerStepSchedule):
                 f"for one cycle). Received: lr_bounds={tuple(lr_bounds)!r}."
             )
         if momentum_bounds is not None:
-            valid = isinstance(momentum_bounds, (tuple, list)) and len(momentum_bounds) == 2 and all(
-                isinstance(m, (int, float)) and not isinstance(m, bool) and 0 <= m < 1 for m in momentum_bounds
+            valid = (
+                isinstance(momentum_bounds, (tuple, list))
+                and len(momentum_bounds) == 2
+                and all(isinstance(m, (int, float)) and not isinstance(m, bool) and 0 <= m < 1 for m in momentum_bounds)
             )
             if not valid or not momentum_bounds[0] <= momentum_bounds[1]:
                 raise ValueError(
                     "Argument `momentum_bounds` must be (lower, upper) in [0, 1) with lower <= upper, e.g. "
                     f"(0.85, 0.95), or None. Received: momentum_bounds={momentum_bounds!r}."
                 )
-        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 2):
-            raise ValueError(f"Argument `total_steps` must be an int >= 2 or None. Received: total_steps={total_steps!r}.")
+        if total_steps is not None and (
+            isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 2
+        ):
+            raise ValueError(
+                f"Argument `total_steps` must be an int >= 2 or None. Received: total_steps={total_steps!r}."
+            )
         for name, value in (("cycle_fraction", cycle_fraction), ("final_lr_ratio", final_lr_ratio)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
                 raise ValueError(f"Argument `{name}` must be in (0, 1]. Received: {name}={value!r}.")
         if anneal not in ("linear", "cos"):
             raise ValueError(f"Argument `anneal` must be 'linear' or 'cos'. Received: anneal={anneal!r}.")
         self.lr_bounds = (float(lr_bounds[0]), float(lr_bounds[1]))
-        self.momentum_bounds = None if momentum_bounds is None else (float(momentum_bounds[0]), float(momentum_bounds[1]))
+        self.momentum_bounds = (
+            None if momentum_bounds is None else (float(momentum_bounds[0]), float(momentum_bounds[1]))
+        )
         self.total_steps = total_steps
         self.cycle_fraction = float(cycle_fraction)
         self.final_lr_ratio = float(final_lr_ratio)
@@ -525,7 +540,9 @@ class OneCycle(_PerStepSchedule):
             current = getattr(optimizer, name)
             original = current.original if isinstance(current, _CyclingValue) else current
             with optimizer_scope(optimizer):  # Placed like the optimizer's own variables.
-                variable = _CyclingValue(self.momentum_bounds[1], dtype="float32", trainable=False, name=f"one_cycle_{name}")
+                variable = _CyclingValue(
+                    self.momentum_bounds[1], dtype="float32", trainable=False, name=f"one_cycle_{name}"
+                )
             variable.original = original
             # Outside the optimizer's tracked state, so `optimizer.variables` and saving do not change.
             object.__setattr__(optimizer, name, variable)
@@ -634,9 +651,14 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
             schedule = float(schedule)
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
             raise ValueError(f"Argument `warmup_steps` must be an int >= 1. Received: warmup_steps={warmup_steps!r}.")
-        if isinstance(initial_learning_rate, bool) or not isinstance(initial_learning_rate, (int, float)) or initial_learning_rate < 0:
+        if (
+            isinstance(initial_learning_rate, bool)
+            or not isinstance(initial_learning_rate, (int, float))
+            or initial_learning_rate < 0
+        ):
             raise ValueError(
-                f"Argument `initial_learning_rate` must be a number >= 0. Received: initial_learning_rate={initial_learning_rate!r}."
+                "Argument `initial_learning_rate` must be a number >= 0. "
+                f"Received: initial_learning_rate={initial_learning_rate!r}."
             )
         self.schedule = schedule
         self.warmup_steps = warmup_steps
@@ -651,13 +673,19 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
         step = keras.ops.cast(step, "float32")
         target = self._after(keras.ops.zeros_like(step))
         ramp = self.initial_learning_rate + (target - self.initial_learning_rate) * (step / self.warmup_steps)
-        return keras.ops.where(step < self.warmup_steps, ramp, self._after(keras.ops.maximum(step - self.warmup_steps, 0.0)))
+        return keras.ops.where(
+            step < self.warmup_steps, ramp, self._after(keras.ops.maximum(step - self.warmup_steps, 0.0))
+        )
 
     def get_config(self):
         schedule = self.schedule
         if not isinstance(schedule, float):
             schedule = keras.optimizers.schedules.serialize(schedule)
-        return {"schedule": schedule, "warmup_steps": self.warmup_steps, "initial_learning_rate": self.initial_learning_rate}
+        return {
+            "schedule": schedule,
+            "warmup_steps": self.warmup_steps,
+            "initial_learning_rate": self.initial_learning_rate,
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -672,7 +700,10 @@ def _check_epochs(value, name, allow_none=True, allow_zero=False):
         return
     valid = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     if not valid or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"Argument `{name}` must be a number of epochs {'>= 0' if allow_zero else '> 0'}. Received: {name}={value!r}.")
+        raise ValueError(
+            f"Argument `{name}` must be a number of epochs {'>= 0' if allow_zero else '> 0'}. "
+            f"Received: {name}={value!r}."
+        )
 
 
 class ScheduledLR(_PerStepSchedule):
@@ -708,7 +739,9 @@ class ScheduledLR(_PerStepSchedule):
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"Argument `warmup_steps` must be an int >= 0. Received: warmup_steps={warmup_steps!r}.")
         if warmup_steps and not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-            raise ValueError("A warm-up needs a keras.optimizers.schedules.LearningRateSchedule; wrap your function in one.")
+            raise ValueError(
+                "A warm-up needs a keras.optimizers.schedules.LearningRateSchedule; wrap your function in one."
+            )
         self.schedule = schedule
         self.warmup_steps = warmup_steps
         self._active = None
@@ -819,7 +852,9 @@ class CosineRestarts(_EpochSizedSchedule):
         if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or not min_lr >= 0:
             raise ValueError(f"Argument `min_lr` must be a number >= 0. Received: min_lr={min_lr!r}.")
         if max_lr is not None and not min_lr < max_lr:
-            raise ValueError(f"Argument `min_lr` must be below `max_lr`. Received: min_lr={min_lr!r}, max_lr={max_lr!r}.")
+            raise ValueError(
+                f"Argument `min_lr` must be below `max_lr`. Received: min_lr={min_lr!r}, max_lr={max_lr!r}."
+            )
         self.max_lr = max_lr
         self.cycle_epochs = cycle_epochs
         self.t_mul = float(t_mul)
@@ -881,7 +916,9 @@ class TwoStage(_EpochSizedSchedule):
             if value is not None:
                 _check_positive(value, name)
         if high_lr is not None and low_lr is not None and not low_lr < high_lr:
-            raise ValueError(f"Argument `low_lr` must be below `high_lr`. Received: low_lr={low_lr!r}, high_lr={high_lr!r}.")
+            raise ValueError(
+                f"Argument `low_lr` must be below `high_lr`. Received: low_lr={low_lr!r}, high_lr={high_lr!r}."
+            )
         _check_epochs(switch_epoch, "switch_epoch")
         self.high_lr = high_lr
         self.low_lr = low_lr

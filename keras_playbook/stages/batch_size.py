@@ -112,10 +112,7 @@ class BatchSizeResult(Result):
         """Returns the trials as text: size, global size, samples/s or the failure."""
         lines = ["per replica   global   samples/s       peak memory"]
         for trial in self.trials:
-            speed = (
-                f"{trial['samples_per_second']:10.0f}" if trial["status"] == FITS
-                else f"{trial['status']:>10}"
-            )
+            speed = f"{trial['samples_per_second']:10.0f}" if trial["status"] == FITS else f"{trial['status']:>10}"
             memory = trial["peak_memory_bytes"]
             memory = f"{memory / 2**20:8.0f} MiB" if memory else "         -"
             note = f"   ({trial['status_note']})" if trial.get("status_note") else ""
@@ -133,11 +130,17 @@ class BatchSizeResult(Result):
         for trial in self.trials:
             if trial["status"] != FITS:
                 axes.plot(trial["batch_size"], top, "x", color="tab:red", markersize=10)
-                axes.annotate(trial["status"], (trial["batch_size"], top), fontsize="small",
-                              textcoords="offset points", xytext=(4, -12))
+                axes.annotate(
+                    trial["status"],
+                    (trial["batch_size"], top),
+                    fontsize="small",
+                    textcoords="offset points",
+                    xytext=(4, -12),
+                )
         if self.batch_size is not None:
-            axes.axvline(self.batch_size, color="tab:green", linestyle="--",
-                         label=f"chosen: {self.batch_size} per replica")
+            axes.axvline(
+                self.batch_size, color="tab:green", linestyle="--", label=f"chosen: {self.batch_size} per replica"
+            )
         axes.set_xscale("log", base=2)
         axes.set_xlabel("batch size per replica")
         axes.set_ylabel("training samples / second")
@@ -211,15 +214,22 @@ def _default_memory_limit(fraction=0.5):
     return int(fraction * psutil.virtual_memory().available)
 
 
-def _check_arguments(mode, criterion, initial_batch_size, max_batch_size, steps_per_size,
-                     max_trials, memory_limit, min_gain, min_steps_per_epoch):
+def _check_arguments(
+    mode,
+    criterion,
+    initial_batch_size,
+    max_batch_size,
+    steps_per_size,
+    max_trials,
+    memory_limit,
+    min_gain,
+    min_steps_per_epoch,
+):
     stage = "find_batch_size"
     if mode not in MODES:
         raise ValueError(f"{stage}: argument `mode` must be one of {MODES}. Received: mode={mode!r}.")
     if criterion not in CRITERIA:
-        raise ValueError(
-            f"{stage}: argument `criterion` must be one of {CRITERIA}. Received: criterion={criterion!r}."
-        )
+        raise ValueError(f"{stage}: argument `criterion` must be one of {CRITERIA}. Received: criterion={criterion!r}.")
     validate_batch_size(initial_batch_size, "initial_batch_size")
     if max_batch_size is not None:
         validate_batch_size(max_batch_size, "max_batch_size")
@@ -237,8 +247,19 @@ def _check_arguments(mode, criterion, initial_batch_size, max_batch_size, steps_
 
 
 @stage("find_batch_size")
-def find_batch_size(ctx, *, mode, criterion, initial_batch_size, max_batch_size, steps_per_size, max_trials,
-                    memory_limit, min_gain, min_steps_per_epoch):
+def find_batch_size(
+    ctx,
+    *,
+    mode,
+    criterion,
+    initial_batch_size,
+    max_batch_size,
+    steps_per_size,
+    max_trials,
+    memory_limit,
+    min_gain,
+    min_steps_per_epoch,
+):
     """Finds the per-replica batch size that trains fastest without hurting, measuring throughput.
 
     The message says which settled values were measured at another batch
@@ -279,8 +300,17 @@ def find_batch_size(ctx, *, mode, criterion, initial_batch_size, max_batch_size,
     print(result.table())
     ```
     """
-    _check_arguments(mode, criterion, initial_batch_size, max_batch_size, steps_per_size,
-                     max_trials, memory_limit, min_gain, min_steps_per_epoch)
+    _check_arguments(
+        mode,
+        criterion,
+        initial_batch_size,
+        max_batch_size,
+        steps_per_size,
+        max_trials,
+        memory_limit,
+        min_gain,
+        min_steps_per_epoch,
+    )
     session, pipeline, callbacks = ctx.session, ctx.train, ctx.callbacks()
     retune = ctx.journal.measured_at("batch_size")
     replicas = pipeline.num_replicas
@@ -297,9 +327,7 @@ def find_batch_size(ctx, *, mode, criterion, initial_batch_size, max_batch_size,
     results = {}
 
     def measure(size):
-        results[size] = _measure(
-            model, pipeline, size, steps_per_size, gpus, limit, start_memory, results, callbacks
-        )
+        results[size] = _measure(model, pipeline, size, steps_per_size, gpus, limit, start_memory, results, callbacks)
         return results[size]["status"] == FITS
 
     size = min(initial_batch_size, cap)
@@ -337,8 +365,13 @@ def _pays(results, smaller, larger, min_gain):
 
 def _measure(model, pipeline, size, steps, gpus, limit, start_memory, results, callbacks):
     global_size = size * pipeline.num_replicas
-    trial = {"batch_size": size, "global_batch_size": global_size,
-             "samples_per_second": None, "peak_memory_bytes": None, "status": FITS}
+    trial = {
+        "batch_size": size,
+        "global_batch_size": global_size,
+        "samples_per_second": None,
+        "peak_memory_bytes": None,
+        "status": FITS,
+    }
     if limit is not None:
         predicted = _predicted_memory(size, results, start_memory)
         if predicted is not None and predicted > limit:
@@ -349,8 +382,14 @@ def _measure(model, pipeline, size, steps, gpus, limit, start_memory, results, c
     dataset = pipeline.with_batch_size(size).dataset.repeat()
     try:
         with _PeakMemory(gpus[0].name if gpus else None) as memory:
-            model.fit(dataset, epochs=1, steps_per_epoch=steps + 1, callbacks=[timer, *(callbacks or [])],
-                      shuffle=False, verbose=0)
+            model.fit(
+                dataset,
+                epochs=1,
+                steps_per_epoch=steps + 1,
+                callbacks=[timer, *(callbacks or [])],
+                shuffle=False,
+                verbose=0,
+            )
     except (tf.errors.OpError, MemoryError) as error:
         if not (isinstance(error, MemoryError) or is_out_of_memory(error)):
             raise
@@ -394,9 +433,15 @@ def _result(trials_table, mode, criterion, device, limit, cap, replicas, fitted)
     return BatchSizeResult(
         batch_size=None if chosen is None else chosen["batch_size"],
         global_batch_size=None if chosen is None else chosen["global_batch_size"],
-        trials=trials_table, mode=mode, criterion=criterion, device=device,
-        memory_limit_bytes=limit, max_batch_size=int(cap), num_replicas=replicas,
-        ok=chosen is not None, message="",
+        trials=trials_table,
+        mode=mode,
+        criterion=criterion,
+        device=device,
+        memory_limit_bytes=limit,
+        max_batch_size=int(cap),
+        num_replicas=replicas,
+        ok=chosen is not None,
+        message="",
     )
 
 
@@ -409,12 +454,16 @@ def _message(result, num_examples, data_cap, retune):
             f"precision ({_BATCH_SIZE})."
         )
     chosen = next(t for t in result.trials if t["batch_size"] == result.batch_size)
-    speed = f"{chosen['batch_size']} per replica ({chosen['global_batch_size']} global, {chosen['samples_per_second']:.0f} samples/s)"
+    speed = (
+        f"{chosen['batch_size']} per replica ({chosen['global_batch_size']} global, "
+        f"{chosen['samples_per_second']:.0f} samples/s)"
+    )
     failures = [t for t in result.trials if t["status"] != FITS]
     no_gain = [t for t in result.trials if t.get("status_note") == NO_GAIN]
     stopped = failures or no_gain
-    capped_by_data = (data_cap is not None and result.max_batch_size == data_cap and not stopped
-                      and 2 * result.batch_size > data_cap)
+    capped_by_data = (
+        data_cap is not None and result.max_batch_size == data_cap and not stopped and 2 * result.batch_size > data_cap
+    )
     if result.criterion == "throughput" and no_gain:
         gain = no_gain[0]["samples_per_second"] / chosen["samples_per_second"] - 1
         why = (

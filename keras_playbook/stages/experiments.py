@@ -57,9 +57,7 @@ def check_seeds(seeds, caller):
             )
         return list(range(seeds))
     if len(set(seeds)) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ValueError(
-            f"{caller}: `seeds` must hold at least 2 distinct int seeds. Received: seeds={seeds!r}."
-        )
+        raise ValueError(f"{caller}: `seeds` must hold at least 2 distinct int seeds. Received: seeds={seeds!r}.")
     return list(dict.fromkeys(seeds))
 
 
@@ -214,8 +212,7 @@ def seed_comparison(
     for name, config in configs.items():
         if not isinstance(name, str) or not isinstance(config, dict):
             raise ValueError(
-                f"{caller}: each configuration needs a str name and a dict of values. "
-                f"Received: {name!r}: {config!r}."
+                f"{caller}: each configuration needs a str name and a dict of values. Received: {name!r}: {config!r}."
             )
         check_names(config, session, caller, "configs")
         for key, value in config.items():
@@ -225,50 +222,68 @@ def seed_comparison(
     names = sorted({key for config in configs.values() for key in config})
     base = base_values(session, train_pipeline, defaults, names)
     fixed = {name: value for name, value in defaults.items() if name not in names}
-    cells = [
-        {CONFIG: name, SEED: seed, **base, **config}
-        for name, config in configs.items()
-        for seed in seed_list
-    ]
+    cells = [{CONFIG: name, SEED: seed, **base, **config} for name, config in configs.items() for seed in seed_list]
     oracle = GridOracle(cells, objective=objective, hyperparameters=search.fixed_space(fixed), seed=seed_list[0])
     hypermodel = PlaybookHyperModel(
-        session, train_pipeline, validation_pipeline, defaults=fixed, epochs=epochs,
+        session,
+        train_pipeline,
+        validation_pipeline,
+        defaults=fixed,
+        epochs=epochs,
         weight_decay_mode=weight_decay_mode,
     )
     definition = search.search_definition(
-        session, configs=configs, seeds=seed_list, epochs=epochs, mode=weight_decay_mode,
-        objective=[objective.name, objective.direction], fixed=fixed, base=base,
+        session,
+        configs=configs,
+        seeds=seed_list,
+        epochs=epochs,
+        mode=weight_decay_mode,
+        objective=[objective.name, objective.direction],
+        fixed=fixed,
+        base=base,
     )
     project_name = project_name or search.project_name_for(caller, **definition)
     tuner, records, role = search.run_search(
-        session, oracle, hypermodel, directory=search.default_directory(directory), project_name=project_name,
-        overwrite=overwrite, definition=definition, callbacks=callbacks, verbose=verbose,
+        session,
+        oracle,
+        hypermodel,
+        directory=search.default_directory(directory),
+        project_name=project_name,
+        overwrite=overwrite,
+        definition=definition,
+        callbacks=callbacks,
+        verbose=verbose,
     )
-    return _comparison_result(
-        records, objective, configs, seed_list, alpha, weight_decay_mode, tuner.project_dir, role
-    )
+    return _comparison_result(records, objective, configs, seed_list, alpha, weight_decay_mode, tuner.project_dir, role)
 
 
 def _comparison_result(records, objective, configs, seed_list, alpha, mode, project_dir, role):
     grouped = analysis.scores_by(records, lambda record: record["values"].get(CONFIG))
     scores = {name: grouped.get(name, np.array([])).tolist() for name in configs}
     means = {name: float(np.mean(values)) if values else math.nan for name, values in scores.items()}
-    stds = {
-        name: float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-        for name, values in scores.items()
-    }
+    stds = {name: float(np.std(values, ddof=1)) if len(values) > 1 else math.nan for name, values in scores.items()}
     spent = int(sum(record["epochs"] for record in records))
     fields = dict(
-        objective=objective.name, direction=objective.direction, configs=configs,
-        seeds=seed_list, scores=scores, means=means, stds=stds, alpha=alpha,
-        weight_decay_mode=mode, trials=records, epochs_spent=spent, project_dir=project_dir, role=role,
+        objective=objective.name,
+        direction=objective.direction,
+        configs=configs,
+        seeds=seed_list,
+        scores=scores,
+        means=means,
+        stds=stds,
+        alpha=alpha,
+        weight_decay_mode=mode,
+        trials=records,
+        epochs_spent=spent,
+        project_dir=project_dir,
+        role=role,
     )
     complete = {name: values for name, values in scores.items() if len(values) >= 2}
     if role == "worker" or len(complete) < 2:
         message = (
             f"This worker ran {len(records)} run(s); the chief's result holds the comparison."
-            if role == "worker" else
-            f"Too few finished runs to compare (runs per configuration: "
+            if role == "worker"
+            else f"Too few finished runs to compare (runs per configuration: "
             f"{ {name: len(values) for name, values in scores.items()} }): see KerasTuner's trial messages."
         )
         return SeedComparisonResult(**fields, best_config=None, tests=[], ok=False, message=message)
@@ -279,13 +294,21 @@ def _comparison_result(records, objective, configs, seed_list, alpha, mode, proj
         if other == best:
             continue
         test = welch_t_test(complete[best], complete[other])
-        tests.append({
-            "first": best, "second": other, "difference": test.difference, "t": test.t,
-            "degrees_of_freedom": test.degrees_of_freedom, "p_value": test.p_value,
-            "significant": bool(test.p_value < alpha),
-        })
+        tests.append(
+            {
+                "first": best,
+                "second": other,
+                "difference": test.difference,
+                "t": test.t,
+                "degrees_of_freedom": test.degrees_of_freedom,
+                "p_value": test.p_value,
+                "significant": bool(test.p_value < alpha),
+            }
+        )
     return SeedComparisonResult(
-        **fields, best_config=best, tests=tests,
+        **fields,
+        best_config=best,
+        tests=tests,
         ok=all(test["significant"] for test in tests),
         message=_comparison_message(best, tests, means, stds, objective, len(seed_list), alpha),
     )
@@ -295,10 +318,7 @@ def _comparison_message(best, tests, means, stds, objective, num_seeds, alpha):
     parts = []
     for test in tests:
         other = test["second"]
-        verdict = (
-            "larger than seed-to-seed variation" if test["significant"]
-            else "within seed-to-seed variation"
-        )
+        verdict = "larger than seed-to-seed variation" if test["significant"] else "within seed-to-seed variation"
         parts.append(
             f"{best!r} vs {other!r}: {objective.name} {means[best]:.4g} +- {stds[best]:.2g} vs "
             f"{means[other]:.4g} +- {stds[other]:.2g} over {num_seeds} seeds, difference "
@@ -306,8 +326,7 @@ def _comparison_message(best, tests, means, stds, objective, num_seeds, alpha):
         )
     if all(test["significant"] for test in tests):
         verdict = (
-            f"{best!r} is better by more than seed-to-seed variation (Welch's t-test, "
-            f"p < {alpha}; Tuning Playbook)."
+            f"{best!r} is better by more than seed-to-seed variation (Welch's t-test, p < {alpha}; Tuning Playbook)."
         )
     else:
         verdict = (
@@ -418,8 +437,7 @@ def _check_round_inputs(session, goal, scientific, nuisance, fixed, max_trials, 
     for name, values in scientific.items():
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(
-                f"{caller}: scientific {name!r} needs a non-empty list of values. "
-                f"Received: {name}={values!r}."
+                f"{caller}: scientific {name!r} needs a non-empty list of values. Received: {name}={values!r}."
             )
         for value in values:
             _check_value(name, value, caller, "scientific")
@@ -448,9 +466,12 @@ def _check_space(name, spec, caller):
             _check_value(name, value, caller, "nuisance")
         return
     valid = (
-        isinstance(spec, tuple) and len(spec) == 3 and spec[0] in _RANGE_KINDS
+        isinstance(spec, tuple)
+        and len(spec) == 3
+        and spec[0] in _RANGE_KINDS
         and all(isinstance(bound, (int, float)) and not isinstance(bound, bool) for bound in spec[1:])
-        and spec[1] < spec[2] and (spec[0] != "log" or spec[1] > 0)
+        and spec[1] < spec[2]
+        and (spec[0] != "log" or spec[1] > 0)
     )
     if not valid:
         raise ValueError(
@@ -569,59 +590,101 @@ def experiment_round(
         )
     objective = search.make_objective(objective, session, caller)
     shared = {
-        name: value for name, value in {**(defaults or {}), **fixed}.items()
+        name: value
+        for name, value in {**(defaults or {}), **fixed}.items()
         if name not in scientific and name not in nuisance
     }
     definition = search.search_definition(
-        session, scientific=scientific, nuisance=nuisance, shared=shared, max_trials=max_trials, epochs=epochs,
-        seeds=seed_list, oracle=oracle, mode=weight_decay_mode, objective=[objective.name, objective.direction],
+        session,
+        scientific=scientific,
+        nuisance=nuisance,
+        shared=shared,
+        max_trials=max_trials,
+        epochs=epochs,
+        seeds=seed_list,
+        oracle=oracle,
+        mode=weight_decay_mode,
+        objective=[objective.name, objective.direction],
     )
-    root = os.path.join(search.default_directory(directory), project_name or search.project_name_for(
-        _slug(goal), **definition))
+    root = os.path.join(
+        search.default_directory(directory), project_name or search.project_name_for(_slug(goal), **definition)
+    )
     cells, all_records, role, epochs_spent = [], [], "single", 0
     for values in combinations:
         space = search.fixed_space({**shared, **values})
         _declare_nuisance(space, nuisance)
         oracle_class = (
-            keras_tuner.oracles.RandomSearchOracle if oracle == "random"
+            keras_tuner.oracles.RandomSearchOracle
+            if oracle == "random"
             else keras_tuner.oracles.BayesianOptimizationOracle
         )
         cell_oracle = oracle_class(
             # KerasTuner draws a random oracle seed for seed=0: shift by one.
-            objective=objective, max_trials=per_cell, hyperparameters=space, seed=seed + 1,
+            objective=objective,
+            max_trials=per_cell,
+            hyperparameters=space,
+            seed=seed + 1,
             tune_new_entries=False,
         )
         hypermodel = PlaybookHyperModel(
-            session, train_pipeline, validation_pipeline, defaults=shared, epochs=epochs,
-            weight_decay_mode=weight_decay_mode, seed=seed,
+            session,
+            train_pipeline,
+            validation_pipeline,
+            defaults=shared,
+            epochs=epochs,
+            weight_decay_mode=weight_decay_mode,
+            seed=seed,
         )
         _, records, role = search.run_search(
-            session, cell_oracle, hypermodel, directory=root, project_name=_slug(_label(values)),
-            overwrite=overwrite, definition=definition, callbacks=callbacks, verbose=verbose,
+            session,
+            cell_oracle,
+            hypermodel,
+            directory=root,
+            project_name=_slug(_label(values)),
+            overwrite=overwrite,
+            definition=definition,
+            callbacks=callbacks,
+            verbose=verbose,
         )
         best = analysis.best_record(records, objective.direction)
-        cells.append({
-            "label": _label(values),
-            "values": values,
-            "best_score": None if best is None else best["score"],
-            "best_values": {} if best is None else {name: best["values"][name] for name in nuisance if name in best["values"]},
-            "best_epoch": 0 if best is None else best["best_epoch"],
-            "trials": records,
-        })
+        cells.append(
+            {
+                "label": _label(values),
+                "values": values,
+                "best_score": None if best is None else best["score"],
+                "best_values": {}
+                if best is None
+                else {name: best["values"][name] for name in nuisance if name in best["values"]},
+                "best_epoch": 0 if best is None else best["best_epoch"],
+                "trials": records,
+            }
+        )
         all_records += records
     epochs_spent = int(sum(record["epochs"] for record in all_records))
     finished = [cell for cell in cells if cell["best_score"] is not None]
     if role == "worker" or len(finished) < 2:
         message = (
             f"This worker ran {len(all_records)} trial(s); the chief's result holds the round."
-            if role == "worker" else
-            "Fewer than two scientific values have a finished trial: see KerasTuner's trial messages."
+            if role == "worker"
+            else "Fewer than two scientific values have a finished trial: see KerasTuner's trial messages."
         )
         return RoundResult(
-            goal=goal, objective=objective.name, direction=objective.direction,
-            scientific=_jsonable(scientific), nuisance=_jsonable(nuisance), fixed=dict(shared),
-            weight_decay_mode=weight_decay_mode, cells=cells, best_label=None, comparison=None,
-            advice=[], epochs_spent=epochs_spent, project_dir=root, role=role, ok=False, message=message,
+            goal=goal,
+            objective=objective.name,
+            direction=objective.direction,
+            scientific=_jsonable(scientific),
+            nuisance=_jsonable(nuisance),
+            fixed=dict(shared),
+            weight_decay_mode=weight_decay_mode,
+            cells=cells,
+            best_label=None,
+            comparison=None,
+            advice=[],
+            epochs_spent=epochs_spent,
+            project_dir=root,
+            role=role,
+            ok=False,
+            message=message,
         )
     pick = max if objective.direction == "max" else min
     best_cell = pick(finished, key=lambda cell: cell["best_score"])
@@ -636,15 +699,27 @@ def experiment_round(
     if seed_list is not None:
         configs = {cell["label"]: {**cell["values"], **cell["best_values"]} for cell in finished}
         compared = seed_comparison(
-            session, train_pipeline, validation_pipeline, configs, seeds=seed_list, epochs=epochs,
-            alpha=alpha, weight_decay_mode=weight_decay_mode, objective=objective,
-            defaults=shared, directory=root, project_name="seeds", overwrite=overwrite,
-            callbacks=callbacks, verbose=verbose,
+            session,
+            train_pipeline,
+            validation_pipeline,
+            configs,
+            seeds=seed_list,
+            epochs=epochs,
+            alpha=alpha,
+            weight_decay_mode=weight_decay_mode,
+            objective=objective,
+            defaults=shared,
+            directory=root,
+            project_name="seeds",
+            overwrite=overwrite,
+            callbacks=callbacks,
+            verbose=verbose,
         )
         comparison = compared.to_dict()
         epochs_spent += compared.epochs_spent
-    message, ok = _round_message(goal, best_cell, finished, objective, comparison,
-                                 analysis.search_noise(all_records, objective.name))
+    message, ok = _round_message(
+        goal, best_cell, finished, objective, comparison, analysis.search_noise(all_records, objective.name)
+    )
     unused = max_trials - per_cell * len(combinations)
     if unused:
         message += (
@@ -652,11 +727,22 @@ def experiment_round(
             f"each got {per_cell} trials and {unused} went unused (give a multiple of {len(combinations)})."
         )
     return RoundResult(
-        goal=goal, objective=objective.name, direction=objective.direction,
-        scientific=_jsonable(scientific), nuisance=_jsonable(nuisance), fixed=dict(shared),
-        weight_decay_mode=weight_decay_mode, cells=cells, best_label=best_cell["label"],
-        comparison=comparison, advice=advice, epochs_spent=epochs_spent, project_dir=root,
-        role=role, ok=ok and not advice, message=" ".join([message, *advice]),
+        goal=goal,
+        objective=objective.name,
+        direction=objective.direction,
+        scientific=_jsonable(scientific),
+        nuisance=_jsonable(nuisance),
+        fixed=dict(shared),
+        weight_decay_mode=weight_decay_mode,
+        cells=cells,
+        best_label=best_cell["label"],
+        comparison=comparison,
+        advice=advice,
+        epochs_spent=epochs_spent,
+        project_dir=root,
+        role=role,
+        ok=ok and not advice,
+        message=" ".join([message, *advice]),
     )
 
 
@@ -671,11 +757,15 @@ def _round_message(goal, best_cell, finished, objective, comparison, noise):
     if comparison is None:
         gap = abs(best_cell["best_score"] - runner["best_score"])
         if noise is not None and gap <= analysis.TIE_SIGMAS * math.sqrt(2) * noise:
-            verdict = (f" A tie: the gap {gap:.3g} is within the noise of single runs (noise of one run "
-                       f"{noise:.3g}, from the curves' epoch-to-epoch spread): no value is meaningfully better.")
+            verdict = (
+                f" A tie: the gap {gap:.3g} is within the noise of single runs (noise of one run "
+                f"{noise:.3g}, from the curves' epoch-to-epoch spread): no value is meaningfully better."
+            )
         elif noise is not None:
-            verdict = (f" The gap {gap:.3g} is more than the noise of single runs allows (noise of one run "
-                       f"{noise:.3g}), but the best of several tuned values is an optimistic estimate.")
+            verdict = (
+                f" The gap {gap:.3g} is more than the noise of single runs allows (noise of one run "
+                f"{noise:.3g}), but the best of several tuned values is an optimistic estimate."
+            )
         else:
             verdict = ""
         return head + verdict + (
@@ -699,15 +789,31 @@ def _names_in(mappings):
     return {name for mapping in mappings if isinstance(mapping, dict) for name in mapping}
 
 
-@stage("compare_seeds", **_READS, given=lambda arguments: dict.fromkeys(
-    _names_in(arguments["configs"].values() if isinstance(arguments["configs"], dict) else []), SEARCHED))
-def compare_seeds(ctx, *, configs, seeds, epochs, alpha, weight_decay_mode, objective, directory, project_name,
-                  overwrite, callbacks):
+@stage(
+    "compare_seeds",
+    **_READS,
+    given=lambda arguments: dict.fromkeys(
+        _names_in(arguments["configs"].values() if isinstance(arguments["configs"], dict) else []), SEARCHED
+    ),
+)
+def compare_seeds(
+    ctx, *, configs, seeds, epochs, alpha, weight_decay_mode, objective, directory, project_name, overwrite, callbacks
+):
     """`seed_comparison` with the settled values for what a configuration leaves out (see it for the arguments)."""
     return seed_comparison(
-        ctx.session, ctx.train, ctx.validation, configs, seeds=seeds, epochs=epochs, alpha=alpha,
-        weight_decay_mode=weight_decay_mode, objective=objective, defaults=ctx.values, project_name=project_name,
-        overwrite=overwrite, **ctx.search_options(directory, callbacks),
+        ctx.session,
+        ctx.train,
+        ctx.validation,
+        configs,
+        seeds=seeds,
+        epochs=epochs,
+        alpha=alpha,
+        weight_decay_mode=weight_decay_mode,
+        objective=objective,
+        defaults=ctx.values,
+        project_name=project_name,
+        overwrite=overwrite,
+        **ctx.search_options(directory, callbacks),
     )
 
 
@@ -719,13 +825,45 @@ def _round_given(arguments):
 
 
 @stage("run_round", **_READS, given=_round_given)
-def run_round(ctx, *, goal, scientific, nuisance, fixed, max_trials, epochs, seeds, alpha, oracle,
-              weight_decay_mode, objective, directory, project_name, overwrite, callbacks):
+def run_round(
+    ctx,
+    *,
+    goal,
+    scientific,
+    nuisance,
+    fixed,
+    max_trials,
+    epochs,
+    seeds,
+    alpha,
+    oracle,
+    weight_decay_mode,
+    objective,
+    directory,
+    project_name,
+    overwrite,
+    callbacks,
+):
     """`experiment_round` with the settled values for the rest (see it for the arguments)."""
     defaults = {name: value for name, value in ctx.values.items() if not isinstance(fixed, dict) or name not in fixed}
     return experiment_round(
-        ctx.session, ctx.train, ctx.validation, goal=goal, scientific=scientific, nuisance=nuisance, fixed=fixed,
-        max_trials=max_trials, epochs=epochs, seeds=seeds, alpha=alpha, oracle=oracle,
-        weight_decay_mode=weight_decay_mode, objective=objective, defaults=defaults, project_name=project_name,
-        overwrite=overwrite, seed=ctx.seed, **ctx.search_options(directory, callbacks),
+        ctx.session,
+        ctx.train,
+        ctx.validation,
+        goal=goal,
+        scientific=scientific,
+        nuisance=nuisance,
+        fixed=fixed,
+        max_trials=max_trials,
+        epochs=epochs,
+        seeds=seeds,
+        alpha=alpha,
+        oracle=oracle,
+        weight_decay_mode=weight_decay_mode,
+        objective=objective,
+        defaults=defaults,
+        project_name=project_name,
+        overwrite=overwrite,
+        seed=ctx.seed,
+        **ctx.search_options(directory, callbacks),
     )

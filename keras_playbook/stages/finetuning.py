@@ -72,11 +72,22 @@ class FineTuneResult(Result):
             if values:
                 axes.plot(range(1, len(values) + 1), values, style, marker=".", label=name)
         axes.axvline(first + 0.5, color="grey", linestyle=":", label="phase 1 | phase 2")
-        axes.annotate(f"head only, {self.head_learning_rate:.2g}", (0.5 + 0.0, 1.0), xycoords=("data", "axes fraction"),
-                      xytext=(2, -12), textcoords="offset points", fontsize="small")
-        axes.annotate(f"all groups, base {self.learning_rate:.2g}", (first + 0.5, 1.0),
-                      xycoords=("data", "axes fraction"), xytext=(4, -12), textcoords="offset points",
-                      fontsize="small")
+        axes.annotate(
+            f"head only, {self.head_learning_rate:.2g}",
+            (0.5 + 0.0, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(2, -12),
+            textcoords="offset points",
+            fontsize="small",
+        )
+        axes.annotate(
+            f"all groups, base {self.learning_rate:.2g}",
+            (first + 0.5, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(4, -12),
+            textcoords="offset points",
+            fontsize="small",
+        )
         axes.set_xlabel("epoch (both phases)")
         axes.set_ylabel("loss")
         axes.set_title("Fine-tuning: " + ("phase 2 improved" if self.ok else "phase 2 did not improve"))
@@ -169,7 +180,8 @@ def kept_frozen(model, train_batch_norm=False):
     network is fine-tuned.
     """
     return [
-        leaf for leaf in finetune.leaf_layers(model)
+        leaf
+        for leaf in finetune.leaf_layers(model)
         if not leaf.trainable or (not train_batch_norm and isinstance(leaf, keras.layers.BatchNormalization))
     ]
 
@@ -194,8 +206,9 @@ def check_multipliers(multipliers, num_groups, factor):
     return [float(value) for value in multipliers]
 
 
-def summarize(groups, multipliers, head_rate, rate, head_epochs, epochs, gradual, head_history, history,
-              kept_frozen=()):
+def summarize(
+    groups, multipliers, head_rate, rate, head_epochs, epochs, gradual, head_history, history, kept_frozen=()
+):
     """The `FineTuneResult` of two finished phases; it is OK when phase 2 beat phase 1."""
     monitor = "val_loss" if "val_loss" in history else "loss"
     head_best = min(head_history.get(monitor, [float("nan")]))
@@ -230,17 +243,41 @@ def summarize(groups, multipliers, head_rate, rate, head_epochs, epochs, gradual
             "groups, or gradual=True (Howard & Ruder 2018)."
         )
     result = FineTuneResult(
-        groups=names, multipliers=list(multipliers), head_learning_rate=float(head_rate),
-        learning_rate=float(rate), head_epochs=head_epochs, epochs=epochs, gradual=bool(gradual),
-        head_history=head_history, history=history, monitor=monitor, head_best=float(head_best),
-        best=float(best), ok=bool(improved), message=message,
+        groups=names,
+        multipliers=list(multipliers),
+        head_learning_rate=float(head_rate),
+        learning_rate=float(rate),
+        head_epochs=head_epochs,
+        epochs=epochs,
+        gradual=bool(gradual),
+        head_history=head_history,
+        history=history,
+        monitor=monitor,
+        head_best=float(head_best),
+        best=float(best),
+        ok=bool(improved),
+        message=message,
     )
     return result
 
 
 @stage("fine_tune", random_state=False, trains=True)
-def fine_tune(ctx, *, head_epochs, epochs, groups, multipliers, factor, head_learning_rate, learning_rate, gradual,
-              find_lr_steps, train_batch_norm, callbacks, verbose):
+def fine_tune(
+    ctx,
+    *,
+    head_epochs,
+    epochs,
+    groups,
+    multipliers,
+    factor,
+    head_learning_rate,
+    learning_rate,
+    gradual,
+    find_lr_steps,
+    train_batch_norm,
+    callbacks,
+    verbose,
+):
     """The two phases of fine-tuning as one composite stage (see `Playbook.fine_tune` for the arguments).
 
     Its range tests and fits go to the journal through the runner, as parts
@@ -266,8 +303,9 @@ def fine_tune(ctx, *, head_epochs, epochs, groups, multipliers, factor, head_lea
     with _all_or_nothing(ctx):
         finetune.freeze_to(model, layer_groups, len(layer_groups) - 1, keep_frozen=keep_frozen)
         head_rate = head_learning_rate or _found_rate(ctx, find_lr_steps)
-        ctx.run("fit", epochs=head_epochs, callbacks=callbacks, verbose=verbose, learning_rate=head_rate,
-                restore_best=True)
+        ctx.run(
+            "fit", epochs=head_epochs, callbacks=callbacks, verbose=verbose, learning_rate=head_rate, restore_best=True
+        )
         head_record = ctx.journal.latest("fit")
         head_weights = model.get_weights()  # Phase 1's best epoch.
 
@@ -280,11 +318,20 @@ def fine_tune(ctx, *, head_epochs, epochs, groups, multipliers, factor, head_lea
         finetune.prepare_optimizer(model)
         rate = learning_rate or _found_rate(ctx, find_lr_steps)
         extra = [finetune.GradualUnfreezing(layer_groups, every_epochs=1, keep_frozen=keep_frozen)] if gradual else []
-        ctx.run("fit", epochs=epochs, callbacks=callbacks + extra, verbose=verbose, learning_rate=rate,
-                restore_best=True)
+        ctx.run(
+            "fit", epochs=epochs, callbacks=callbacks + extra, verbose=verbose, learning_rate=rate, restore_best=True
+        )
         result = summarize(
-            layer_groups, multipliers, head_rate, rate, head_epochs, epochs, gradual,
-            head_record.history, ctx.journal.latest("fit").history, keep_frozen,
+            layer_groups,
+            multipliers,
+            head_rate,
+            rate,
+            head_epochs,
+            epochs,
+            gradual,
+            head_record.history,
+            ctx.journal.latest("fit").history,
+            keep_frozen,
         )
         if not result.ok:  # Phase 2 did not improve on phase 1.
             model.set_weights(head_weights)
@@ -320,6 +367,8 @@ def _found_rate(ctx, num_steps):
     """A range test's suggestion for the model as it is now (frozen groups stay frozen in the copy)."""
     found = ctx.run("find_lr", num_steps=num_steps)
     if found.suggested_lr is None:
-        raise ValueError(f"fine_tune: the range test found no learning rate ({found.message}). "
-                         "Pass `head_learning_rate` / `learning_rate`.")
+        raise ValueError(
+            f"fine_tune: the range test found no learning rate ({found.message}). "
+            "Pass `head_learning_rate` / `learning_rate`."
+        )
     return found.suggested_lr

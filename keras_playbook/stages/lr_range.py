@@ -86,7 +86,7 @@ def zero_phase(losses, smoothing):
     losses = np.asarray(losses, dtype=np.float64)
     half = max(2, int(round(0.5 / max(1.0 - smoothing, 1e-6))))
     half = min(half, max(len(losses) // 10, 2))
-    return np.asarray([np.median(losses[max(0, i - half): i + half + 1]) for i in range(len(losses))])
+    return np.asarray([np.median(losses[max(0, i - half) : i + half + 1]) for i in range(len(losses))])
 
 
 FLOOR_SHARE = 0.05  # The upper bound: where the loss first comes within 5% of its fall of the floor.
@@ -135,10 +135,10 @@ def stopped_falling(losses, smoothing):
         return False
     if np.median(losses[-3:]) > curve.min() + 0.25 * fall:
         return True
-    steps = np.diff(losses[-2 * tail:])
+    steps = np.diff(losses[-2 * tail :])
     noise = 1.4826 * np.median(np.abs(steps - np.median(steps))) / math.sqrt(2)  # One step's, robustly.
     standard_error = math.sqrt(2) * 1.2533 * noise / math.sqrt(tail)  # Of a difference of two medians.
-    drop = np.median(losses[-2 * tail: -tail]) - np.median(losses[-tail:])
+    drop = np.median(losses[-2 * tail : -tail]) - np.median(losses[-tail:])
     return bool(drop <= max(FLOOR_SHARE * fall, 3.0 * standard_error))
 
 
@@ -295,7 +295,10 @@ class LRRangeResult(Result):
                 continue
             style = "tab:red" if name == self.rule else "grey"
             axes.plot(
-                value, self.smoothed_losses[index], next(markers), color=style,
+                value,
+                self.smoothed_losses[index],
+                next(markers),
+                color=style,
                 label=f"{name}: {value:.2g}" + (" (suggested)" if name == self.rule else ""),
             )
         if self.mode == "exponential":
@@ -333,9 +336,13 @@ def diverged(smoothed, warm_up, stop_factor):
     log-likelihood) has no scale there, so it stops once it has risen back
     by its whole fall, above where it started.
     """
-    minimum = min(smoothed[warm_up - 1:])
+    minimum = min(smoothed[warm_up - 1 :])
     if minimum > 0:
-        return f"the smoothed loss exceeded {stop_factor:g} x its minimum" if smoothed[-1] > stop_factor * minimum else None
+        return (
+            f"the smoothed loss exceeded {stop_factor:g} x its minimum"
+            if smoothed[-1] > stop_factor * minimum
+            else None
+        )
     start = max(smoothed[:warm_up])
     return "the smoothed loss rose back above where it started" if smoothed[-1] > start > minimum else None
 
@@ -378,16 +385,25 @@ class _RangeTest(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _check_arguments(pipeline, validation_pipeline, min_lr, max_lr, num_steps, mode, on,
-                     stop_factor, smoothing, rule, num_validation_batches, allow_repeat):
+def _check_arguments(
+    pipeline,
+    validation_pipeline,
+    min_lr,
+    max_lr,
+    num_steps,
+    mode,
+    on,
+    stop_factor,
+    smoothing,
+    rule,
+    num_validation_batches,
+    allow_repeat,
+):
     stage = "find_lr"
     validation.check_number(min_lr, "min_lr", stage)
     validation.check_number(max_lr, "max_lr", stage)
     if min_lr >= max_lr:
-        raise ValueError(
-            f"{stage}: min_lr must be below max_lr. Received: min_lr={min_lr!r}, "
-            f"max_lr={max_lr!r}."
-        )
+        raise ValueError(f"{stage}: min_lr must be below max_lr. Received: min_lr={min_lr!r}, max_lr={max_lr!r}.")
     validation.check_int(num_steps, "num_steps", stage, minimum=10)
     validation.check_int(num_validation_batches, "num_validation_batches", stage)
     if mode not in MODES:
@@ -423,18 +439,43 @@ def _check_arguments(pipeline, validation_pipeline, min_lr, max_lr, num_steps, m
 
 
 @stage("find_lr", uses=("momentum", "beta_1", "weight_decay"), depends_on=("batch_size",))
-def find_lr(ctx, *, min_lr, max_lr, num_steps, mode, on, stop_factor, smoothing, rule, num_validation_batches,
-            allow_repeat, repeats):
+def find_lr(
+    ctx,
+    *,
+    min_lr,
+    max_lr,
+    num_steps,
+    mode,
+    on,
+    stop_factor,
+    smoothing,
+    rule,
+    num_validation_batches,
+    allow_repeat,
+    repeats,
+):
     """The range test as a stage: on the training data at the batch size in force, settled optimizer values applied.
 
     See `range_test` for the arguments; the suggestion holds for the batch
     size it was measured at (recorded with the call).
     """
     return range_test(
-        ctx.session, ctx.train, validation_pipeline=ctx.validation, min_lr=min_lr, max_lr=max_lr,
-        num_steps=num_steps, mode=mode, on=on, stop_factor=stop_factor, smoothing=smoothing, rule=rule,
-        num_validation_batches=num_validation_batches, allow_repeat=allow_repeat,
-        optimizer_changes=ctx.optimizer_changes(), repeats=repeats, seed=ctx.seed,
+        ctx.session,
+        ctx.train,
+        validation_pipeline=ctx.validation,
+        min_lr=min_lr,
+        max_lr=max_lr,
+        num_steps=num_steps,
+        mode=mode,
+        on=on,
+        stop_factor=stop_factor,
+        smoothing=smoothing,
+        rule=rule,
+        num_validation_batches=num_validation_batches,
+        allow_repeat=allow_repeat,
+        optimizer_changes=ctx.optimizer_changes(),
+        repeats=repeats,
+        seed=ctx.seed,
         callbacks=ctx.progress(num_steps, "Learning-rate range test"),
     )
 
@@ -524,8 +565,20 @@ def range_test(
     result.plot().savefig("lr_range.png")
     ```
     """
-    _check_arguments(pipeline, validation_pipeline, min_lr, max_lr, num_steps, mode, on,
-                     stop_factor, smoothing, rule, num_validation_batches, allow_repeat)
+    _check_arguments(
+        pipeline,
+        validation_pipeline,
+        min_lr,
+        max_lr,
+        num_steps,
+        mode,
+        on,
+        stop_factor,
+        smoothing,
+        rule,
+        num_validation_batches,
+        allow_repeat,
+    )
     validation.check_int(repeats, "repeats", "find_lr")
     learning_rates = range_learning_rates(min_lr, max_lr, num_steps, mode)
     validation_dataset = None
@@ -536,14 +589,26 @@ def range_test(
     for order in range(repeats):
         model = short_runs.working_copy(session, **{**(optimizer_changes or {}), "learning_rate": float(min_lr)})
         test = _RangeTest(learning_rates, float(smoothing), float(stop_factor), validation_dataset)
-        short_runs.train_steps(model, short_runs.fixed_order(pipeline, seed + order), num_steps,
-                           callbacks=[test, *(callbacks or [])])
+        short_runs.train_steps(
+            model, short_runs.fixed_order(pipeline, seed + order), num_steps, callbacks=[test, *(callbacks or [])]
+        )
         del model
-        results.append(_result(
-            test, learning_rates[: len(test.losses)], rule=rule, min_lr=min_lr, max_lr=max_lr,
-            num_steps=num_steps, mode=mode, on=on, stop_factor=stop_factor, smoothing=smoothing,
-            pipeline=pipeline, optimizer=type(session.model.optimizer).__name__,
-        ))
+        results.append(
+            _result(
+                test,
+                learning_rates[: len(test.losses)],
+                rule=rule,
+                min_lr=min_lr,
+                max_lr=max_lr,
+                num_steps=num_steps,
+                mode=mode,
+                on=on,
+                stop_factor=stop_factor,
+                smoothing=smoothing,
+                pipeline=pipeline,
+                optimizer=type(session.model.optimizer).__name__,
+            )
+        )
     return _over_orders(results)
 
 
@@ -590,8 +655,10 @@ def _result(test, learning_rates, *, rule, pipeline, optimizer, **settings):
     rates, curve = np.asarray(learning_rates[:finite]), smoothed[:finite]
     suggestions, bounds, one_cycle, ok = {}, None, None, False
     if finite > warm_up_steps(settings["num_steps"]):  # No verdict from a handful of points.
-        suggestions = {name: function(rates, curve, losses[:finite], settings["smoothing"])
-                       for name, function in SUGGESTION_RULES.items()}
+        suggestions = {
+            name: function(rates, curve, losses[:finite], settings["smoothing"])
+            for name, function in SUGGESTION_RULES.items()
+        }
         lowest = int(np.argmin(curve))
         maximum = float(rates[upper_bound_index(losses[:finite], settings["smoothing"])])
         # No rate to train at lies past where the loss reaches its floor: on a loss that holds its floor to

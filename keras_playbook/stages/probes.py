@@ -105,9 +105,7 @@ class ProbeResult(Result):
 
 def _check_values(values, name, caller, check):
     if not isinstance(values, (list, tuple)) or not values:
-        raise ValueError(
-            f"{caller}: argument `{name}` must be a non-empty list. Received: {name}={values!r}."
-        )
+        raise ValueError(f"{caller}: argument `{name}` must be a non-empty list. Received: {name}={values!r}.")
     for value in values:
         check(value)
     if len(set(values)) != len(values):
@@ -137,8 +135,9 @@ def probe_lrs(ctx, *, learning_rates, num_steps, min_drop):
         A `ProbeResult`.
     """
     stage = "probe_lrs"
-    _check_values(learning_rates, "learning_rates", stage,
-                  lambda value: validation.check_number(value, "learning_rates", stage))
+    _check_values(
+        learning_rates, "learning_rates", stage, lambda value: validation.check_number(value, "learning_rates", stage)
+    )
     validation.check_int(num_steps, "num_steps", stage)
     validation.check_number(min_drop, "min_drop", stage)
     if min_drop >= 1:
@@ -167,16 +166,26 @@ def probe_lrs(ctx, *, learning_rates, num_steps, min_drop):
     valid = [drop for drop in drops if math.isfinite(drop)]
     best_drop = max(valid) if valid else math.nan
     chosen = next(
-        (lr for lr, drop in zip(learning_rates, drops)
-         if math.isfinite(drop) and drop >= min_drop and drop >= 0.5 * best_drop),
+        (
+            lr
+            for lr, drop in zip(learning_rates, drops)
+            if math.isfinite(drop) and drop >= min_drop and drop >= 0.5 * best_drop
+        ),
         None,
     )
     result = ProbeResult(
-        chosen_lr=chosen, learning_rates=learning_rates, drops=drops, diverged=diverged,
-        initial_loss=initial_loss, final_losses=final_losses, step_losses=step_losses,
-        num_steps=num_steps, min_drop=float(min_drop),
+        chosen_lr=chosen,
+        learning_rates=learning_rates,
+        drops=drops,
+        diverged=diverged,
+        initial_loss=initial_loss,
+        final_losses=final_losses,
+        step_losses=step_losses,
+        num_steps=num_steps,
+        min_drop=float(min_drop),
         compared_with=None if compare_with is None else float(compare_with),
-        ok=chosen is not None, message="",
+        ok=chosen is not None,
+        message="",
     )
     result.message = _probe_message(result)
     return result
@@ -279,8 +288,13 @@ class MomentumResult(Result):
         return figure
 
 
-@stage("sweep_momentum", requires=("learning_rate",), uses=("weight_decay",), depends_on=("batch_size",),
-       given=lambda a: {"learning_rate": a["learning_rate"]} if a["learning_rate"] is not None else {})
+@stage(
+    "sweep_momentum",
+    requires=("learning_rate",),
+    uses=("weight_decay",),
+    depends_on=("batch_size",),
+    given=lambda a: {"learning_rate": a["learning_rate"]} if a["learning_rate"] is not None else {},
+)
 def sweep_momentum(ctx, *, values, num_steps, learning_rate):
     """Short runs at several momentum values; the best by validation loss (Smith 2018).
 
@@ -315,13 +329,14 @@ def sweep_momentum(ctx, *, values, num_steps, learning_rate):
     validation.check_int(num_steps, "num_steps", stage)
     if validation_pipeline is None:
         raise ValueError(
-            f"{stage}: momentum is judged by the validation loss (Smith 2018); "
-            "pass `validation_data` to the Playbook."
+            f"{stage}: momentum is judged by the validation loss (Smith 2018); pass `validation_data` to the Playbook."
         )
     learning_rate = ctx.values.get("learning_rate")
     if learning_rate is None:
-        raise ValueError(f"{stage}: no learning rate is settled (the optimizer follows a schedule): run "
-                         "pb.find_lr() first, or pass `learning_rate`.")
+        raise ValueError(
+            f"{stage}: no learning rate is settled (the optimizer follows a schedule): run "
+            "pb.find_lr() first, or pass `learning_rate`."
+        )
     validation.check_number(learning_rate, "learning_rate", stage)
     callbacks = ctx.progress(num_steps, "Sweeping momentum: one run")
     values = sorted((float(value) for value in values), reverse=True)
@@ -339,10 +354,16 @@ def sweep_momentum(ctx, *, values, num_steps, learning_rate):
     scored = [(loss, value) for loss, value in zip(validation_losses, values) if math.isfinite(loss)]
     best = min(scored)[1] if scored else None
     result = MomentumResult(
-        best_value=best, hyperparameter=name, values=values,
-        validation_losses=validation_losses, step_losses=step_losses,
-        learning_rate=float(learning_rate), num_steps=num_steps,
-        batch_size=pipeline.per_replica_batch_size, ok=best is not None, message="",
+        best_value=best,
+        hyperparameter=name,
+        values=values,
+        validation_losses=validation_losses,
+        step_losses=step_losses,
+        learning_rate=float(learning_rate),
+        num_steps=num_steps,
+        batch_size=pipeline.per_replica_batch_size,
+        ok=best is not None,
+        message="",
     )
     result.message = _momentum_message(result)
     return result

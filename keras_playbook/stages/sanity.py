@@ -20,8 +20,8 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 from keras_playbook import losses, validation
-from keras_playbook.journal import Result
 from keras_playbook._runner import stage
+from keras_playbook.journal import Result
 from keras_playbook.session import read_value
 
 _INITIAL_LOSS = "Johnson, EECS 498 Lecture 11, step 1"
@@ -82,7 +82,9 @@ class InitialLossResult(Result):
         axes.axvline(self.loss, color="tab:blue", label=f"mean = {self.loss:.3g}")
         if self.expected is not None:
             axes.axvline(
-                self.expected, color="tab:red", linestyle="--",
+                self.expected,
+                color="tab:red",
+                linestyle="--",
                 label=f"expected = {self.expected:.3g}",
             )
         axes.set_xlabel("initial loss per example")
@@ -225,18 +227,30 @@ def check_initial_loss(ctx, *, num_batches, tolerance):
         predictions = model.predict(x, batch_size=pipeline.global_batch_size, verbose=0)
     dependence = _input_dependence(predictions)
     if isinstance(predictions, (list, tuple, dict)) or _several_losses(model.loss):
-        ok, message = True, (
-            "Nothing was checked: no initial-loss expectation is computed for a model "
-            "with several outputs or losses; check each output's loss by hand "
-            f"({_INITIAL_LOSS})."
+        ok, message = (
+            True,
+            (
+                "Nothing was checked: no initial-loss expectation is computed for a model "
+                "with several outputs or losses; check each output's loss by hand "
+                f"({_INITIAL_LOSS})."
+            ),
         )
         if dependence == 0:
             ok, message = False, _constant_output_message(len(tf.nest.flatten(y)[0]))
         return InitialLossResult(
-            loss=math.nan, expected=None, tolerance=tolerance, num_classes=0,
-            loss_name=str(model.loss), from_logits=False, output_kind="unknown",
-            output_std=math.nan, num_examples=len(tf.nest.flatten(y)[0]),
-            per_example_losses=[], ok=ok, message=message, checked=not ok,
+            loss=math.nan,
+            expected=None,
+            tolerance=tolerance,
+            num_classes=0,
+            loss_name=str(model.loss),
+            from_logits=False,
+            output_kind="unknown",
+            output_std=math.nan,
+            num_examples=len(tf.nest.flatten(y)[0]),
+            per_example_losses=[],
+            ok=ok,
+            message=message,
+            checked=not ok,
             input_dependence=dependence,
         )
     predictions = np.asarray(predictions, dtype=np.float64)
@@ -262,15 +276,29 @@ def check_initial_loss(ctx, *, num_batches, tolerance):
         ok, message = _regression_verdict(info.name, measured, expected, y, predictions)
     else:
         ok, message = _initial_loss_verdict(
-            info, measured, expected, tolerance, output_kind, float(predictions.std()),
+            info,
+            measured,
+            expected,
+            tolerance,
+            output_kind,
+            float(predictions.std()),
             num_classes,
         )
     return InitialLossResult(
-        loss=measured, expected=expected, tolerance=tolerance,
-        num_classes=num_classes, loss_name=info.name, from_logits=info.from_logits,
-        output_kind=output_kind, output_std=float(predictions.std()),
-        num_examples=len(predictions), per_example_losses=list(per_example),
-        ok=ok, message=message, checked=checked, input_dependence=dependence,
+        loss=measured,
+        expected=expected,
+        tolerance=tolerance,
+        num_classes=num_classes,
+        loss_name=info.name,
+        from_logits=info.from_logits,
+        output_kind=output_kind,
+        output_std=float(predictions.std()),
+        num_examples=len(predictions),
+        per_example_losses=list(per_example),
+        ok=ok,
+        message=message,
+        checked=checked,
+        input_dependence=dependence,
     )
 
 
@@ -333,8 +361,11 @@ def _regression_verdict(name, measured, baseline, y, predictions):
 
 def _input_dependence(predictions):
     """The largest standard deviation over examples of any output unit (0: a constant output)."""
-    spreads = [float(np.max(np.std(np.asarray(p, dtype=np.float64).reshape(len(p), -1), axis=0)))
-               for p in tf.nest.flatten(predictions) if np.size(p)]
+    spreads = [
+        float(np.max(np.std(np.asarray(p, dtype=np.float64).reshape(len(p), -1), axis=0)))
+        for p in tf.nest.flatten(predictions)
+        if np.size(p)
+    ]
     return max(spreads) if spreads else None
 
 
@@ -422,8 +453,10 @@ def _is_augmentation(layer):
     """Random data augmentation: Keras's image preprocessing layers that draw at random when training."""
     names = ("AugMix", "CutMix", "MixUp", "RandAugment", "Solarization")
     name = type(layer).__name__
-    return isinstance(layer, keras.layers.Layer) and (name.startswith("Random") or name in names) and (
-        type(layer).__module__.startswith("keras")
+    return (
+        isinstance(layer, keras.layers.Layer)
+        and (name.startswith("Random") or name in names)
+        and (type(layer).__module__.startswith("keras"))
     )
 
 
@@ -486,8 +519,13 @@ def disable_regularization(model):
 def losses_left_on(model, x_batch):
     """The layers whose own `add_loss` terms stay on in a copy (run once on a batch to see them)."""
     model(x_batch, training=True)
-    return sorted({f"add_loss: {layer.name}" for layer in model._flatten_layers(include_self=False, recursive=True)
-                   if layer.losses and not any(v.regularizer is not None for v in layer.weights)})
+    return sorted(
+        {
+            f"add_loss: {layer.name}"
+            for layer in model._flatten_layers(include_self=False, recursive=True)
+            if layer.losses and not any(v.regularizer is not None for v in layer.weights)
+        }
+    )
 
 
 MEMORIZED_ACCURACY = 0.99  # Training accuracy on the sample that counts as memorized.
@@ -507,13 +545,14 @@ class _StopWhenMemorized(keras.callbacks.Callback):
 
 
 def _memorized(loss, accuracy, target_loss):
-    return (accuracy is not None and accuracy >= MEMORIZED_ACCURACY) or (
-        math.isfinite(loss) and loss <= target_loss
-    )
+    return (accuracy is not None and accuracy >= MEMORIZED_ACCURACY) or (math.isfinite(loss) and loss <= target_loss)
 
 
-@stage("overfit_small_sample", uses=("learning_rate",), given=lambda a: {"learning_rate": a["learning_rate"]}
-       if a["learning_rate"] is not None else {})
+@stage(
+    "overfit_small_sample",
+    uses=("learning_rate",),
+    given=lambda a: {"learning_rate": a["learning_rate"]} if a["learning_rate"] is not None else {},
+)
 def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_loss):
     """Trains a copy of the model to memorize a few batches, regularization off.
 
@@ -553,10 +592,13 @@ def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_l
     validation.check_int(max_steps, "max_steps", stage)
     if learning_rate is not None:
         validation.check_number(learning_rate, "learning_rate", stage)
-    if target_loss is not None and (isinstance(target_loss, bool) or not isinstance(target_loss, (int, float))
-                                    or not math.isfinite(target_loss)):
-        raise ValueError(f"{stage}: argument `target_loss` must be a finite number (it may be negative, for a "
-                         f"loss that goes below zero). Received: target_loss={target_loss!r}.")
+    if target_loss is not None and (
+        isinstance(target_loss, bool) or not isinstance(target_loss, (int, float)) or not math.isfinite(target_loss)
+    ):
+        raise ValueError(
+            f"{stage}: argument `target_loss` must be a finite number (it may be negative, for a "
+            f"loss that goes below zero). Received: target_loss={target_loss!r}."
+        )
     session, pipeline, seed = ctx.session, ctx.train, ctx.seed
     source = "given"
     if learning_rate is None and ctx.measured("learning_rate") is not None:
@@ -565,8 +607,7 @@ def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_l
     num_examples = len(tf.nest.flatten(sample[0])[0])
     steps_per_pass = math.ceil(num_examples / pipeline.global_batch_size)
     classification = (
-        not _several_losses(session.model.loss)
-        and losses.describe_loss(session.model.loss).kind is not None
+        not _several_losses(session.model.loss) and losses.describe_loss(session.model.loss).kind is not None
     )
 
     source = source if learning_rate is not None else "range test"
@@ -595,9 +636,7 @@ def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_l
         )
     used_learning_rate = float(read_value(optimizer.learning_rate))
     dataset = (
-        tf.data.Dataset.from_tensor_slices(sample)
-        .shuffle(num_examples, seed=seed)
-        .batch(pipeline.global_batch_size)
+        tf.data.Dataset.from_tensor_slices(sample).shuffle(num_examples, seed=seed).batch(pipeline.global_batch_size)
     )
     initial = model.evaluate(dataset, verbose=0, return_dict=True)
     # "Near zero" is 1% of the way from the initial loss down to the lowest the loss can take.
@@ -659,11 +698,24 @@ def _sample_range_test(session, pipeline, sample, seed):
 
     count = len(tf.nest.flatten(sample[0])[0])
     sample_pipeline = DataPipeline(
-        tf.data.Dataset.from_tensor_slices(sample), per_replica_batch_size=pipeline.per_replica_batch_size,
-        num_replicas=pipeline.num_replicas, num_examples=count, shuffle=True, seed=seed, arrays=sample,
+        tf.data.Dataset.from_tensor_slices(sample),
+        per_replica_batch_size=pipeline.per_replica_batch_size,
+        num_replicas=pipeline.num_replicas,
+        num_examples=count,
+        shuffle=True,
+        seed=seed,
+        arrays=sample,
     )
-    found = lr_range.range_test(session, sample_pipeline, num_steps=60, min_lr=1e-6, max_lr=10.0, repeats=1,
-                                optimizer_changes={"weight_decay": 0.0} if _has_decay(session) else None, seed=seed)
+    found = lr_range.range_test(
+        session,
+        sample_pipeline,
+        num_steps=60,
+        min_lr=1e-6,
+        max_lr=10.0,
+        repeats=1,
+        optimizer_changes={"weight_decay": 0.0} if _has_decay(session) else None,
+        seed=seed,
+    )
     return found.suggested_lr
 
 
@@ -673,17 +725,24 @@ def _has_decay(session):
 
 def _overfit_message(result):
     loss_path = f"loss {result.initial_loss:.3g} -> {result.final_loss:.3g}"
-    accuracy = (
-        "" if result.final_accuracy is None else f", accuracy {result.final_accuracy:.0%}"
-    )
+    accuracy = "" if result.final_accuracy is None else f", accuracy {result.final_accuracy:.0%}"
     lr = result.learning_rate
-    where = {"given": "the rate given", "settled": "the settled rate", "range test": "the rate a range test on the "
-             "sample suggests", "optimizer": "the optimizer's rate (a range test on the sample found none)"}.get(
-        result.learning_rate_source, "the rate given")
+    where = {
+        "given": "the rate given",
+        "settled": "the settled rate",
+        "range test": "the rate a range test on the sample suggests",
+        "optimizer": "the optimizer's rate (a range test on the sample found none)",
+    }.get(result.learning_rate_source, "the rate given")
     at = f"learning rate {lr:.3g} ({where})"
     off = ", ".join(sorted({item.split(":")[0] for item in result.regularization_disabled})) or "nothing to turn off"
-    left = (f" Left on: {', '.join(result.regularization_left_on)} (a layer's own add_loss cannot be turned off; "
-            "if it fights the data loss, memorizing may need it removed).") if result.regularization_left_on else ""
+    left = (
+        (
+            f" Left on: {', '.join(result.regularization_left_on)} (a layer's own add_loss cannot be turned off; "
+            "if it fights the data loss, memorizing may need it removed)."
+        )
+        if result.regularization_left_on
+        else ""
+    )
     if result.verdict == "memorized":
         return (
             f"Memorized {result.num_examples} examples in {result.steps} steps "
@@ -706,8 +765,11 @@ def _overfit_message(result):
         return (
             f"The loss is not going down ({loss_path} in {result.steps} steps) at {at}, with regularization "
             f"off ({off}): the model cannot learn this sample"
-            + (f"; the learning rate may be too low (try learning_rate={lr * 10:.3g} or leave it to the range "
-               "test)" if result.learning_rate_source != "range test" else "")
+            + (
+                f"; the learning rate may be too low (try learning_rate={lr * 10:.3g} or leave it to the range test)"
+                if result.learning_rate_source != "range test"
+                else ""
+            )
             + ". Check that the loss matches the output "
             "(from_logits, the number of units), that the labels belong to the inputs, and that no layer is "
             f"dead (check_initial_loss) ({_OVERFIT}).{left}"

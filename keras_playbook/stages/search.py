@@ -55,7 +55,7 @@ _MODE_WORDS = {
 
 
 def tuning_role():
-    """"chief", "worker" or "single", from KerasTuner's `KERASTUNER_*` variables."""
+    """ "chief", "worker" or "single", from KerasTuner's `KERASTUNER_*` variables."""
     if "KERASTUNER_ORACLE_IP" not in os.environ:
         return "single"
     return "chief" if "chief" in os.environ.get("KERASTUNER_TUNER_ID", "") else "worker"
@@ -162,8 +162,10 @@ def project_name_for(stage, **defining):
 def search_definition(session, **defining):
     """What defines a search, for its project's name and for the check when it resumes: the model and `defining`."""
     model = session.model
-    return {"model": {"architecture": architecture_digest(model), "parameters": int(model.count_params())},
-            **to_builtin(defining)}
+    return {
+        "model": {"architecture": architecture_digest(model), "parameters": int(model.count_params())},
+        **to_builtin(defining),
+    }
 
 
 DEFINITION_FILENAME = "playbook_search.json"
@@ -186,12 +188,16 @@ def check_definition(directory, project_name, definition, overwrite):
     if not overwrite and os.path.exists(path):
         with open(path) as file:
             recorded = json.load(file)
-        differences = [f"{name}: {recorded.get(name)!r} -> {definition.get(name)!r}"
-                       for name in sorted(set(recorded) | set(definition)) if recorded.get(name) != definition.get(name)]
+        differences = [
+            f"{name}: {recorded.get(name)!r} -> {definition.get(name)!r}"
+            for name in sorted(set(recorded) | set(definition))
+            if recorded.get(name) != definition.get(name)
+        ]
         if differences:
             raise ValueError(
                 f"The KerasTuner project {os.path.join(directory, project_name)} holds another search ("
-                + "; ".join(differences) + "): its trials would be read back as this one's. Pass another "
+                + "; ".join(differences)
+                + "): its trials would be read back as this one's. Pass another "
                 "`project_name` (or none: the default name is unique to what defines the search), or "
                 "overwrite=True to start it again."
             )
@@ -213,8 +219,7 @@ def default_directory(directory):
     return path
 
 
-def run_search(session, oracle, hypermodel, *, directory, project_name, overwrite, definition, callbacks=(),
-               verbose=0):
+def run_search(session, oracle, hypermodel, *, directory, project_name, overwrite, definition, callbacks=(), verbose=0):
     """Runs a KerasTuner search and reads its trials back.
 
     A project that exists is resumed only if it was started for the same
@@ -318,8 +323,7 @@ class SearchResult(Result):
             if self.adopted and self.adopted != self.best and trial["values"] == self.adopted:
                 marker = "  <- adopted (tied with the best)"
             lines.append(
-                "  ".join(f"{cell:>14}" for cell in cells)
-                + f"   {trial['best_epoch']:>4} / {trial['epochs']}{marker}"
+                "  ".join(f"{cell:>14}" for cell in cells) + f"   {trial['best_epoch']:>4} / {trial['epochs']}{marker}"
             )
         return "\n".join(lines)
 
@@ -421,8 +425,12 @@ def _plot_curves(axes, trials, objective, label_name):
     for trial in trials:
         values = trial["history"].get(objective)
         if values:
-            axes.plot(range(1, len(values) + 1), values, marker=".",
-                      label=f"{label_name}={_format(trial['values'].get(label_name))}")
+            axes.plot(
+                range(1, len(values) + 1),
+                values,
+                marker=".",
+                label=f"{label_name}={_format(trial['values'].get(label_name))}",
+            )
     axes.set_xlabel("epoch")
     axes.set_ylabel(objective)
     axes.legend(fontsize="small")
@@ -546,15 +554,34 @@ def weight_decay_grid(
         seed=seed,
     )
     hypermodel = PlaybookHyperModel(
-        session, train_pipeline, validation_pipeline, defaults=fixed, epochs=epochs,
-        weight_decay_mode=weight_decay_mode, seed=seed,
+        session,
+        train_pipeline,
+        validation_pipeline,
+        defaults=fixed,
+        epochs=epochs,
+        weight_decay_mode=weight_decay_mode,
+        seed=seed,
     )
-    definition = search_definition(session, values=values, epochs=epochs, mode=weight_decay_mode,
-                                   objective=[objective.name, objective.direction], fixed=fixed, seed=seed)
+    definition = search_definition(
+        session,
+        values=values,
+        epochs=epochs,
+        mode=weight_decay_mode,
+        objective=[objective.name, objective.direction],
+        fixed=fixed,
+        seed=seed,
+    )
     project_name = project_name or project_name_for(caller, **definition)
     tuner, records, role = run_search(
-        session, oracle, hypermodel, directory=default_directory(directory), project_name=project_name,
-        overwrite=overwrite, definition=definition, callbacks=callbacks, verbose=verbose,
+        session,
+        oracle,
+        hypermodel,
+        directory=default_directory(directory),
+        project_name=project_name,
+        overwrite=overwrite,
+        definition=definition,
+        callbacks=callbacks,
+        verbose=verbose,
     )
     best, spent, head = summarize(records, objective, role)
     noise = analysis.search_noise(records, objective.name)
@@ -565,8 +592,21 @@ def weight_decay_grid(
     simplest = min(analysis.scored(records), key=lambda r: r["values"]["weight_decay"], default=None)
     if confirm_seeds and best is not None and role == "single" and simplest is not best:
         confirmation = _confirm_over_seeds(
-            session, train_pipeline, validation_pipeline, best, simplest, confirm_seeds, epochs,
-            weight_decay_mode, objective, fixed, directory, project_name, overwrite, callbacks, verbose,
+            session,
+            train_pipeline,
+            validation_pipeline,
+            best,
+            simplest,
+            confirm_seeds,
+            epochs,
+            weight_decay_mode,
+            objective,
+            fixed,
+            directory,
+            project_name,
+            overwrite,
+            callbacks,
+            verbose,
         )
         meaningful = bool(confirmation["ok"])
         adopted = best if meaningful else simplest
@@ -576,17 +616,35 @@ def weight_decay_grid(
         if meaningful is not False:  # Border advice on a tie would chase noise.
             advice = analysis.border_advice({"weight_decay": values}, best["values"])
         advice += analysis.epoch_advice(records)
-    message = head or _weight_decay_message(records, best, adopted, ties, noise, objective, weight_decay_mode, advice,
-                                            confirmation)
+    message = head or _weight_decay_message(
+        records, best, adopted, ties, noise, objective, weight_decay_mode, advice, confirmation
+    )
     return WeightDecayResult(
         **_result_fields(records, best, spent, objective, weight_decay_mode, fixed, advice, tuner, role, message),
-        noise=noise, meaningful=meaningful, adopted={} if adopted is None else dict(adopted["values"]),
+        noise=noise,
+        meaningful=meaningful,
+        adopted={} if adopted is None else dict(adopted["values"]),
         confirmation=confirmation,
     )
 
 
-def _confirm_over_seeds(session, train_pipeline, validation_pipeline, best, reference, seeds, epochs, mode,
-                        objective, fixed, directory, project_name, overwrite, callbacks, verbose):
+def _confirm_over_seeds(
+    session,
+    train_pipeline,
+    validation_pipeline,
+    best,
+    reference,
+    seeds,
+    epochs,
+    mode,
+    objective,
+    fixed,
+    directory,
+    project_name,
+    overwrite,
+    callbacks,
+    verbose,
+):
     """The best single run's values against a reference's, over seeds: `compare_seeds`'s result, as a dict.
 
     Its `ok` is True only when the best wins by more than seed-to-seed
@@ -602,10 +660,20 @@ def _confirm_over_seeds(session, train_pipeline, validation_pipeline, best, refe
 
     configs = {name(record["values"]): searched(record["values"]) for record in (best, reference)}
     compared = experiments.seed_comparison(
-        session, train_pipeline, validation_pipeline, configs, seeds=seeds, epochs=epochs,
-        weight_decay_mode=mode, objective=objective, defaults=fixed, directory=directory,
-        project_name=None if project_name is None else f"{project_name}_confirm", overwrite=overwrite,
-        callbacks=callbacks, verbose=verbose,
+        session,
+        train_pipeline,
+        validation_pipeline,
+        configs,
+        seeds=seeds,
+        epochs=epochs,
+        weight_decay_mode=mode,
+        objective=objective,
+        defaults=fixed,
+        directory=directory,
+        project_name=None if project_name is None else f"{project_name}_confirm",
+        overwrite=overwrite,
+        callbacks=callbacks,
+        verbose=verbose,
     )
     confirmed = compared.ok and compared.best_config == name(best["values"])
     return {**compared.to_dict(), "ok": bool(confirmed), "reference": name(reference["values"])}
@@ -623,8 +691,7 @@ def _weight_decay_message(records, best, adopted, ties, noise, objective, mode, 
         "(Smith 2018)."
     )
     if confirmation is None:
-        text += " " + _noise_sentence(best, adopted, ties, noise, "weight decay", chosen,
-                                      len(analysis.scored(records)))
+        text += " " + _noise_sentence(best, adopted, ties, noise, "weight decay", chosen, len(analysis.scored(records)))
     elif confirmation["ok"]:
         text += " " + _confirmation_sentence(confirmation, f"weight decay {_format(chosen)}")
     if mode == "l2":
@@ -640,16 +707,20 @@ def _confirmation_sentence(confirmation, kept):
     seeds = len(confirmation["seeds"])
     if confirmation["ok"]:
         return f"Confirmed over {seeds} seeds against {confirmation['reference']}: {confirmation['message']}"
-    return (f"Over {seeds} seeds it does not beat {confirmation['reference']} by more than seed-to-seed "
-            f"variation, so {kept} is kept (the best of single runs is an optimistic estimate; Tuning "
-            f"Playbook): {confirmation['message']}")
+    return (
+        f"Over {seeds} seeds it does not beat {confirmation['reference']} by more than seed-to-seed "
+        f"variation, so {kept} is kept (the best of single runs is an optimistic estimate; Tuning "
+        f"Playbook): {confirmation['message']}"
+    )
 
 
 def _noise_sentence(best, adopted, ties, noise, what, chosen, count):
     """Whether the best is meaningfully better than the rest, and what is kept (Tuning Playbook)."""
     if noise is None:
-        return ("The runs are too short to measure their noise: treat the ranking with care, or compare the "
-                "close values over seeds (compare_seeds; Tuning Playbook).")
+        return (
+            "The runs are too short to measure their noise: treat the ranking with care, or compare the "
+            "close values over seeds (compare_seeds; Tuning Playbook)."
+        )
     band = analysis.TIE_SIGMAS * math.sqrt(2) * noise
     if len(ties) == 1:
         return (
@@ -748,27 +819,49 @@ def lr_wd_grid(
         validation.check_number(value, "learning_rates", caller)
     weight_decays = check_weight_decays(weight_decays, caller, "weight_decays")
     objective = make_objective(objective, session, caller)
-    fixed = {
-        name: value for name, value in (defaults or {}).items()
-        if name not in ("learning_rate", "weight_decay")
-    }
+    fixed = {name: value for name, value in (defaults or {}).items() if name not in ("learning_rate", "weight_decay")}
     oracle = CoarseToFineOracle(
-        learning_rates, weight_decays, coarse_epochs=coarse_epochs, fine_epochs=fine_epochs,
-        max_extensions=max_extensions, objective=objective, hyperparameters=fixed_space(fixed), seed=seed,
+        learning_rates,
+        weight_decays,
+        coarse_epochs=coarse_epochs,
+        fine_epochs=fine_epochs,
+        max_extensions=max_extensions,
+        objective=objective,
+        hyperparameters=fixed_space(fixed),
+        seed=seed,
     )
     hypermodel = PlaybookHyperModel(
-        session, train_pipeline, validation_pipeline, defaults=fixed, epochs=fine_epochs,
-        weight_decay_mode=weight_decay_mode, seed=seed,
+        session,
+        train_pipeline,
+        validation_pipeline,
+        defaults=fixed,
+        epochs=fine_epochs,
+        weight_decay_mode=weight_decay_mode,
+        seed=seed,
     )
     definition = search_definition(
-        session, learning_rates=learning_rates, weight_decays=weight_decays, coarse_epochs=coarse_epochs,
-        fine_epochs=fine_epochs, max_extensions=max_extensions, mode=weight_decay_mode,
-        objective=[objective.name, objective.direction], fixed=fixed, seed=seed,
+        session,
+        learning_rates=learning_rates,
+        weight_decays=weight_decays,
+        coarse_epochs=coarse_epochs,
+        fine_epochs=fine_epochs,
+        max_extensions=max_extensions,
+        mode=weight_decay_mode,
+        objective=[objective.name, objective.direction],
+        fixed=fixed,
+        seed=seed,
     )
     project_name = project_name or project_name_for(caller, **definition)
     tuner, records, role = run_search(
-        session, oracle, hypermodel, directory=default_directory(directory), project_name=project_name,
-        overwrite=overwrite, definition=definition, callbacks=callbacks, verbose=verbose,
+        session,
+        oracle,
+        hypermodel,
+        directory=default_directory(directory),
+        project_name=project_name,
+        overwrite=overwrite,
+        definition=definition,
+        callbacks=callbacks,
+        verbose=verbose,
     )
     fine = [record for record in records if record["values"].get(STAGE) == "fine"]
     coarse = [record for record in records if record["values"].get(STAGE) == "coarse"]
@@ -779,9 +872,14 @@ def lr_wd_grid(
     current = learning_rate if learning_rate is not None else (best["values"]["learning_rate"] if best else None)
 
     def closest(candidates):  # The rate closest to the one found, then the least weight decay.
-        return min(candidates, key=lambda record: (
-            abs(math.log(record["values"]["learning_rate"] / current)), record["values"]["weight_decay"],
-        ), default=None)
+        return min(
+            candidates,
+            key=lambda record: (
+                abs(math.log(record["values"]["learning_rate"] / current)),
+                record["values"]["weight_decay"],
+            ),
+            default=None,
+        )
 
     adopted = closest(ties)
     meaningful = None if best is None or noise is None else len(ties) == 1
@@ -789,9 +887,21 @@ def lr_wd_grid(
     reference = closest(analysis.scored(fine or coarse))
     if confirm_seeds and best is not None and role == "single" and reference is not best:
         confirmation = _confirm_over_seeds(
-            session, train_pipeline, validation_pipeline, best, reference, confirm_seeds,
-            fine_epochs if fine else coarse_epochs, weight_decay_mode, objective, fixed, directory, project_name,
-            overwrite, callbacks, verbose,
+            session,
+            train_pipeline,
+            validation_pipeline,
+            best,
+            reference,
+            confirm_seeds,
+            fine_epochs if fine else coarse_epochs,
+            weight_decay_mode,
+            objective,
+            fixed,
+            directory,
+            project_name,
+            overwrite,
+            callbacks,
+            verbose,
         )
         meaningful = bool(confirmation["ok"])
         adopted = best if meaningful else reference
@@ -804,7 +914,8 @@ def lr_wd_grid(
         if len(coarse_ties) == 1:  # Border advice on a tie would chase noise.
             advice += analysis.border_advice(
                 {"learning_rate": searched_lrs, "weight_decay": searched_wds},
-                coarse_ties[0]["values"], "coarse grid",
+                coarse_ties[0]["values"],
+                "coarse grid",
             )
         advice += analysis.epoch_advice(fine)
     if head:
@@ -817,13 +928,22 @@ def lr_wd_grid(
             f"{best['epochs']}: {len(coarse)} coarse trials x {coarse_epochs} epochs, "
             f"{len(fine)} refined x {fine_epochs} (Johnson, EECS 498 Lecture 11, steps 4-5)."
         )
-        cell = f"learning rate {adopted['values']['learning_rate']:.3g} with weight decay {adopted['values']['weight_decay']:.3g}"
+        values = adopted["values"]
+        cell = f"learning rate {values['learning_rate']:.3g} with weight decay {values['weight_decay']:.3g}"
         if confirmation is None:
-            message += " " + _noise_sentence(best, adopted, ties, noise, "cell (the rate closest to the one found, "
-                                             "the least weight decay):", cell, len(fine or coarse))
+            message += " " + _noise_sentence(
+                best,
+                adopted,
+                ties,
+                noise,
+                "cell (the rate closest to the one found, the least weight decay):",
+                cell,
+                len(fine or coarse),
+            )
         else:
-            message += " " + _confirmation_sentence(confirmation, cell + " (the rate closest to the one found, the "
-                                                    "least weight decay)")
+            message += " " + _confirmation_sentence(
+                confirmation, cell + " (the rate closest to the one found, the least weight decay)"
+            )
         if weight_decay_mode == "l2":
             message += " The learning rate is settled; the L2 weight decay is not (see grid_weight_decay)."
         message = " ".join([message, *grown, *advice])
@@ -831,25 +951,39 @@ def lr_wd_grid(
         **_result_fields(records, best, spent, objective, weight_decay_mode, fixed, advice, tuner, role, message),
         coarse_epochs=coarse_epochs,
         fine_epochs=fine_epochs,
-        noise=noise, meaningful=meaningful, adopted={} if adopted is None else dict(adopted["values"]),
+        noise=noise,
+        meaningful=meaningful,
+        adopted={} if adopted is None else dict(adopted["values"]),
         confirmation=confirmation,
     )
 
 
 # The stages: the grids above with the settled values in force -----------------------
 
-_SEARCH_READS = dict(requires=("learning_rate", "momentum", "beta_1"), uses=("weight_decay",),
-                     depends_on=("batch_size",))
+_SEARCH_READS = dict(
+    requires=("learning_rate", "momentum", "beta_1"), uses=("weight_decay",), depends_on=("batch_size",)
+)
 
 
 @stage("grid_weight_decay", **_SEARCH_READS, given=lambda arguments: {"weight_decay": SEARCHED})
-def grid_weight_decay(ctx, *, values, epochs, weight_decay_mode, objective, directory, project_name, overwrite,
-                      callbacks, confirm_seeds):
+def grid_weight_decay(
+    ctx, *, values, epochs, weight_decay_mode, objective, directory, project_name, overwrite, callbacks, confirm_seeds
+):
     """`weight_decay_grid` at the settled learning rate, batch size and momentum (see it for the arguments)."""
     return weight_decay_grid(
-        ctx.session, ctx.train, ctx.validation, values=values, epochs=epochs, weight_decay_mode=weight_decay_mode,
-        objective=objective, defaults=ctx.values, project_name=project_name, overwrite=overwrite,
-        confirm_seeds=confirm_seeds, seed=ctx.seed, **ctx.search_options(directory, callbacks),
+        ctx.session,
+        ctx.train,
+        ctx.validation,
+        values=values,
+        epochs=epochs,
+        weight_decay_mode=weight_decay_mode,
+        objective=objective,
+        defaults=ctx.values,
+        project_name=project_name,
+        overwrite=overwrite,
+        confirm_seeds=confirm_seeds,
+        seed=ctx.seed,
+        **ctx.search_options(directory, callbacks),
     )
 
 
@@ -861,18 +995,47 @@ def _lr_wd_given(arguments):
 
 
 @stage("tune_lr_wd", **_SEARCH_READS, given=_lr_wd_given)
-def tune_lr_wd(ctx, *, coarse_epochs, fine_epochs, learning_rate, learning_rates, weight_decays, max_extensions,
-               weight_decay_mode, objective, directory, project_name, overwrite, confirm_seeds, callbacks):
+def tune_lr_wd(
+    ctx,
+    *,
+    coarse_epochs,
+    fine_epochs,
+    learning_rate,
+    learning_rates,
+    weight_decays,
+    max_extensions,
+    weight_decay_mode,
+    objective,
+    directory,
+    project_name,
+    overwrite,
+    confirm_seeds,
+    callbacks,
+):
     """`lr_wd_grid` around `learning_rate`, by default the settled one (see it for the arguments)."""
     defaults = dict(ctx.values)
     centre = learning_rate if learning_rate is not None else defaults.pop("learning_rate", None)
     if centre is None and learning_rates is None:
-        raise ValueError("tune_lr_wd: no learning rate is settled (the optimizer follows a schedule) to centre the "
-                         "grid on: run pb.find_lr() first, or pass `learning_rate` or `learning_rates`.")
+        raise ValueError(
+            "tune_lr_wd: no learning rate is settled (the optimizer follows a schedule) to centre the "
+            "grid on: run pb.find_lr() first, or pass `learning_rate` or `learning_rates`."
+        )
     return lr_wd_grid(
-        ctx.session, ctx.train, ctx.validation, learning_rate=centre, learning_rates=learning_rates,
-        weight_decays=weight_decays, coarse_epochs=coarse_epochs, fine_epochs=fine_epochs,
-        max_extensions=max_extensions, weight_decay_mode=weight_decay_mode, objective=objective, defaults=defaults,
-        project_name=project_name, overwrite=overwrite, confirm_seeds=confirm_seeds, seed=ctx.seed,
+        ctx.session,
+        ctx.train,
+        ctx.validation,
+        learning_rate=centre,
+        learning_rates=learning_rates,
+        weight_decays=weight_decays,
+        coarse_epochs=coarse_epochs,
+        fine_epochs=fine_epochs,
+        max_extensions=max_extensions,
+        weight_decay_mode=weight_decay_mode,
+        objective=objective,
+        defaults=defaults,
+        project_name=project_name,
+        overwrite=overwrite,
+        confirm_seeds=confirm_seeds,
+        seed=ctx.seed,
         **ctx.search_options(directory, callbacks),
     )

@@ -19,6 +19,9 @@ import os
 
 import keras
 
+from keras_playbook import data as data_module
+from keras_playbook import validation
+from keras_playbook._runner import HYPERPARAMETERS, OPTIMIZER_SETTINGS, SEARCHED, loss_on, stage
 from keras_playbook.callbacks import (
     CosineRestarts,
     CurveDiagnosis,
@@ -31,9 +34,6 @@ from keras_playbook.callbacks import (
 from keras_playbook.callbacks._config import ConfigurableCallback
 from keras_playbook.callbacks.monitors import decayed_variables
 from keras_playbook.callbacks.schedules import momentum_attribute
-from keras_playbook import data as data_module
-from keras_playbook import validation
-from keras_playbook._runner import HYPERPARAMETERS, OPTIMIZER_SETTINGS, SEARCHED, loss_on, stage
 from keras_playbook.diagnosis import diagnose
 from keras_playbook.records import FitRecord
 from keras_playbook.session import innermost_optimizer
@@ -171,8 +171,12 @@ def findings_of(callbacks, history, *, schedule=None, initial_loss=None, weight_
     training and whether there was weight decay, plus the monitors' findings
     (a kind a monitor reported with its per-layer evidence is not repeated).
     """
-    monitors = [finding.to_dict() for callback in callbacks if not isinstance(callback, CurveDiagnosis)
-                for finding in getattr(callback, "findings", [])]
+    monitors = [
+        finding.to_dict()
+        for callback in callbacks
+        if not isinstance(callback, CurveDiagnosis)
+        for finding in getattr(callback, "findings", [])
+    ]
     if not any(isinstance(callback, CurveDiagnosis) for callback in callbacks):
         return monitors
     reported = {finding["kind"] for finding in monitors}
@@ -207,8 +211,14 @@ def _fit_given(arguments):
     return given
 
 
-@stage("fit", requires=("learning_rate", *OPTIMIZER_SETTINGS), given=_fit_given, random_state=False,
-       returns_value=True, trains=True)
+@stage(
+    "fit",
+    requires=("learning_rate", *OPTIMIZER_SETTINGS),
+    given=_fit_given,
+    random_state=False,
+    returns_value=True,
+    trains=True,
+)
 def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, overrides):
     """Trains the user's model for real at the values in force, watched (see `Playbook.fit` for the arguments).
 
@@ -242,10 +252,14 @@ def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, overr
         watching = watchers(model, lambda: source.sample(2, seed=ctx.seed)[:2], scheduler, reference_loss=untrained)
     keep_best = []
     if restore_best:
-        keep_best = [keras.callbacks.EarlyStopping(
-            monitor="val_loss" if validation_data is not None else "loss", mode="min",
-            patience=int(epochs) + 1, restore_best_weights=True,
-        )]
+        keep_best = [
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss" if validation_data is not None else "loss",
+                mode="min",
+                patience=int(epochs) + 1,
+                restore_best_weights=True,
+            )
+        ]
     backup = _Backup(ctx) if ctx.directory is not None else None
     every = ([scheduler] if scheduler is not None else []) + list(callbacks or []) + watching + keep_best
     with restored_on_interruption(every):
@@ -260,13 +274,18 @@ def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, overr
     if backup is not None:
         backup.complete(history)
     record = FitRecord.from_history(
-        history, hyperparameters, schedule=describe(scheduler),
+        history,
+        hyperparameters,
+        schedule=describe(scheduler),
         findings=findings_of(
-            watching, history, schedule=scheduler,
+            watching,
+            history,
+            schedule=scheduler,
             initial_loss=None if initial_loss is None else max(initial_loss, untrained),
             weight_decay=has_weight_decay(model),
         ),
-        initial_loss=initial_loss, restored_best=bool(restore_best),
+        initial_loss=initial_loss,
+        restored_best=bool(restore_best),
     )
     return record, history
 
@@ -287,8 +306,10 @@ class _Backup:
 
     def callbacks(self):
         # The curves are written before the backup: a kill between the two repeats an epoch, never loses one.
-        return [keras.callbacks.CSVLogger(self.curves, append=True),
-                keras.callbacks.BackupAndRestore(self.directory, double_checkpoint=True)]
+        return [
+            keras.callbacks.CSVLogger(self.curves, append=True),
+            keras.callbacks.BackupAndRestore(self.directory, double_checkpoint=True),
+        ]
 
     def complete(self, history):
         """Gives `history` the epochs run before a resume (from the curves file), then removes the file."""

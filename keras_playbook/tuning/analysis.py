@@ -50,15 +50,17 @@ def trial_records(tuner, objective, trial_ids=None):
     for trial_id, status, values in items:
         history = tuner.read_history(trial_id) or {}
         score, index = best_epoch(history, objective)
-        records.append({
-            "trial_id": trial_id,
-            "status": str(status),
-            "values": values if values is not None else _values_from_history_folder(tuner, trial_id),
-            "history": history,
-            "epochs": len(next(iter(history.values()), [])),
-            "score": None if math.isnan(score) else score,
-            "best_epoch": index + 1,
-        })
+        records.append(
+            {
+                "trial_id": trial_id,
+                "status": str(status),
+                "values": values if values is not None else _values_from_history_folder(tuner, trial_id),
+                "history": history,
+                "epochs": len(next(iter(history.values()), [])),
+                "score": None if math.isnan(score) else score,
+                "best_epoch": index + 1,
+            }
+        )
     return records
 
 
@@ -100,7 +102,7 @@ def curve_noise(record, objective_name):
     """
     values = np.asarray(record["history"].get(objective_name, []), dtype=float)
     values = values[np.isfinite(values)]
-    changes = np.diff(values[len(values) // 2:])
+    changes = np.diff(values[len(values) // 2 :])
     if len(changes) < 2:
         return None
     return float(1.4826 * np.median(np.abs(changes - np.median(changes))) / math.sqrt(2))
@@ -197,7 +199,9 @@ def border_advice(space, best_values, label=""):
                     f"[{low:.3g}, {high:.3g}]: widen it downwards (Tuning Playbook)."
                 )
             continue
-        values = sorted({value for value in searched if isinstance(value, (int, float)) and not isinstance(value, bool)})
+        values = sorted(
+            {value for value in searched if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        )
         if len(values) < 2:
             continue
         if best == values[-1]:

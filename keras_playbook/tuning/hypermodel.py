@@ -51,10 +51,7 @@ def optimizer_hyperparameters(session):
 
 def known_hyperparameters(session):
     """Every name a search may set: training hyperparameters and the builder's own."""
-    return sorted(
-        set(optimizer_hyperparameters(session)) | {"batch_size"}
-        | set(session.declared_hyperparameters())
-    )
+    return sorted(set(optimizer_hyperparameters(session)) | {"batch_size"} | set(session.declared_hyperparameters()))
 
 
 def check_names(names, session, caller, argument):
@@ -197,10 +194,7 @@ class PlaybookHyperModel(keras_tuner.HyperModel):
                 model.set_weights(initial)
         if same and any(not layer.trainable for layer in leaf_layers(self.session.model)):
             copy_trainability(self.session.model, model)  # Frozen layers stay frozen in every trial.
-        changes = {
-            name: _plain(value) for name, value in values.items()
-            if name in self._optimizer_names
-        }
+        changes = {name: _plain(value) for name, value in values.items() if name in self._optimizer_names}
         # "No decay" is None, except for optimizers that need a float (AdamW).
         off = None if self.session.model.optimizer.get_config().get("weight_decay") is None else 0.0
         if self.weight_decay_mode == "l2":
@@ -249,10 +243,7 @@ class PlaybookTuner(keras_tuner.Tuner):
 
     def run_trial(self, trial, *args, **kwargs):
         histories = super().run_trial(trial, *args, **kwargs)
-        curves = {
-            name: [float(value) for value in values]
-            for name, values in histories[-1].history.items()
-        }
+        curves = {name: [float(value) for value in values] for name, values in histories[-1].history.items()}
         path = os.path.join(self.get_trial_dir(trial.trial_id), HISTORY_FILENAME)
         with open(path, "w") as file:
             json.dump(curves, file)

@@ -58,8 +58,7 @@ def declare_values(hyperparameters, name, values):
         kind = float
     else:
         raise ValueError(
-            f"The values of {name!r} must be all numbers, all strings or all "
-            f"booleans. Received: {values!r}."
+            f"The values of {name!r} must be all numbers, all strings or all booleans. Received: {values!r}."
         )
     values = [kind(value) for value in values]
     unique = list(dict.fromkeys(values))
@@ -161,7 +160,8 @@ class GridOracle(keras_tuner.Oracle):
 
     def _fixed_values(self):
         return {
-            hp.name: hp.value for hp in self.hyperparameters.space
+            hp.name: hp.value
+            for hp in self.hyperparameters.space
             if isinstance(hp, keras_tuner.engine.hyperparameters.Fixed)
         }
 
@@ -302,9 +302,12 @@ class CoarseToFineOracle(GridOracle):
     def best_coarse_trial(self, cells=None):
         """The best completed coarse trial (among those running `cells`, when given), or None."""
         completed = [
-            trial for trial in self.trials.values()
-            if trial.status == _COMPLETED and trial.hyperparameters.values.get(STAGE) == "coarse"
-            and trial.score is not None and math.isfinite(trial.score)
+            trial
+            for trial in self.trials.values()
+            if trial.status == _COMPLETED
+            and trial.hyperparameters.values.get(STAGE) == "coarse"
+            and trial.score is not None
+            and math.isfinite(trial.score)
             and (cells is None or any(_runs(trial, cell) for cell in cells))
         ]
         if not completed:

@@ -66,12 +66,14 @@ def test_warmup_schedule_round_trips():
 
 
 def test_gradual_unfreezing_round_trips_by_layer_names(digits):
-    model = keras.Sequential([
-        keras.Input((64,)),
-        keras.layers.Dense(16, activation="relu", name="early"),
-        keras.layers.Dense(16, activation="relu", name="middle"),
-        keras.layers.Dense(10, name="head"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(16, activation="relu", name="early"),
+            keras.layers.Dense(16, activation="relu", name="middle"),
+            keras.layers.Dense(10, name="head"),
+        ]
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss=helpers.LOGITS_LOSS)
     groups = finetune.layer_groups(model, groups=[["early"], ["middle"], ["head"]])
     callback = finetune.GradualUnfreezing(groups, every_epochs=1)

@@ -38,8 +38,15 @@ def _compiled(strategy, make_optimizer):
 
 
 def _fit(model, digits, callbacks, epochs):
-    return model.fit(digits["x_train"], digits["y_train"], epochs=epochs, batch_size=BATCH,
-                     callbacks=callbacks, shuffle=False, verbose=0)
+    return model.fit(
+        digits["x_train"],
+        digits["y_train"],
+        epochs=epochs,
+        batch_size=BATCH,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=0,
+    )
 
 
 def _one_cycle_reference(t, total, low, high, m_low, m_high, cycle_fraction=0.9, final=0.01):
@@ -57,8 +64,10 @@ def _one_cycle_reference(t, total, low, high, m_low, m_high, cycle_fraction=0.9,
 @pytest.mark.parametrize("optimizer_name", ["sgd", "adam"])
 def test_one_cycle_follows_its_formulas_step_by_step(strategy, digits, optimizer_name):
     name = "momentum" if optimizer_name == "sgd" else "beta_1"
-    model = _compiled(strategy, lambda: keras.optimizers.SGD(0.01, momentum=0.9) if optimizer_name == "sgd"
-                      else keras.optimizers.Adam(1e-3))
+    model = _compiled(
+        strategy,
+        lambda: keras.optimizers.SGD(0.01, momentum=0.9) if optimizer_name == "sgd" else keras.optimizers.Adam(1e-3),
+    )
     optimizer = model.optimizer
     probe = _Probe(name)
     history = _fit(model, digits, [OneCycle((0.01, 0.1)), probe], epochs=4)
@@ -140,8 +149,10 @@ def test_one_cycle_bad_arguments_and_optimizers(digits):
     for make_optimizer, match in (
         (lambda: keras.optimizers.SGD(0.01), "momentum=0"),
         (lambda: keras.optimizers.RMSprop(0.01), "has neither"),
-        (lambda: keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5), momentum=0.9),
-         "LearningRateSchedule"),
+        (
+            lambda: keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5), momentum=0.9),
+            "LearningRateSchedule",
+        ),
     ):
         model = _compiled(tf.distribute.get_strategy(), make_optimizer)
         before = helpers.variables_of(model)
@@ -149,8 +160,12 @@ def test_one_cycle_bad_arguments_and_optimizers(digits):
             _fit(model, digits, [OneCycle((0.01, 0.1))], epochs=1)
         helpers.assert_same_values(before, helpers.variables_of(model))  # No step was taken.
     probe = _Probe()  # momentum_bounds=None cycles only the rate, on any optimizer.
-    _fit(_compiled(tf.distribute.get_strategy(), lambda: keras.optimizers.RMSprop(0.01)), digits,
-         [OneCycle((0.01, 0.1), momentum_bounds=None, anneal="cos"), probe], epochs=1)
+    _fit(
+        _compiled(tf.distribute.get_strategy(), lambda: keras.optimizers.RMSprop(0.01)),
+        digits,
+        [OneCycle((0.01, 0.1), momentum_bounds=None, anneal="cos"), probe],
+        epochs=1,
+    )
     assert max(probe.rates) == pytest.approx(0.1, rel=0.05)
 
 
@@ -180,17 +195,27 @@ def test_two_stage_defaults_come_from_the_optimizer(strategy, digits):
 def test_scheduled_lr_takes_any_schedule_or_function(digits):
     probe = _Probe()
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=4, decay_rate=0.5)
-    _fit(_compiled(tf.distribute.get_strategy(), lambda: keras.optimizers.SGD(1.0)), digits,
-         [ScheduledLR(schedule, warmup_steps=2), probe], epochs=1)
+    _fit(
+        _compiled(tf.distribute.get_strategy(), lambda: keras.optimizers.SGD(1.0)),
+        digits,
+        [ScheduledLR(schedule, warmup_steps=2), probe],
+        epochs=1,
+    )
     np.testing.assert_allclose(probe.rates, [0.0, 0.05] + [0.1 * 0.5 ** (t / 4) for t in range(6)], rtol=1e-5)
     probe = _Probe()
-    _fit(_compiled(tf.distribute.get_strategy(), lambda: keras.optimizers.SGD(1.0)), digits,
-         [ScheduledLR(lambda step: 0.1 if step < 3 else 0.01), probe], epochs=1)
+    _fit(
+        _compiled(tf.distribute.get_strategy(), lambda: keras.optimizers.SGD(1.0)),
+        digits,
+        [ScheduledLR(lambda step: 0.1 if step < 3 else 0.01), probe],
+        epochs=1,
+    )
     np.testing.assert_allclose(probe.rates, [0.1] * 3 + [0.01] * 5, rtol=1e-6)
 
 
 def test_warm_up_schedule_saves_with_the_optimizer(tmp_path, digits):
-    schedule = WarmUp(keras.optimizers.schedules.CosineDecayRestarts(0.1, 8), warmup_steps=4, initial_learning_rate=0.01)
+    schedule = WarmUp(
+        keras.optimizers.schedules.CosineDecayRestarts(0.1, 8), warmup_steps=4, initial_learning_rate=0.01
+    )
     again = WarmUp.from_config(schedule.get_config())
     steps = np.arange(20)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(again(steps)), keras.ops.convert_to_numpy(schedule(steps)))
@@ -199,7 +224,9 @@ def test_warm_up_schedule_saves_with_the_optimizer(tmp_path, digits):
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
     assert isinstance(loaded.optimizer._learning_rate, WarmUp)
-    assert float(read_value(loaded.optimizer.learning_rate)) == pytest.approx(float(read_value(model.optimizer.learning_rate)))
+    assert float(read_value(loaded.optimizer.learning_rate)) == pytest.approx(
+        float(read_value(model.optimizer.learning_rate))
+    )
 
 
 def test_configs_round_trip_and_bad_arguments():
@@ -209,8 +236,11 @@ def test_configs_round_trip_and_bad_arguments():
         TwoStage(high_lr=0.1, low_lr=0.02, switch_epoch=5),
         ScheduledLR(keras.optimizers.schedules.PiecewiseConstantDecay([10], [0.1, 0.01]), warmup_steps=5),
     ):
-        again = type(callback).from_config(callback.get_config()) if hasattr(type(callback), "from_config") \
+        again = (
+            type(callback).from_config(callback.get_config())
+            if hasattr(type(callback), "from_config")
             else type(callback)(**callback.get_config())
+        )
         assert again.get_config() == callback.get_config()
     for make, match in (
         (lambda: CosineRestarts(max_lr=0.1, min_lr=0.2), "`min_lr` must be below"),
@@ -233,8 +263,12 @@ def test_one_cycle_momentum_is_mirrored_under_two_replicas(mirrored_strategy, di
             if not seen:
                 seen.append(type(self.model.optimizer.momentum.value).__name__)
 
-    _fit(_compiled(mirrored_strategy, lambda: keras.optimizers.SGD(0.01, momentum=0.9)), digits,
-         [OneCycle((0.01, 0.1)), _Kind()], epochs=1)
+    _fit(
+        _compiled(mirrored_strategy, lambda: keras.optimizers.SGD(0.01, momentum=0.9)),
+        digits,
+        [OneCycle((0.01, 0.1)), _Kind()],
+        epochs=1,
+    )
     assert seen == ["MirroredVariable"]
 
 

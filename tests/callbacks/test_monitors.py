@@ -61,8 +61,14 @@ def test_flags_too_small_and_too_large_updates(digits):
 def test_config_and_bad_arguments():
     monitor = UpdateRatioMonitor(frequency=50, target=2e-3, tolerance=5.0)
     assert UpdateRatioMonitor(**monitor.get_config()).get_config() == monitor.get_config()
-    for arguments, match in (({"frequency": 0}, "frequency"), ({"target": 0}, "target"), ({"tolerance": 1}, "tolerance"),
-                             ({"window": 0}, "window"), ({"warmup_steps": -1}, "warmup_steps"), ({"patience": 0}, "patience")):
+    for arguments, match in (
+        ({"frequency": 0}, "frequency"),
+        ({"target": 0}, "target"),
+        ({"tolerance": 1}, "tolerance"),
+        ({"window": 0}, "window"),
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"patience": 0}, "patience"),
+    ):
         with pytest.raises(ValueError, match=match):
             UpdateRatioMonitor(**arguments)
 
@@ -81,12 +87,16 @@ def test_loss_components_add_up_to_the_total(strategy, digits):
     from keras_playbook.callbacks import LossComponents
 
     with strategy.scope():
-        model = keras.Sequential([
-            keras.Input((64,)),
-            keras.layers.Dense(32, activation="relu", kernel_regularizer=keras.regularizers.L2(1e-3), name="hidden"),
-            _CenterLoss(name="center"),
-            keras.layers.Dense(10, name="logits"),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((64,)),
+                keras.layers.Dense(
+                    32, activation="relu", kernel_regularizer=keras.regularizers.L2(1e-3), name="hidden"
+                ),
+                _CenterLoss(name="center"),
+                keras.layers.Dense(10, name="logits"),
+            ]
+        )
         model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=helpers.LOGITS_LOSS)
     sample = (digits["x_val"], digits["y_val"])
     components = LossComponents(sample)
@@ -95,8 +105,11 @@ def test_loss_components_add_up_to_the_total(strategy, digits):
     assert all(len(values) == 3 for values in components.history.values())
     assert history.history["loss/regularization/hidden"] == components.history["regularization/hidden"]
     # The components are computed separately; Keras's own total on the same sample must match their sum.
-    total = float(keras.ops.convert_to_numpy(model.compute_loss(
-        x=sample[0], y=sample[1], y_pred=model(sample[0], training=False))))
+    total = float(
+        keras.ops.convert_to_numpy(
+            model.compute_loss(x=sample[0], y=sample[1], y_pred=model(sample[0], training=False))
+        )
+    )
     assert sum(values[-1] for values in components.history.values()) == pytest.approx(total, rel=1e-4)
     assert components.history["data"][-1] < components.history["data"][0]  # It learned.
     assert isinstance(components.plot(), Figure)
@@ -106,7 +119,9 @@ def test_loss_components_add_up_to_the_total(strategy, digits):
 
 
 def test_nested_models_are_opened_up(digits):
-    inner = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu", name="inner_dense")], name="inner")
+    inner = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(16, activation="relu", name="inner_dense")], name="inner"
+    )
     model = keras.Sequential([keras.Input((64,)), inner, keras.layers.Dense(10, name="head")])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss=helpers.LOGITS_LOSS)
     monitor = UpdateRatioMonitor(frequency=5)
@@ -139,8 +154,15 @@ def test_a_healthy_run_raises_no_update_ratio_finding(digits):
         model = helpers.mlp()
         model.compile(optimizer=optimizer, loss=helpers.LOGITS_LOSS, metrics=["accuracy"])
         monitor = UpdateRatioMonitor()
-        history = model.fit(digits["x_train"], digits["y_train"], validation_data=(digits["x_val"], digits["y_val"]),
-                            epochs=6, batch_size=32, callbacks=[monitor], verbose=0)
+        history = model.fit(
+            digits["x_train"],
+            digits["y_train"],
+            validation_data=(digits["x_val"], digits["y_val"]),
+            epochs=6,
+            batch_size=32,
+            callbacks=[monitor],
+            verbose=0,
+        )
         assert history.history["val_accuracy"][-1] > 0.7  # Learning well (10% is chance).
         assert monitor.findings == [], [f.advice for f in monitor.findings]
         assert len(monitor.history) == 6  # One window per epoch by default, none at step 0.

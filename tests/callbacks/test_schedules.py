@@ -20,8 +20,15 @@ def _model(strategy, learning_rate=0.05, frozen=False):
 
 
 def _fit(model, digits, callback, epochs):
-    return model.fit(digits["x_train"], digits["y_train"], validation_data=(digits["x_val"], digits["y_val"]),
-                     epochs=epochs, batch_size=64, callbacks=[callback], verbose=0)
+    return model.fit(
+        digits["x_train"],
+        digits["y_train"],
+        validation_data=(digits["x_val"], digits["y_val"]),
+        epochs=epochs,
+        batch_size=64,
+        callbacks=[callback],
+        verbose=0,
+    )
 
 
 def test_steps_down_on_a_plateau_and_not_before(strategy, digits):
@@ -54,8 +61,12 @@ def test_a_spike_steps_down_at_once(digits):
 
     callback = StepDownLR(monitor="loss", patience=10, spike_tolerance=0.5)
     history = _model(tf.distribute.get_strategy()).fit(
-        digits["x_train"], digits["y_train"], epochs=4, batch_size=64,
-        callbacks=[_RaiseLearningRate(), callback], verbose=0,
+        digits["x_train"],
+        digits["y_train"],
+        epochs=4,
+        batch_size=64,
+        callbacks=[_RaiseLearningRate(), callback],
+        verbose=0,
     )
     losses = history.history["loss"]
     assert not losses[2] < 1.5 * losses[1]  # The jump happened...

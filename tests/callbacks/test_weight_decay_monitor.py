@@ -68,14 +68,16 @@ def test_warns_when_the_decay_wins_and_diagnose_sees_it(digits):
     sample = (digits["x_val"], digits["y_val"])
     strong = WeightDecayMonitor(sample=sample, frequency=4)
     history = _model(strategy, lambda: keras.optimizers.SGD(0.05), l2=1.0).fit(
-        digits["x_train"], digits["y_train"], batch_size=64, epochs=3, callbacks=[strong], verbose=0)
+        digits["x_train"], digits["y_train"], batch_size=64, epochs=3, callbacks=[strong], verbose=0
+    )
     (finding,) = strong.findings  # Once for the layer, not at every measurement.
     assert finding.kind == "weight_decay_dominating" and "Loshchilov & Hutter 2019" in finding.advice
     assert finding.evidence["pull"] > finding.evidence["push"]
     assert "weight_decay_dominating" in [f.kind for f in diagnose(history)]
     mild = WeightDecayMonitor(sample=sample, frequency=4)
     history = _model(strategy, lambda: keras.optimizers.SGD(0.05), l2=1e-5).fit(
-        digits["x_train"], digits["y_train"], batch_size=64, epochs=3, callbacks=[mild], verbose=0)
+        digits["x_train"], digits["y_train"], batch_size=64, epochs=3, callbacks=[mild], verbose=0
+    )
     assert mild.findings == [] and max(history.history["weight_decay_ratio"]) < 0.1
     assert "weight_decay_dominating" not in [f.kind for f in diagnose(history)]
 
@@ -91,7 +93,11 @@ def test_adamw_decoupled_decay_is_measured_in_steps(digits):
 
 
 def test_bad_arguments_and_models_without_decay(digits):
-    for arguments, match in (({"frequency": 0}, "frequency"), ({"threshold": 0}, "threshold"), ({"sample": [1]}, "sample")):
+    for arguments, match in (
+        ({"frequency": 0}, "frequency"),
+        ({"threshold": 0}, "threshold"),
+        ({"sample": [1]}, "sample"),
+    ):
         with pytest.raises(ValueError, match=match):
             WeightDecayMonitor(**arguments)
     monitor = WeightDecayMonitor(sample=([1], [2]), frequency=7, threshold=2.0)

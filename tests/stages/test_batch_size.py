@@ -33,9 +33,12 @@ class AllocatesTooMuchAbove(keras.layers.Layer):
 
 def _playbook(digits, model=None, strategy=None):
     return Playbook(
-        model or helpers.mlp(), (digits["x_train"], digits["y_train"]),
+        model or helpers.mlp(),
+        (digits["x_train"], digits["y_train"]),
         validation_data=(digits["x_val"], digits["y_val"]),
-        loss=helpers.LOGITS_LOSS, strategy=strategy, verbose=0,
+        loss=helpers.LOGITS_LOSS,
+        strategy=strategy,
+        verbose=0,
     )
 
 
@@ -58,12 +61,11 @@ def test_doubling_reaches_the_data_cap(strategy, digits):
 
 
 def test_binary_search_finds_the_exact_out_of_memory_edge(strategy, digits):
-    model = keras.Sequential(
-        [keras.Input((64,)), AllocatesTooMuchAbove(40), keras.layers.Dense(10)], name="hog"
-    )
+    model = keras.Sequential([keras.Input((64,)), AllocatesTooMuchAbove(40), keras.layers.Dense(10)], name="hog")
     pb = _playbook(digits, model=model, strategy=strategy)
-    result = pb.find_batch_size(mode="binsearch", initial_batch_size=8, criterion="largest", min_steps_per_epoch=1,
-                                steps_per_size=2)
+    result = pb.find_batch_size(
+        mode="binsearch", initial_batch_size=8, criterion="largest", min_steps_per_epoch=1, steps_per_size=2
+    )
     statuses = {trial["batch_size"]: trial["status"] for trial in result.trials}
     assert statuses[32] == "ok" and statuses[64] == "out of memory"
     assert statuses[40] == "ok" and statuses[41] == "out of memory"
@@ -72,12 +74,10 @@ def test_binary_search_finds_the_exact_out_of_memory_edge(strategy, digits):
 
 
 def test_power_mode_stops_at_the_first_failure(digits):
-    model = keras.Sequential(
-        [keras.Input((64,)), AllocatesTooMuchAbove(40), keras.layers.Dense(10)], name="hog"
+    model = keras.Sequential([keras.Input((64,)), AllocatesTooMuchAbove(40), keras.layers.Dense(10)], name="hog")
+    result = _playbook(digits, model=model).find_batch_size(
+        mode="power", initial_batch_size=8, criterion="largest", steps_per_size=2, min_steps_per_epoch=1
     )
-    result = _playbook(digits, model=model).find_batch_size(mode="power", initial_batch_size=8, criterion="largest",
-                                                            steps_per_size=2,
-                                                            min_steps_per_epoch=1)
     assert [trial["batch_size"] for trial in result.trials] == [8, 16, 32, 64]
     assert result.batch_size == 32
 
@@ -97,8 +97,9 @@ def test_memory_limit_keeps_the_search_within_host_memory(digits):
 
 
 def test_fastest_criterion_picks_the_highest_throughput(digits):
-    result = _playbook(digits).find_batch_size(criterion="fastest", initial_batch_size=32, max_batch_size=128,
-                                               min_steps_per_epoch=1)
+    result = _playbook(digits).find_batch_size(
+        criterion="fastest", initial_batch_size=32, max_batch_size=128, min_steps_per_epoch=1
+    )
     fitting = [trial for trial in result.trials if trial["status"] == "ok"]
     assert result.batch_size == max(fitting, key=lambda t: t["samples_per_second"])["batch_size"]
     assert max(trial["batch_size"] for trial in result.trials) == 128

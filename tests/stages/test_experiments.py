@@ -11,10 +11,15 @@ from tests.tuning.test_hypermodel import build_with_dropout
 
 def _playbook(digits, model=None, strategy=None, optimizer=None):
     return Playbook(
-        model if model is not None else helpers.mlp(), (digits["x_train"], digits["y_train"]),
-        validation_data=(digits["x_val"], digits["y_val"]), loss=helpers.LOGITS_LOSS,
-        optimizer=optimizer or keras.optimizers.SGD(0.05, momentum=0.9), metrics=["accuracy"],
-        batch_size=64, strategy=strategy, verbose=0,
+        model if model is not None else helpers.mlp(),
+        (digits["x_train"], digits["y_train"]),
+        validation_data=(digits["x_val"], digits["y_val"]),
+        loss=helpers.LOGITS_LOSS,
+        optimizer=optimizer or keras.optimizers.SGD(0.05, momentum=0.9),
+        metrics=["accuracy"],
+        batch_size=64,
+        strategy=strategy,
+        verbose=0,
     )
 
 
@@ -22,7 +27,9 @@ def test_a_large_difference_is_significant(digits, strategy, tmp_path):
     pb = _playbook(digits, strategy=strategy)
     result = pb.compare_seeds(
         {"lr=0.05": {"learning_rate": 0.05}, "lr=1e-5": {"learning_rate": 1e-5}},
-        seeds=3, epochs=4, directory=tmp_path,
+        seeds=3,
+        epochs=4,
+        directory=tmp_path,
     )
     assert isinstance(result, SeedComparisonResult)
     assert result.best_config == "lr=0.05"
@@ -42,7 +49,9 @@ def test_a_null_difference_is_not_significant(digits, tmp_path):
     pb = _playbook(digits)
     result = pb.compare_seeds(
         {"none": {"weight_decay": 0}, "tiny": {"weight_decay": 1e-9}},
-        seeds=4, epochs=2, directory=tmp_path,
+        seeds=4,
+        epochs=2,
+        directory=tmp_path,
     )
     [test] = result.tests
     assert not test["significant"] and test["p_value"] > 0.5
@@ -75,14 +84,18 @@ def test_round_tunes_nuisance_per_scientific_value(digits, strategy, tmp_path):
         scientific={"dropout": [0.0, 0.5]},
         nuisance={"learning_rate": ("log", 1e-3, 1e-1)},
         fixed={"batch_size": 32},
-        max_trials=4, epochs=2, directory=tmp_path,
+        max_trials=4,
+        epochs=2,
+        directory=tmp_path,
     )
     assert isinstance(result, RoundResult)
     assert [cell["values"] for cell in result.cells] == [{"dropout": 0.0}, {"dropout": 0.5}]
     for cell in result.cells:
         assert len(cell["trials"]) == 2
-        assert all(t["values"]["batch_size"] == 32 and t["values"]["dropout"] == cell["values"]["dropout"]
-                   for t in cell["trials"])
+        assert all(
+            t["values"]["batch_size"] == 32 and t["values"]["dropout"] == cell["values"]["dropout"]
+            for t in cell["trials"]
+        )
         assert cell["best_score"] == min(t["score"] for t in cell["trials"])
         assert set(cell["best_values"]) == {"learning_rate"}
     # The same nuisance samples for every scientific value: a fair comparison.
@@ -99,8 +112,12 @@ def test_round_tunes_nuisance_per_scientific_value(digits, strategy, tmp_path):
 def test_round_with_seeds_compares_the_best_of_each_value(digits, tmp_path):
     pb = _playbook(digits, model=build_with_dropout)
     result = pb.run_round(
-        goal="Wider or narrower?", scientific={"units": [16, 32]},
-        nuisance={"weight_decay": [0.0, 1e-4]}, max_trials=2, epochs=1, seeds=2,
+        goal="Wider or narrower?",
+        scientific={"units": [16, 32]},
+        nuisance={"weight_decay": [0.0, 1e-4]},
+        max_trials=2,
+        epochs=1,
+        seeds=2,
         directory=tmp_path,
     )
     comparison = result.comparison
@@ -132,8 +149,13 @@ def test_round_with_seeds_compares_the_best_of_each_value(digits, tmp_path):
 )
 def test_bad_rounds_are_refused_before_any_trial(digits, tmp_path, arguments, match):
     pb = _playbook(digits, model=build_with_dropout)
-    options = {"goal": "g", "scientific": {"dropout": [0.0, 0.5]}, "max_trials": 4,
-               "directory": tmp_path / "never", **arguments}
+    options = {
+        "goal": "g",
+        "scientific": {"dropout": [0.0, 0.5]},
+        "max_trials": 4,
+        "directory": tmp_path / "never",
+        **arguments,
+    }
     with pytest.raises(ValueError, match=match):
         pb.run_round(**options)
     assert not (tmp_path / "never").exists()

@@ -50,8 +50,9 @@ def pretrained(tmp_path_factory):
 def test_backbone_weights_load_from_local_files(pretrained, digits):
     data = _split(digits, 5)
     for source in ("backbone.weights.h5", "backbone.keras"):
-        pb = Playbook.for_fine_tuning(_backbone(), 5, data["train"], data["val"], weights=pretrained["folder"] / source,
-                                      strategy=None, verbose=0)
+        pb = Playbook.for_fine_tuning(
+            _backbone(), 5, data["train"], data["val"], weights=pretrained["folder"] / source, strategy=None, verbose=0
+        )
         backbone = pb.model.get_layer("backbone")
         for got, want in zip(backbone.get_weights(), pretrained["weights"]):
             np.testing.assert_array_equal(got, want)
@@ -61,9 +62,16 @@ def test_backbone_weights_load_from_local_files(pretrained, digits):
 
 def test_fine_tune_runs_both_phases_and_records_them(strategy, pretrained, digits):
     data = _split(digits, 5)
-    pb = Playbook.for_fine_tuning(_backbone(), 5, data["train"], data["val"],
-                                  weights=pretrained["folder"] / "backbone.weights.h5",
-                                  batch_size=16, strategy=strategy, verbose=0)
+    pb = Playbook.for_fine_tuning(
+        _backbone(),
+        5,
+        data["train"],
+        data["val"],
+        weights=pretrained["folder"] / "backbone.weights.h5",
+        batch_size=16,
+        strategy=strategy,
+        verbose=0,
+    )
     backbone_weights = [np.array(read_value(v)) for v in pb.model.get_layer("backbone").weights]
     head_snapshot = []
 
@@ -134,8 +142,9 @@ def test_a_failed_fine_tune_leaves_the_model_as_it_was(pretrained, digits, tmp_p
     logits = keras.layers.Dense(5, name="head")(keras.layers.GlobalAveragePooling2D()(backbone(inputs)))
     # A head whose logits are multiplied by 0: the loss cannot fall, so the range test finds no rate.
     model = keras.Model(inputs, keras.layers.Rescaling(0.0, name="zeroed")(logits))
-    pb = Playbook(model, data["train"], data["val"], loss=helpers.LOGITS_LOSS, batch_size=16,
-                  directory=tmp_path, verbose=0)
+    pb = Playbook(
+        model, data["train"], data["val"], loss=helpers.LOGITS_LOSS, batch_size=16, directory=tmp_path, verbose=0
+    )
     pb.fit(1, verbose=0)  # The optimizer has state to lose.
     before = _model_state(pb)
     on_disk = (tmp_path / "journal.json").read_text()
@@ -164,13 +173,21 @@ class _Interrupt(keras.callbacks.Callback):
 
 def test_ctrl_c_in_phase_2_restores_everything(strategy, pretrained, digits):
     data = _split(digits, 5)
-    pb = Playbook.for_fine_tuning(_backbone(), 5, data["train"], data["val"],
-                                  weights=pretrained["folder"] / "backbone.weights.h5",
-                                  batch_size=16, strategy=strategy, verbose=0)
+    pb = Playbook.for_fine_tuning(
+        _backbone(),
+        5,
+        data["train"],
+        data["val"],
+        weights=pretrained["folder"] / "backbone.weights.h5",
+        batch_size=16,
+        strategy=strategy,
+        verbose=0,
+    )
     before = _model_state(pb)
     with pytest.raises(KeyboardInterrupt):
-        pb.fine_tune(head_epochs=1, epochs=2, head_learning_rate=1e-2, learning_rate=1e-3,
-                     callbacks=[_Interrupt()], verbose=0)
+        pb.fine_tune(
+            head_epochs=1, epochs=2, head_learning_rate=1e-2, learning_rate=1e-3, callbacks=[_Interrupt()], verbose=0
+        )
     _assert_as_before(pb, before)
     assert not isinstance(pb.model.optimizer, finetune.DiscriminativeOptimizer)
 
@@ -179,8 +196,15 @@ def test_a_phase_2_that_makes_things_worse_is_not_ok_and_keeps_phase_1(pretraine
     from matplotlib.figure import Figure
 
     data = _split(digits, 5)
-    pb = Playbook.for_fine_tuning(_backbone(), 5, data["train"], data["val"],
-                                  weights=pretrained["folder"] / "backbone.weights.h5", batch_size=16, verbose=0)
+    pb = Playbook.for_fine_tuning(
+        _backbone(),
+        5,
+        data["train"],
+        data["val"],
+        weights=pretrained["folder"] / "backbone.weights.h5",
+        batch_size=16,
+        verbose=0,
+    )
     # A base rate far too high for Adam wrecks the pretrained backbone in phase 2.
     result = pb.fine_tune(head_epochs=2, epochs=2, head_learning_rate=1e-2, learning_rate=3.0, verbose=0)
     assert result.best > result.head_best and not result.ok
@@ -197,13 +221,27 @@ def test_a_phase_2_that_makes_things_worse_is_not_ok_and_keeps_phase_1(pretraine
 @pytest.mark.parametrize("train_batch_norm", [False, True])
 def test_phase_2_keeps_batch_norm_and_the_users_frozen_layers_frozen(strategy, pretrained, digits, train_batch_norm):
     data = _split(digits, 5)
-    pb = Playbook.for_fine_tuning(_backbone(), 5, data["train"], data["val"], strategy=strategy,
-                                  weights=pretrained["folder"] / "backbone.weights.h5", batch_size=16, verbose=0)
+    pb = Playbook.for_fine_tuning(
+        _backbone(),
+        5,
+        data["train"],
+        data["val"],
+        strategy=strategy,
+        weights=pretrained["folder"] / "backbone.weights.h5",
+        batch_size=16,
+        verbose=0,
+    )
     backbone = pb.model.get_layer("backbone")
     backbone.get_layer("block1_conv").trainable = False  # Frozen on purpose.
     before = {layer.name: [np.array(w) for w in layer.get_weights()] for layer in backbone.layers}
-    result = pb.fine_tune(head_epochs=1, epochs=2, head_learning_rate=1e-2, learning_rate=1e-2,
-                          train_batch_norm=train_batch_norm, verbose=0)
+    result = pb.fine_tune(
+        head_epochs=1,
+        epochs=2,
+        head_learning_rate=1e-2,
+        learning_rate=1e-2,
+        train_batch_norm=train_batch_norm,
+        verbose=0,
+    )
     assert "Left frozen as you had them: block1_conv." in result.message
     assert ("2 BatchNormalization layers stayed in inference mode" in result.message) is not train_batch_norm
 
@@ -219,13 +257,24 @@ def test_phase_2_keeps_batch_norm_and_the_users_frozen_layers_frozen(strategy, p
 
 def test_gradual_phase_2_keeps_them_frozen_too(pretrained, digits):
     data = _split(digits, 5)
-    pb = Playbook.for_fine_tuning(_backbone(), 5, data["train"], data["val"],
-                                  weights=pretrained["folder"] / "backbone.weights.h5", batch_size=16, verbose=0)
+    pb = Playbook.for_fine_tuning(
+        _backbone(),
+        5,
+        data["train"],
+        data["val"],
+        weights=pretrained["folder"] / "backbone.weights.h5",
+        batch_size=16,
+        verbose=0,
+    )
     backbone = pb.model.get_layer("backbone")
     backbone.get_layer("block1_conv").trainable = False
-    before = [np.array(w) for w in backbone.get_layer("block1_conv").get_weights() + backbone.get_layer("block1_bn").get_weights()]
-    pb.fine_tune(head_epochs=1, epochs=3, groups=3, head_learning_rate=1e-2, learning_rate=1e-2, gradual=True,
-                 verbose=0)
+    before = [
+        np.array(w)
+        for w in backbone.get_layer("block1_conv").get_weights() + backbone.get_layer("block1_bn").get_weights()
+    ]
+    pb.fine_tune(
+        head_epochs=1, epochs=3, groups=3, head_learning_rate=1e-2, learning_rate=1e-2, gradual=True, verbose=0
+    )
     after = backbone.get_layer("block1_conv").get_weights() + backbone.get_layer("block1_bn").get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
     callback = finetune.GradualUnfreezing(finetune.layer_groups(pb.model, n=3), keep_frozen=["block1_bn"])

@@ -15,10 +15,14 @@ from tests import helpers
 
 def _playbook(digits, optimizer=None, strategy=None, **kwargs):
     return Playbook(
-        helpers.mlp(), (digits["x_train"], digits["y_train"]),
+        helpers.mlp(),
+        (digits["x_train"], digits["y_train"]),
         validation_data=(digits["x_val"], digits["y_val"]),
-        loss=helpers.LOGITS_LOSS, optimizer=optimizer or keras.optimizers.Adam(1e-3),
-        strategy=strategy, verbose=0, **kwargs,
+        loss=helpers.LOGITS_LOSS,
+        optimizer=optimizer or keras.optimizers.Adam(1e-3),
+        strategy=strategy,
+        verbose=0,
+        **kwargs,
     )
 
 
@@ -55,8 +59,13 @@ def test_records_each_steps_own_loss_not_the_running_mean(digits):
     session.compile()
     session.ensure_built(digits["x_train"][:1])
     pipeline = make_pipeline(
-        (digits["x_train"], digits["y_train"]), batch_size=32, num_replicas=1,
-        shuffle=False, seed=0, input_rank=2, name="training data",
+        (digits["x_train"], digits["y_train"]),
+        batch_size=32,
+        num_replicas=1,
+        shuffle=False,
+        seed=0,
+        input_rank=2,
+        name="training data",
     )
     result = lr_range.range_test(session, pipeline, min_lr=1e-3, max_lr=1.0, num_steps=30, smoothing=0.5)
     assert result.steps_run == 30
@@ -236,9 +245,7 @@ def test_smoothing_is_bias_corrected():
 
 
 def test_verbose_playbook_shows_one_bar_and_reports_bad_steps_by_name(digits, capsys):
-    pb = Playbook(
-        helpers.mlp(), (digits["x_train"], digits["y_train"]), loss=helpers.LOGITS_LOSS, verbose=1
-    )
+    pb = Playbook(helpers.mlp(), (digits["x_train"], digits["y_train"]), loss=helpers.LOGITS_LOSS, verbose=1)
     with pytest.raises(ValueError, match="num_steps"):
         pb.find_lr(num_steps=5)
     pb.find_lr(num_steps=20)
@@ -258,8 +265,11 @@ def test_the_upper_bound_sits_before_the_rise_when_the_task_is_learned_within_th
     from keras_playbook.stages import lr_range
 
     rates = np.geomspace(1e-5, 10, 100)
-    losses = np.where(rates < 1e-3, 0.7, np.where(rates < 1.0, 0.7 * np.exp(-20 * (np.log10(rates) + 3)) + 0.01,
-                                                  0.01 + 5 * (rates - 1.0)))
+    losses = np.where(
+        rates < 1e-3,
+        0.7,
+        np.where(rates < 1.0, 0.7 * np.exp(-20 * (np.log10(rates) + 3)) + 0.01, 0.01 + 5 * (rates - 1.0)),
+    )
     losses = losses * (1 + 0.02 * np.random.default_rng(0).standard_normal(100))
     index = lr_range.upper_bound_index(losses, 0.9)
     lagging = int(np.argmin(lr_range.smooth(losses, 0.9)))
@@ -289,7 +299,7 @@ def test_a_loss_that_reaches_its_floor_or_turns_up_is_not_still_falling():
     for seed in range(10):
         noise = np.where(rates < 0.05, 1, 1 + 0.2 * np.random.default_rng(seed).standard_normal(100))
         assert lr_range.stopped_falling(floor * noise, 0.9)
-        assert not lr_range.stopped_falling(steadily * np.where(rates < 0.05, 1, noise ** 0.1), 0.9)
+        assert not lr_range.stopped_falling(steadily * np.where(rates < 0.05, 1, noise**0.1), 0.9)
     turned_up = floor.copy()
     turned_up[-3:] = [0.6, 1.3, 1.3]
     assert lr_range.stopped_falling(turned_up, 0.9)
@@ -344,8 +354,9 @@ def _gaussian_nll(y_true, y_pred):
 def _gaussian_problem():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((512, 4)).astype("float32")
-    y = (0.2 * x @ np.array([[1.0], [-2.0], [0.5], [0.0]], "float32")
-         + 0.02 * rng.standard_normal((512, 1))).astype("float32")
+    y = (0.2 * x @ np.array([[1.0], [-2.0], [0.5], [0.0]], "float32") + 0.02 * rng.standard_normal((512, 1))).astype(
+        "float32"
+    )
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(2)])
     model.compile(keras.optimizers.Adam(1e-3), _gaussian_nll)

@@ -13,10 +13,13 @@ from tests import helpers
 
 def _playbook(digits, optimizer=None, strategy=None, validation=True):
     return Playbook(
-        helpers.mlp(), (digits["x_train"], digits["y_train"]),
+        helpers.mlp(),
+        (digits["x_train"], digits["y_train"]),
         validation_data=(digits["x_val"], digits["y_val"]) if validation else None,
-        loss=helpers.LOGITS_LOSS, optimizer=optimizer or keras.optimizers.SGD(0.01),
-        strategy=strategy, verbose=0,
+        loss=helpers.LOGITS_LOSS,
+        optimizer=optimizer or keras.optimizers.SGD(0.01),
+        strategy=strategy,
+        verbose=0,
     )
 
 

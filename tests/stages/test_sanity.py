@@ -118,7 +118,9 @@ def test_initial_loss_bad_arguments(digits, arguments, match):
 
 def test_overfit_memorizes_with_regularization_off(strategy, digits):
     pb = _playbook(
-        digits, strategy, model=lambda: helpers.mlp(hidden=64, dropout=0.5, l2=1e-2),
+        digits,
+        strategy,
+        model=lambda: helpers.mlp(hidden=64, dropout=0.5, l2=1e-2),
         optimizer=keras.optimizers.AdamW(1e-2, weight_decay=0.1),
     )
     before = helpers.variables_of(pb.model)
@@ -163,7 +165,10 @@ def test_overfit_regression_uses_the_loss_target(digits):
     rng = np.random.default_rng(0)
     y = (digits["x_train"] @ rng.normal(size=64)).astype("float32")
     result = _playbook(
-        digits, model=lambda: helpers.mlp(num_classes=1, hidden=64), y=y, loss="mse",
+        digits,
+        model=lambda: helpers.mlp(num_classes=1, hidden=64),
+        y=y,
+        loss="mse",
         optimizer=keras.optimizers.Adam(1e-2),
     ).overfit_small_sample(num_batches=2, max_steps=600)
     assert result.final_accuracy is None
@@ -173,8 +178,12 @@ def test_overfit_regression_uses_the_loss_target(digits):
 
 @pytest.mark.parametrize(
     "arguments, match",
-    [({"num_batches": 0}, "num_batches"), ({"max_steps": -5}, "max_steps"),
-     ({"learning_rate": 0.0}, "learning_rate"), ({"target_loss": float("nan")}, "target_loss")],
+    [
+        ({"num_batches": 0}, "num_batches"),
+        ({"max_steps": -5}, "max_steps"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"target_loss": float("nan")}, "target_loss"),
+    ],
 )
 def test_overfit_bad_arguments(digits, arguments, match):
     pb = _playbook(digits)
@@ -184,14 +193,16 @@ def test_overfit_bad_arguments(digits, arguments, match):
 
 
 def test_disable_regularization_turns_everything_off():
-    model = keras.Sequential([
-        keras.Input((8,)),
-        keras.layers.Dense(8, kernel_regularizer="l2", bias_regularizer="l1", activity_regularizer="l2"),
-        keras.layers.GaussianNoise(0.3),
-        keras.layers.Dropout(0.4),
-        keras.layers.Reshape((2, 4)),
-        keras.layers.LSTM(4, dropout=0.2, recurrent_dropout=0.1),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(8, kernel_regularizer="l2", bias_regularizer="l1", activity_regularizer="l2"),
+            keras.layers.GaussianNoise(0.3),
+            keras.layers.Dropout(0.4),
+            keras.layers.Reshape((2, 4)),
+            keras.layers.LSTM(4, dropout=0.2, recurrent_dropout=0.1),
+        ]
+    )
     disabled = disable_regularization(model)
     assert len(model.losses) == 0 or all(float(loss) == 0 for loss in model.losses)
     assert model.layers[2].rate == 0.0 and model.layers[1].stddev == 0.0
@@ -212,7 +223,7 @@ def test_regression_is_checked_against_the_loss_of_predicting_the_mean(strategy)
     x, y = _regression_data(1.0, 0.0)
     result = Playbook(model, (x, y), loss="mse", batch_size=32, strategy=strategy, verbose=0).check_initial_loss()
     assert result.ok and result.checked, result.message
-    assert result.expected == pytest.approx(float(np.var(y[:result.num_examples])), rel=0.2)
+    assert result.expected == pytest.approx(float(np.var(y[: result.num_examples])), rel=0.2)
     x, y = _regression_data(50.0, 200.0)  # Unscaled targets: mean 200, std 50.
     result = Playbook(model, (x, y), loss="mse", batch_size=32, strategy=strategy, verbose=0).check_initial_loss()
     assert not result.ok and result.checked
@@ -233,18 +244,25 @@ def test_not_checked_is_not_ok_in_disguise():
 
 def test_an_output_that_does_not_depend_on_the_input_is_flagged(digits):
     def dead():
-        return keras.Sequential([
-            keras.Input((64,)),
-            keras.layers.Dense(32, activation="relu", bias_initializer=keras.initializers.Constant(-100.0)),
-            keras.layers.Dense(10),
-        ])
+        return keras.Sequential(
+            [
+                keras.Input((64,)),
+                keras.layers.Dense(32, activation="relu", bias_initializer=keras.initializers.Constant(-100.0)),
+                keras.layers.Dense(10),
+            ]
+        )
 
     result = _playbook(digits, model=dead).check_initial_loss()
     assert not result.ok and result.input_dependence == 0 and "does not depend on its input" in result.message
 
     def zero_head():  # Constant on purpose: a zero-initialized last layer starts exactly at ln C.
-        return keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
-                                 keras.layers.Dense(10, kernel_initializer="zeros")])
+        return keras.Sequential(
+            [
+                keras.Input((64,)),
+                keras.layers.Dense(32, activation="relu"),
+                keras.layers.Dense(10, kernel_initializer="zeros"),
+            ]
+        )
 
     result = _playbook(digits, model=zero_head).check_initial_loss()
     assert result.ok and result.loss == pytest.approx(math.log(10), rel=1e-4), result.message
@@ -254,8 +272,12 @@ def _cnn(augment=False, add_loss=False):
     layers = [keras.Input((8, 8, 1))]
     if augment:
         layers += [keras.layers.RandomFlip("horizontal"), keras.layers.RandomTranslation(0.2, 0.2)]
-    layers += [keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.BatchNormalization(),
-               keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.GlobalAveragePooling2D()]
+    layers += [
+        keras.layers.Conv2D(16, 3, activation="relu"),
+        keras.layers.BatchNormalization(),
+        keras.layers.Conv2D(16, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+    ]
     if add_loss:
         layers.append(_ActivityPenalty(name="penalty"))
     layers.append(keras.layers.Dense(10))

@@ -14,10 +14,16 @@ from tests import helpers
 
 def _playbook(digits, strategy=None, optimizer=None, validation=True, directory=None, model=None):
     return Playbook(
-        model if model is not None else helpers.mlp(), (digits["x_train"], digits["y_train"]),
+        model if model is not None else helpers.mlp(),
+        (digits["x_train"], digits["y_train"]),
         validation_data=(digits["x_val"], digits["y_val"]) if validation else None,
-        loss=helpers.LOGITS_LOSS, optimizer=optimizer or keras.optimizers.Adam(3e-3),
-        metrics=["accuracy"], batch_size=64, strategy=strategy, directory=directory, verbose=0,
+        loss=helpers.LOGITS_LOSS,
+        optimizer=optimizer or keras.optimizers.Adam(3e-3),
+        metrics=["accuracy"],
+        batch_size=64,
+        strategy=strategy,
+        directory=directory,
+        verbose=0,
     )
 
 
@@ -74,14 +80,19 @@ def test_keras_tuner_tools_read_the_project(digits, tmp_path, capsys):
     pb = _playbook(digits)
     logs = tmp_path / "logs"
     result = pb.grid_weight_decay(
-        values=[0, 1e-3], epochs=1, directory=tmp_path, confirm_seeds=0,
+        values=[0, 1e-3],
+        epochs=1,
+        directory=tmp_path,
+        confirm_seeds=0,
         callbacks=[keras.callbacks.TensorBoard(log_dir=str(logs))],
     )
     # KerasTuner gives the TensorBoard callback one folder per trial, with hparams.
     assert sorted(os.listdir(logs)) == [t["trial_id"] for t in result.trials]
     assert os.listdir(logs / result.trials[0]["trial_id"] / "execution0")
     tuner = keras_tuner.GridSearch(
-        lambda hp: None, objective="val_loss", directory=str(tmp_path),
+        lambda hp: None,
+        objective="val_loss",
+        directory=str(tmp_path),
         project_name=os.path.basename(result.project_dir),
     )
     tuner.results_summary()
@@ -103,8 +114,9 @@ def test_border_and_epoch_advice(digits):
     pb = _playbook(digits, optimizer=keras.optimizers.SGD(1e-4))
     # A tiny learning rate: the loss still falls at the last epoch, and the
     # largest learning rate of the coarse grid wins.
-    result = pb.tune_lr_wd(learning_rates=[1e-5, 1e-4], weight_decays=[0.0], coarse_epochs=1, fine_epochs=3,
-                           confirm_seeds=0)
+    result = pb.tune_lr_wd(
+        learning_rates=[1e-5, 1e-4], weight_decays=[0.0], coarse_epochs=1, fine_epochs=3, confirm_seeds=0
+    )
     assert isinstance(result, LRWeightDecayResult)
     assert any("largest value tried of the coarse grid" in advice for advice in result.advice)
     assert any("train longer" in advice for advice in result.advice)
@@ -114,8 +126,7 @@ def test_border_and_epoch_advice(digits):
 def test_tune_lr_wd_centres_on_find_lr_and_settles(digits, tmp_path):
     pb = _playbook(digits)
     found = pb.find_lr(num_steps=40)
-    result = pb.tune_lr_wd(coarse_epochs=1, fine_epochs=2, weight_decays=[0.0, 1e-4], max_extensions=0,
-                           confirm_seeds=0)
+    result = pb.tune_lr_wd(coarse_epochs=1, fine_epochs=2, weight_decays=[0.0, 1e-4], max_extensions=0, confirm_seeds=0)
     coarse = result.stage_trials("coarse")
     fine = result.stage_trials("fine")
     lrs = sorted({t["values"]["learning_rate"] for t in coarse})
@@ -183,11 +194,19 @@ def test_default_project_names_are_the_same_in_every_process():
 
     from keras_playbook.stages.search import project_name_for
 
-    arguments = dict(values=[0.0, 1e-4], epochs=10, mode="decoupled", objective=["val_loss", "min"],
-                     fixed={"learning_rate": 3e-3, "batch_size": 64}, seed=0)
+    arguments = dict(
+        values=[0.0, 1e-4],
+        epochs=10,
+        mode="decoupled",
+        objective=["val_loss", "min"],
+        fixed={"learning_rate": 3e-3, "batch_size": 64},
+        seed=0,
+    )
     here = project_name_for("grid_weight_decay", **arguments)
-    code = ("from keras_playbook.stages.search import project_name_for; "
-            f"print(project_name_for('grid_weight_decay', **{arguments!r}))")
+    code = (
+        "from keras_playbook.stages.search import project_name_for; "
+        f"print(project_name_for('grid_weight_decay', **{arguments!r}))"
+    )
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()[-1]
     assert here == there and here.startswith("grid_weight_decay_")
     assert project_name_for("grid_weight_decay", **{**arguments, "epochs": 5}) != here
@@ -213,11 +232,19 @@ def test_a_tie_keeps_no_weight_decay_and_gives_no_border_advice(digits):
 def test_tune_lr_wd_re_measures_its_best_cell_over_seeds_before_adopting_it(digits):
     pb = _playbook(digits)
     # The reference is the cell closest to the current rate (1e-4) with the least weight decay.
-    result = pb.tune_lr_wd(learning_rate=1e-4, learning_rates=[1e-4, 3e-3], weight_decays=[0.0],
-                           coarse_epochs=1, fine_epochs=2, max_extensions=0, confirm_seeds=2)
+    result = pb.tune_lr_wd(
+        learning_rate=1e-4,
+        learning_rates=[1e-4, 3e-3],
+        weight_decays=[0.0],
+        coarse_epochs=1,
+        fine_epochs=2,
+        max_extensions=0,
+        confirm_seeds=2,
+    )
     fine = result.stage_trials("fine")
-    reference = min(fine, key=lambda t: (abs(np.log(t["values"]["learning_rate"] / 1e-4)),
-                                         t["values"]["weight_decay"]))["values"]
+    reference = min(
+        fine, key=lambda t: (abs(np.log(t["values"]["learning_rate"] / 1e-4)), t["values"]["weight_decay"])
+    )["values"]
     assert result.best["learning_rate"] != reference["learning_rate"]
     confirmation = result.confirmation
     assert confirmation is not None and len(confirmation["seeds"]) == 2
@@ -236,8 +263,7 @@ def test_a_search_leaves_the_users_global_random_state_alone(digits):
     import tensorflow as tf
 
     def draws():
-        return (random.random(), float(np.random.rand()), float(tf.random.uniform([])),
-                float(keras.random.uniform([])))
+        return (random.random(), float(np.random.rand()), float(tf.random.uniform([])), float(keras.random.uniform([])))
 
     keras.utils.set_random_seed(123)
     draws()
@@ -277,21 +303,26 @@ print("PROJECT", result.project_dir)
 
 def test_a_project_of_another_search_is_refused_not_read_back(digits, tmp_path):
     pb = _playbook(digits)
-    first = pb.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path,
-                                 project_name="mine")
+    first = pb.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path, project_name="mine")
     # Same project, more epochs: KerasTuner alone would hand back the 1-epoch trials.
     with pytest.raises(ValueError, match=r"holds another search \(epochs: 1 -> 2\).*overwrite=True"):
         pb.grid_weight_decay(values=[0.0, 1e-4], epochs=2, confirm_seeds=0, directory=tmp_path, project_name="mine")
     with pytest.raises(ValueError, match=r"holds another search \(mode: 'decoupled' -> 'l2'\)"):
-        pb.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path, project_name="mine",
-                             weight_decay_mode="l2")
+        pb.grid_weight_decay(
+            values=[0.0, 1e-4],
+            epochs=1,
+            confirm_seeds=0,
+            directory=tmp_path,
+            project_name="mine",
+            weight_decay_mode="l2",
+        )
     other = _playbook(digits, model=helpers.mlp(hidden=8))  # Another model, the same project.
     with pytest.raises(ValueError, match=r"holds another search \(model: .*'parameters'"):
-        other.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path,
-                                project_name="mine")
-    again = pb.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path,
-                                 project_name="mine")
+        other.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path, project_name="mine")
+    again = pb.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path, project_name="mine")
     assert again.trials == first.trials  # The same search resumes: its trials are read back.
     # Without a project name, another model in the same directory gets its own project.
-    assert other.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path).project_dir \
+    assert (
+        other.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path).project_dir
         != first.project_dir
+    )

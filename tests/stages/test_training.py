@@ -46,7 +46,9 @@ def test_one_cycle_refuses_what_it_cannot_honour_before_training(digits):
     pb = _playbook(None, digits)
     pb.find_lr(num_steps=40)
     before = helpers.variables_of(pb.model)
-    with pytest.raises(ValueError, match=r"learning_rate=0.01 would not be trained at.*OneCycle\(lr_bounds=\(0.001, 0.01\)\)"):
+    with pytest.raises(
+        ValueError, match=r"learning_rate=0.01 would not be trained at.*OneCycle\(lr_bounds=\(0.001, 0.01\)\)"
+    ):
         pb.fit(epochs=1, schedule="one_cycle", learning_rate=0.01)
     with pytest.raises(ValueError, match="range test run at batch size 32.*trains at 64"):
         pb.fit(epochs=1, schedule="one_cycle", batch_size=64)
@@ -63,7 +65,8 @@ def test_named_schedules_start_from_the_settled_rate(digits):
     history = pb.fit(epochs=2, schedule=CosineRestarts(cycle_epochs=1), learning_rate=0.02, verbose=0)
     assert history.history["learning_rate"][0] < 0.02 * 0.01  # The end of a cosine cycle.
     assert pb.journal.latest("fit").schedule == {
-        "name": "CosineRestarts", "config": CosineRestarts(cycle_epochs=1).get_config()
+        "name": "CosineRestarts",
+        "config": CosineRestarts(cycle_epochs=1).get_config(),
     }
 
 
@@ -95,10 +98,18 @@ def test_bad_schedules_fail_before_training(digits):
 
 
 def test_older_fit_records_load_without_schedule_and_findings():
-    record = FitRecord.from_dict({
-        "kind": "fit", "epochs": 1, "hyperparameters": {}, "history": {"loss": [1.0]},
-        "monitor": "loss", "best_epoch": 1, "ok": True, "message": "",
-    })
+    record = FitRecord.from_dict(
+        {
+            "kind": "fit",
+            "epochs": 1,
+            "hyperparameters": {},
+            "history": {"loss": [1.0]},
+            "monitor": "loss",
+            "best_epoch": 1,
+            "ok": True,
+            "message": "",
+        }
+    )
     assert record.schedule is None and record.findings == []
     assert np.isfinite(record.history["loss"][0])
 
@@ -118,8 +129,15 @@ def test_healthy_runs_with_the_librarys_own_schedules_are_ok():
     # convergence is not "not decreasing".
     x, y, x_val, y_val = _iris()
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
-    pb = Playbook(model, (x, y), validation_data=(x_val, y_val), loss=helpers.LOGITS_LOSS,
-                  metrics=["accuracy"], batch_size=16, verbose=0)
+    pb = Playbook(
+        model,
+        (x, y),
+        validation_data=(x_val, y_val),
+        loss=helpers.LOGITS_LOSS,
+        metrics=["accuracy"],
+        batch_size=16,
+        verbose=0,
+    )
     pb.find_lr()
     for schedule in ("one_cycle", "step_down", None):
         pb.fit(20, schedule=schedule, verbose=0)

@@ -26,9 +26,13 @@ def main(directory, output):
     keras.utils.set_random_seed(0)
     digits = helpers.digits_data()
     pb = Playbook(
-        helpers.mlp(), (digits["x_train"], digits["y_train"]),
-        validation_data=(digits["x_val"], digits["y_val"]), loss=helpers.LOGITS_LOSS,
-        metrics=["accuracy"], batch_size=32, verbose=0,
+        helpers.mlp(),
+        (digits["x_train"], digits["y_train"]),
+        validation_data=(digits["x_val"], digits["y_val"]),
+        loss=helpers.LOGITS_LOSS,
+        metrics=["accuracy"],
+        batch_size=32,
+        verbose=0,
     )
     result = pb.grid_weight_decay(values=WEIGHT_DECAYS, epochs=3, directory=directory)
     path = os.path.join(output, os.environ["KERASTUNER_TUNER_ID"] + ".json")

@@ -57,8 +57,13 @@ def _curve_record(curve, **values):
     import numpy as np
 
     curve = list(curve)
-    return {"history": {"val_loss": curve}, "score": float(np.min(curve)), "values": values,
-            "best_epoch": int(np.argmin(curve)) + 1, "epochs": len(curve)}
+    return {
+        "history": {"val_loss": curve},
+        "score": float(np.min(curve)),
+        "values": values,
+        "best_epoch": int(np.argmin(curve)) + 1,
+        "epochs": len(curve),
+    }
 
 
 def test_a_difference_within_the_curves_noise_is_a_tie():

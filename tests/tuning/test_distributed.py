@@ -34,10 +34,16 @@ def test_chief_and_two_workers_complete_the_grid(tmp_path):
             "KERASTUNER_ORACLE_PORT": str(port),
             "CUDA_VISIBLE_DEVICES": "",
         }
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "tests.tuning.distributed_search", str(tuning), str(output)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.tuning.distributed_search", str(tuning), str(output)],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
         if tuner_id == "chief":
             time.sleep(1)  # Workers wait for the chief anyway (gRPC wait_for_ready).
     logs = []

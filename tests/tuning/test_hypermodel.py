@@ -14,9 +14,15 @@ from tests import helpers
 
 def _playbook(digits, model=None, strategy=None, optimizer=None):
     return Playbook(
-        model if model is not None else helpers.mlp(), (digits["x_train"], digits["y_train"]),
-        validation_data=(digits["x_val"], digits["y_val"]), loss=helpers.LOGITS_LOSS,
-        optimizer=optimizer, metrics=["accuracy"], batch_size=64, strategy=strategy, verbose=0,
+        model if model is not None else helpers.mlp(),
+        (digits["x_train"], digits["y_train"]),
+        validation_data=(digits["x_val"], digits["y_val"]),
+        loss=helpers.LOGITS_LOSS,
+        optimizer=optimizer,
+        metrics=["accuracy"],
+        batch_size=64,
+        strategy=strategy,
+        verbose=0,
     )
 
 
@@ -33,12 +39,14 @@ def _hypermodel(pb, **kwargs):
 def build_with_dropout(hp):
     rate = hp.Float("dropout", 0.0, 0.5, default=0.0)
     units = hp.Choice("units", [16, 32], default=32)
-    return keras.Sequential([
-        keras.Input((64,)),
-        keras.layers.Dense(units, activation="relu"),
-        keras.layers.Dropout(rate),
-        keras.layers.Dense(10),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(units, activation="relu"),
+            keras.layers.Dropout(rate),
+            keras.layers.Dense(10),
+        ]
+    )
 
 
 def test_seeds_give_different_initial_weights_and_no_seed_the_playbooks(digits, strategy):
@@ -107,13 +115,15 @@ def test_a_keras_tuner_hypermodel_is_accepted(digits):
 
 
 def _with_batch_norm():
-    return keras.Sequential([
-        keras.Input((64,)),
-        keras.layers.Dense(32),
-        keras.layers.BatchNormalization(),
-        keras.layers.Activation("relu"),
-        keras.layers.Dense(10),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(32),
+            keras.layers.BatchNormalization(),
+            keras.layers.Activation("relu"),
+            keras.layers.Dense(10),
+        ]
+    )
 
 
 @pytest.mark.parametrize("kind", ["builder", "model"])

@@ -8,26 +8,34 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from keras_playbook.tuning import CoarseToFineOracle, GridOracle, PlaybookHyperModel, PlaybookTuner
-from keras_playbook.session import Session
 from keras_playbook.data import make_pipeline
+from keras_playbook.session import Session
+from keras_playbook.tuning import CoarseToFineOracle, GridOracle, PlaybookHyperModel, PlaybookTuner
 from tests import helpers
 
 
 def _hypermodel(digits, strategy=None, epochs=1):
     session = Session(helpers.mlp(), strategy=strategy)
     session.compile(loss=helpers.LOGITS_LOSS, metrics=["accuracy"])
-    train = make_pipeline((digits["x_train"], digits["y_train"]), batch_size=64,
-                          num_replicas=session.num_replicas, shuffle=True, seed=0)
-    validation = make_pipeline((digits["x_val"], digits["y_val"]), batch_size=64,
-                               num_replicas=session.num_replicas, shuffle=False)
+    train = make_pipeline(
+        (digits["x_train"], digits["y_train"]), batch_size=64, num_replicas=session.num_replicas, shuffle=True, seed=0
+    )
+    validation = make_pipeline(
+        (digits["x_val"], digits["y_val"]), batch_size=64, num_replicas=session.num_replicas, shuffle=False
+    )
     session.ensure_built(train.first_batches(1)[0][0])
     return PlaybookHyperModel(session, train, validation, epochs=epochs)
 
 
 def _tuner(oracle, hypermodel, directory, **kwargs):
-    return PlaybookTuner(oracle, hypermodel, directory=str(directory), project_name="p",
-                         distribution_strategy=hypermodel.session.strategy, **kwargs)
+    return PlaybookTuner(
+        oracle,
+        hypermodel,
+        directory=str(directory),
+        project_name="p",
+        distribution_strategy=hypermodel.session.strategy,
+        **kwargs,
+    )
 
 
 class _RecordStarts(keras.callbacks.Callback):
@@ -71,8 +79,9 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(digits, tm
     _tuner(oracle, hypermodel, tmp_path).search(callbacks=[_RecordStarts()], verbose=0)
     # The two finished trials are not run again; the interrupted one and the last are.
     assert _RecordStarts.started == pytest.approx([1e-4, 1e-3])
-    completed = sorted(t.hyperparameters.values["weight_decay"] for t in oracle.trials.values()
-                       if t.status == "COMPLETED")
+    completed = sorted(
+        t.hyperparameters.values["weight_decay"] for t in oracle.trials.values() if t.status == "COMPLETED"
+    )
     assert completed == pytest.approx([0.0, 1e-5, 1e-4, 1e-3])
 
 
@@ -94,8 +103,12 @@ def test_reloading_a_project_with_another_grid_is_refused(digits, tmp_path):
 
 def test_refined_grid_is_centred_on_the_coarse_winner(digits, tmp_path):
     oracle = CoarseToFineOracle(
-        [1e-5, 1e-3, 3e-2], [0.0, 1e-3], coarse_epochs=1, fine_epochs=2,
-        objective="val_accuracy", max_extensions=0,
+        [1e-5, 1e-3, 3e-2],
+        [0.0, 1e-3],
+        coarse_epochs=1,
+        fine_epochs=2,
+        objective="val_accuracy",
+        max_extensions=0,
     )
     tuner = _tuner(oracle, _hypermodel(digits), tmp_path)
     tuner.search(verbose=0)
@@ -137,7 +150,12 @@ def test_grid_values_must_share_a_type():
 def test_coarse_grid_grows_past_the_border_its_winner_sits_on(digits, tmp_path):
     # Adam at 1e-6 / 1e-5 for one epoch: the larger rate wins, on the border.
     oracle = CoarseToFineOracle(
-        [1e-6, 1e-5], [0.0], coarse_epochs=1, fine_epochs=1, objective="val_loss", max_extensions=2,
+        [1e-6, 1e-5],
+        [0.0],
+        coarse_epochs=1,
+        fine_epochs=1,
+        objective="val_loss",
+        max_extensions=2,
     )
     tuner = _tuner(oracle, _hypermodel(digits), tmp_path)
     tuner.search(verbose=0)
@@ -149,6 +167,9 @@ def test_coarse_grid_grows_past_the_border_its_winner_sits_on(digits, tmp_path):
     assert sorted(t.hyperparameters.values["learning_rate"] for t in coarse) == pytest.approx(learning_rates)
     winner = oracle.best_coarse_trial().hyperparameters.values["learning_rate"]
     assert winner == pytest.approx(1e-3)
-    fine = [t.hyperparameters.values["learning_rate"] for t in oracle.trials.values()
-            if t.hyperparameters.values["stage"] == "fine"]
+    fine = [
+        t.hyperparameters.values["learning_rate"]
+        for t in oracle.trials.values()
+        if t.hyperparameters.values["stage"] == "fine"
+    ]
     assert sorted(fine)[1] == pytest.approx(winner)
