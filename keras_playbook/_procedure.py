@@ -149,8 +149,7 @@ def run(playbook, epochs, plan=None, search="weight_decay", schedule="step_down"
     validation.check_int(epochs, "epochs", "run")
     if search not in SEARCHES:
         raise ValueError(f"run: argument `search` must be one of {SEARCHES}. Received: search={search!r}.")
-    if not isinstance(stop_on_failure, bool):
-        raise TypeError(f"run: `stop_on_failure` must be True or False. Received: stop_on_failure={stop_on_failure!r}.")
+    validation.check_bool(stop_on_failure, "stop_on_failure", "run")
     check_schedule(schedule, "run")
     calls = plan_calls(playbook, default_plan(playbook, epochs, search, schedule) if plan is None else plan)
     runner, journal = playbook._runner, playbook.journal

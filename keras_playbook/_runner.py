@@ -30,6 +30,7 @@ import time
 import keras
 import numpy as np
 
+from keras_playbook import validation
 from keras_playbook.callbacks import StepProgress, restore_momentum
 from keras_playbook.journal import stale_reason, to_builtin
 from keras_playbook.session import users_random_state
@@ -154,8 +155,8 @@ class StageContext:
 
     def progress(self, total_steps, title):
         """A progress bar over `total_steps` (when verbose) and the step counter."""
-        valid = isinstance(total_steps, int) and not isinstance(total_steps, bool) and total_steps > 0
-        bar = [StepProgress(total_steps, title)] if self.verbose and valid else []
+        valid = validation.is_int(total_steps) and total_steps > 0
+        bar = [StepProgress(int(total_steps), title)] if self.verbose and valid else []
         return self.callbacks(bar)
 
     def search_options(self, directory, callbacks):

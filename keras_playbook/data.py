@@ -12,22 +12,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_playbook import validation
+
 _COMPONENT_NAMES = ("x", "y", "sample_weight")
 DEFAULT_BATCH_SIZE = 32
 
 
 def validate_batch_size(batch_size, name="batch_size"):
     """Raises unless `batch_size` is a positive int."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+    if not validation.is_int(batch_size):
         raise TypeError(
             f"Argument `{name}` must be a positive int (examples per replica). "
-            f"Received: {name}={batch_size!r} (of type "
-            f"{type(batch_size).__name__})."
+            f"Received: {name}={batch_size!r} (of type {type(batch_size).__name__})."
         )
-    if batch_size <= 0:
-        raise ValueError(
-            f"Argument `{name}` must be a positive int (examples per replica). Received: {name}={batch_size}."
-        )
+    validation.check_int(batch_size, name, hint="examples per replica")
 
 
 class DataPipeline:

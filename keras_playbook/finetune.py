@@ -23,12 +23,12 @@ References:
     gradual unfreezing).
 """
 
-import math
 import warnings
 
 import keras
 import numpy as np
 
+from keras_playbook import validation
 from keras_playbook.callbacks._config import ConfigurableCallback
 from keras_playbook.callbacks.monitors import leaf_layers
 from keras_playbook.session import innermost_optimizer, optimizer_scope, read_value
@@ -161,10 +161,7 @@ def layer_groups(model, n=3, *, prefixes=None, groups=None, head=None):
         return resolved
     if prefixes is not None:
         return _split_by_prefixes(body, prefixes) + [head_layers]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(
-            f"layer_groups: `n` must be an int >= 2 (the head and at least one more group). Received: n={n!r}."
-        )
+    validation.check_int(n, "n", "layer_groups", minimum=2, hint="the head and at least one more group")
     if n - 1 > len(body):
         raise ValueError(
             f"layer_groups: n={n} groups need at least {n - 1} weighted layers besides the head; "
@@ -319,8 +316,7 @@ def freeze_to(model, groups, k, keep_frozen=()):
         keep_frozen: Layers that stay frozen whichever group thaws (layers
             the user froze, BatchNormalization kept in inference mode).
     """
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(groups):
-        raise ValueError(f"freeze_to: `k` must be an int in [0, {len(groups)}]. Received: k={k!r}.")
+    validation.check_int(k, "k", "freeze_to", minimum=0, maximum=len(groups))
     kept = {id(layer) for layer in keep_frozen}
     thawed = [layer for layer in _layers_in(groups[k:]) if id(layer) not in kept]
     _set_trainable(model, frozen=list(_layers_in(groups[:k])) + list(keep_frozen), thawed=thawed)
@@ -376,13 +372,7 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
                 config.update(kwargs)
                 inner_optimizer = type(inner_optimizer).from_config(config)
         for path, value in multipliers.items():
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not value > 0
-                or not math.isfinite(value)
-            ):
-                raise ValueError(f"Multipliers must be numbers > 0. Received: {value!r} for {path!r}.")
+            validation.check_number(value, f"multipliers[{path!r}]")
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner_optimizer
         self.multipliers = {str(path): float(value) for path, value in multipliers.items()}
@@ -459,8 +449,7 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
 
 def geometric_multipliers(num_groups, factor=ULMFIT_FACTOR):
     """`[factor**-(n-1), ..., 1/factor, 1]`: each earlier group's rate is the next one's over `factor` (ULMFiT)."""
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
-        raise ValueError(f"Argument `factor` must be a number >= 1. Received: factor={factor!r}.")
+    validation.check_number(factor, "factor", within=">= 1")
     return [float(factor) ** -(num_groups - 1 - index) for index in range(num_groups)]
 
 
@@ -501,9 +490,8 @@ def discriminative(optimizer, groups, multipliers=None, factor=ULMFIT_FACTOR):
             f"discriminative: one multiplier per group: {len(groups)} groups, "
             f"{len(multipliers) if isinstance(multipliers, (list, tuple)) else multipliers!r} multipliers."
         )
-    for value in multipliers:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-            raise ValueError(f"discriminative: multipliers must be numbers > 0. Received: {list(multipliers)!r}.")
+    for index, value in enumerate(multipliers):
+        validation.check_number(value, f"multipliers[{index}]", "discriminative")
     assigned = [
         (variable, float(multiplier))
         for group, multiplier in zip(groups, multipliers)
@@ -571,9 +559,8 @@ class GradualUnfreezing(ConfigurableCallback):
         super().__init__()
         if not isinstance(groups, (list, tuple)) or len(groups) < 2:
             raise ValueError("GradualUnfreezing: `groups` must list at least 2 layer groups (see layer_groups).")
-        for name, value in (("every_epochs", every_epochs), ("patience", patience)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Argument `{name}` must be an int >= 1. Received: {name}={value!r}.")
+        validation.check_int(every_epochs, "every_epochs")
+        validation.check_int(patience, "patience")
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
             raise ValueError(f"Argument `monitor` must be a metric name or None. Received: monitor={monitor!r}.")
         self.groups = [list(group) if isinstance(group, (list, tuple)) else [group] for group in groups]

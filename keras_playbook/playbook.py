@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_playbook import _procedure, finetune, losses
+from keras_playbook import _procedure, finetune, losses, validation
 from keras_playbook import data as data_module
 from keras_playbook._runner import Runner
 from keras_playbook.journal import JOURNAL_FILENAME, Journal
@@ -123,8 +123,7 @@ class Playbook:
         seed=0,
         verbose=1,
     ):
-        if not isinstance(overwrite, bool):
-            raise TypeError(f"Argument `overwrite` must be True or False. Received: overwrite={overwrite!r}.")
+        validation.check_bool(overwrite, "overwrite")
         if batch_size is not None:
             data_module.validate_batch_size(batch_size)
         if directory is not None and not isinstance(directory, (str, os.PathLike)):
@@ -778,7 +777,7 @@ def _optimizer_values(optimizer):
         values["learning_rate"] = float(f"{float(read_value(optimizer.learning_rate)):.7g}")  # float32 digits dropped.
     for name in ("momentum", "beta_1"):
         value = getattr(optimizer, name, None)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if validation.is_number(value):
             values[name] = float(value)
     if getattr(optimizer, "weight_decay", None) is not None:
         values["weight_decay"] = float(optimizer.weight_decay)

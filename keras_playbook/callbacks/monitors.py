@@ -120,8 +120,7 @@ class UpdateRatioMonitor(ConfigurableCallback):
         validation.check_int(warmup_steps, "warmup_steps", "UpdateRatioMonitor", minimum=0)
         validation.check_int(patience, "patience", "UpdateRatioMonitor")
         validation.check_number(target, "target", "UpdateRatioMonitor")
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 1:
-            raise ValueError(f"Argument `tolerance` must be a number > 1. Received: tolerance={tolerance!r}.")
+        validation.check_number(tolerance, "tolerance", within="> 1")
         self.frequency = frequency
         self.window = window
         self.warmup_steps = warmup_steps
@@ -331,10 +330,8 @@ class WeightDecayMonitor(ConfigurableCallback):
         super().__init__()
         if sample is not None and (not isinstance(sample, (tuple, list)) or len(sample) != 2):
             raise ValueError(f"Argument `sample` must be `(x, y)` arrays or None. Received: {type(sample).__name__}.")
-        if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
-            raise ValueError(f"Argument `frequency` must be an int >= 1. Received: frequency={frequency!r}.")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
-            raise ValueError(f"Argument `threshold` must be a number > 0. Received: threshold={threshold!r}.")
+        validation.check_int(frequency, "frequency")
+        validation.check_number(threshold, "threshold")
         self.sample = None if sample is None else tuple(sample)
         self.frequency = frequency
         self.threshold = float(threshold)

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_playbook import validation
 from keras_playbook.callbacks._config import ConfigurableCallback
 
 
@@ -25,8 +26,7 @@ class StepProgress(ConfigurableCallback):
 
     def __init__(self, total_steps, title=None):
         super().__init__()
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(f"Argument `total_steps` must be a positive int. Received: total_steps={total_steps!r}.")
+        validation.check_int(total_steps, "total_steps")
         self.total_steps = total_steps
         self.title = title
         self._progbar = None

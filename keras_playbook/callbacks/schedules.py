@@ -36,6 +36,7 @@ import math
 import keras
 import numpy as np
 
+from keras_playbook import validation
 from keras_playbook.callbacks._config import ConfigurableCallback
 from keras_playbook.session import innermost_optimizer, optimizer_scope, read_value
 
@@ -50,11 +51,6 @@ def _require_float_learning_rate(optimizer, callback):
             f"{callback} sets the learning rate itself, but {type(optimizer).__name__} follows a "
             "LearningRateSchedule. Compile with a float learning rate (or use the schedule alone)."
         )
-
-
-def _check_positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise ValueError(f"Argument `{name}` must be a number > 0. Received: {name}={value!r}.")
 
 
 def _direction(monitor):
@@ -132,28 +128,19 @@ class StepDownLR(ConfigurableCallback):
             raise ValueError(
                 f"Argument `monitor` must be a metric name such as 'val_loss'. Received: monitor={monitor!r}."
             )
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1:
-            raise ValueError(
-                "Argument `factor` must be in (0, 1): the learning rate is multiplied by it "
-                f"(Krizhevsky et al. 2012: 1/10). Received: factor={factor!r}."
-            )
-        for name, value, minimum in (("patience", patience, 1), ("cooldown", cooldown, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"Argument `{name}` must be an int >= {minimum}. Received: {name}={value!r}.")
-        for name, value in (("min_delta", min_delta), ("min_lr", 0.0 if min_lr is None else min_lr)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"Argument `{name}` must be a number >= 0. Received: {name}={value!r}.")
-        if spike_tolerance is not None and (
-            isinstance(spike_tolerance, bool) or not isinstance(spike_tolerance, (int, float)) or spike_tolerance <= 0
-        ):
-            raise ValueError(
-                "Argument `spike_tolerance` must be a number > 0 or None. "
-                f"Received: spike_tolerance={spike_tolerance!r}."
-            )
+        validation.check_number(
+            factor,
+            "factor",
+            within="(0, 1)",
+            hint="the learning rate is multiplied by it (Krizhevsky et al. 2012: 1/10)",
+        )
+        validation.check_int(patience, "patience")
+        validation.check_int(cooldown, "cooldown", minimum=0)
+        validation.check_number(min_delta, "min_delta", within=">= 0")
+        validation.check_number(min_lr, "min_lr", within=">= 0", allow_none=True)
+        validation.check_number(spike_tolerance, "spike_tolerance", allow_none=True)
         milestones = [] if milestones is None else list(milestones)
-        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones) or milestones != sorted(
-            set(milestones)
-        ):
+        if not all(validation.is_int(m) and m >= 1 for m in milestones) or milestones != sorted(set(milestones)):
             raise ValueError(
                 "Argument `milestones` must be increasing 1-based epoch numbers, e.g. [30, 60]. "
                 f"Received: milestones={milestones!r}."
@@ -492,7 +479,7 @@ class OneCycle(_PerStepSchedule):
                 f"Argument `lr_bounds` must be (lower, upper) learning rates. Received: lr_bounds={lr_bounds!r}."
             )
         for value in lr_bounds:
-            _check_positive(value, "lr_bounds")
+            validation.check_number(value, "lr_bounds")
         if not lr_bounds[0] < lr_bounds[1]:
             raise ValueError(
                 "Argument `lr_bounds` must be (lower, upper) with lower < upper (Smith 2018: lower = upper / 10 "
@@ -502,22 +489,16 @@ class OneCycle(_PerStepSchedule):
             valid = (
                 isinstance(momentum_bounds, (tuple, list))
                 and len(momentum_bounds) == 2
-                and all(isinstance(m, (int, float)) and not isinstance(m, bool) and 0 <= m < 1 for m in momentum_bounds)
+                and all(validation.is_number(m) and 0 <= m < 1 for m in momentum_bounds)
             )
             if not valid or not momentum_bounds[0] <= momentum_bounds[1]:
                 raise ValueError(
                     "Argument `momentum_bounds` must be (lower, upper) in [0, 1) with lower <= upper, e.g. "
                     f"(0.85, 0.95), or None. Received: momentum_bounds={momentum_bounds!r}."
                 )
-        if total_steps is not None and (
-            isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 2
-        ):
-            raise ValueError(
-                f"Argument `total_steps` must be an int >= 2 or None. Received: total_steps={total_steps!r}."
-            )
-        for name, value in (("cycle_fraction", cycle_fraction), ("final_lr_ratio", final_lr_ratio)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise ValueError(f"Argument `{name}` must be in (0, 1]. Received: {name}={value!r}.")
+        validation.check_int(total_steps, "total_steps", minimum=2, allow_none=True)
+        validation.check_number(cycle_fraction, "cycle_fraction", within="(0, 1]")
+        validation.check_number(final_lr_ratio, "final_lr_ratio", within="(0, 1]")
         if anneal not in ("linear", "cos"):
             raise ValueError(f"Argument `anneal` must be 'linear' or 'cos'. Received: anneal={anneal!r}.")
         self.lr_bounds = (float(lr_bounds[0]), float(lr_bounds[1]))
@@ -647,19 +628,10 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, schedule, warmup_steps, initial_learning_rate=0.0):
         if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-            _check_positive(schedule, "schedule")
+            validation.check_number(schedule, "schedule")
             schedule = float(schedule)
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
-            raise ValueError(f"Argument `warmup_steps` must be an int >= 1. Received: warmup_steps={warmup_steps!r}.")
-        if (
-            isinstance(initial_learning_rate, bool)
-            or not isinstance(initial_learning_rate, (int, float))
-            or initial_learning_rate < 0
-        ):
-            raise ValueError(
-                "Argument `initial_learning_rate` must be a number >= 0. "
-                f"Received: initial_learning_rate={initial_learning_rate!r}."
-            )
+        validation.check_int(warmup_steps, "warmup_steps")
+        validation.check_number(initial_learning_rate, "initial_learning_rate", within=">= 0")
         self.schedule = schedule
         self.warmup_steps = warmup_steps
         self.initial_learning_rate = float(initial_learning_rate)
@@ -695,17 +667,6 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
         return cls(**config)
 
 
-def _check_epochs(value, name, allow_none=True, allow_zero=False):
-    if value is None and allow_none:
-        return
-    valid = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not valid or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(
-            f"Argument `{name}` must be a number of epochs {'>= 0' if allow_zero else '> 0'}. "
-            f"Received: {name}={value!r}."
-        )
-
-
 class ScheduledLR(_PerStepSchedule):
     """Follows a Keras `LearningRateSchedule` (or any step -> rate function) from a callback.
 
@@ -736,8 +697,7 @@ class ScheduledLR(_PerStepSchedule):
                 "Argument `schedule` must be a keras.optimizers.schedules.LearningRateSchedule or a "
                 f"function of the step. Received: schedule={schedule!r}."
             )
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"Argument `warmup_steps` must be an int >= 0. Received: warmup_steps={warmup_steps!r}.")
+        validation.check_int(warmup_steps, "warmup_steps", minimum=0)
         if warmup_steps and not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(
                 "A warm-up needs a keras.optimizers.schedules.LearningRateSchedule; wrap your function in one."
@@ -774,7 +734,7 @@ class _EpochSizedSchedule(ScheduledLR):
     """A Keras schedule sized in epochs, built when training starts."""
 
     def __init__(self, warmup_epochs):
-        _check_epochs(warmup_epochs, "warmup_epochs", allow_none=False, allow_zero=True)
+        validation.check_number(warmup_epochs, "warmup_epochs", within=">= 0", hint="a number of epochs")
         _PerStepSchedule.__init__(self)  # ScheduledLR's checks are for a schedule given up front.
         self.warmup_epochs = warmup_epochs
         self.schedule = None  # The Keras schedule, once training has started.
@@ -845,12 +805,11 @@ class CosineRestarts(_EpochSizedSchedule):
     def __init__(self, max_lr=None, cycle_epochs=None, t_mul=2.0, m_mul=1.0, min_lr=0.0, warmup_epochs=0):
         super().__init__(warmup_epochs)
         if max_lr is not None:
-            _check_positive(max_lr, "max_lr")
-        _check_epochs(cycle_epochs, "cycle_epochs")
-        _check_positive(t_mul, "t_mul")
-        _check_positive(m_mul, "m_mul")
-        if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or not min_lr >= 0:
-            raise ValueError(f"Argument `min_lr` must be a number >= 0. Received: min_lr={min_lr!r}.")
+            validation.check_number(max_lr, "max_lr")
+        validation.check_number(cycle_epochs, "cycle_epochs", allow_none=True, hint="a number of epochs")
+        validation.check_number(t_mul, "t_mul")
+        validation.check_number(m_mul, "m_mul")
+        validation.check_number(min_lr, "min_lr", within=">= 0")
         if max_lr is not None and not min_lr < max_lr:
             raise ValueError(
                 f"Argument `min_lr` must be below `max_lr`. Received: min_lr={min_lr!r}, max_lr={max_lr!r}."
@@ -914,12 +873,12 @@ class TwoStage(_EpochSizedSchedule):
         super().__init__(warmup_epochs)
         for name, value in (("high_lr", high_lr), ("low_lr", low_lr)):
             if value is not None:
-                _check_positive(value, name)
+                validation.check_number(value, name)
         if high_lr is not None and low_lr is not None and not low_lr < high_lr:
             raise ValueError(
                 f"Argument `low_lr` must be below `high_lr`. Received: low_lr={low_lr!r}, high_lr={high_lr!r}."
             )
-        _check_epochs(switch_epoch, "switch_epoch")
+        validation.check_number(switch_epoch, "switch_epoch", allow_none=True, hint="a number of epochs")
         self.high_lr = high_lr
         self.low_lr = low_lr
         self.switch_epoch = switch_epoch

@@ -242,7 +242,7 @@ def _check_arguments(
     validation.check_int(max_trials, "max_trials", stage)
     if memory_limit is not None:
         validation.check_number(memory_limit, "memory_limit", stage)
-    validation.check_number(min_gain, "min_gain", stage, allow_zero=True)
+    validation.check_number(min_gain, "min_gain", stage, within=">= 0")
     validation.check_int(min_steps_per_epoch, "min_steps_per_epoch", stage)
 
 

@@ -43,27 +43,26 @@ _RANGE_KINDS = ("log", "linear", "int")
 
 def check_seeds(seeds, caller):
     """Returns the list of seeds: an int n >= 2 gives 0..n-1; a list needs >= 2 distinct ints."""
-    if isinstance(seeds, bool) or not isinstance(seeds, (int, list, tuple)):
+    if not validation.is_int(seeds) and not isinstance(seeds, (list, tuple)):
         raise ValueError(
             f"{caller}: `seeds` must be an int >= 2 or a list of at least 2 distinct "
             f"int seeds. Received: seeds={seeds!r}."
         )
-    if isinstance(seeds, int):
+    if validation.is_int(seeds):
         if seeds < 2:
             raise ValueError(
                 f"{caller}: a significance test needs at least 2 seeds per "
                 f"configuration (seed-to-seed variation cannot be measured from one). "
                 f"Received: seeds={seeds!r}. Use seeds=5 or more."
             )
-        return list(range(seeds))
-    if len(set(seeds)) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        return list(range(int(seeds)))
+    if len(set(seeds)) < 2 or not all(validation.is_int(s) for s in seeds):
         raise ValueError(f"{caller}: `seeds` must hold at least 2 distinct int seeds. Received: seeds={seeds!r}.")
     return list(dict.fromkeys(seeds))
 
 
 def check_alpha(alpha, caller):
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-        raise ValueError(f"{caller}: `alpha` must be in (0, 1), e.g. 0.05. Received: alpha={alpha!r}.")
+    validation.check_number(alpha, "alpha", caller, within="(0, 1)", hint="e.g. 0.05")
 
 
 def _check_value(name, value, caller, argument):
@@ -75,7 +74,7 @@ def _check_value(name, value, caller, argument):
             f"string or a bool. Received: {name}={value!r}."
         )
     if name == "weight_decay":
-        validation.check_number(value, "weight_decay", caller, allow_zero=True)
+        validation.check_number(value, "weight_decay", caller, within=">= 0")
     if name in ("learning_rate", "batch_size") and not isinstance(value, str):
         validation.check_number(value, name, caller)
     return value
@@ -469,7 +468,7 @@ def _check_space(name, spec, caller):
         isinstance(spec, tuple)
         and len(spec) == 3
         and spec[0] in _RANGE_KINDS
-        and all(isinstance(bound, (int, float)) and not isinstance(bound, bool) for bound in spec[1:])
+        and all(validation.is_number(bound) for bound in spec[1:])
         and spec[1] < spec[2]
         and (spec[0] != "log" or spec[1] > 0)
     )

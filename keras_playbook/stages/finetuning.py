@@ -111,11 +111,10 @@ def build_model(backbone, num_classes, pooling="avg", dropout=0.0, name=None):
         An uncompiled functional model whose nested backbone and head
         `layer_groups` find by default.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"Argument `num_classes` must be an int >= 2. Received: num_classes={num_classes!r}.")
+    validation.check_int(num_classes, "num_classes", "for_fine_tuning", minimum=2)
     if pooling not in ("avg", "max"):
         raise ValueError(f"Argument `pooling` must be 'avg' or 'max'. Received: pooling={pooling!r}.")
-    validation.check_number(dropout, "dropout", "for_fine_tuning", allow_zero=True)
+    validation.check_number(dropout, "dropout", "for_fine_tuning", within="[0, 1)")
     if not isinstance(backbone, keras.Model) or not backbone.built:
         raise ValueError(f"The backbone must be a built keras.Model. Received: {backbone!r}.")
     inputs = keras.Input(backbone.input_shape[1:], name="image")
@@ -188,7 +187,7 @@ def kept_frozen(model, train_batch_norm=False):
 
 def resolve_groups(model, groups):
     """`groups` as `layer_groups` returns them: an int (by depth) or explicit lists."""
-    if isinstance(groups, int) and not isinstance(groups, bool):
+    if validation.is_int(groups):
         return finetune.layer_groups(model, n=groups)
     return finetune.layer_groups(model, groups=groups)
 
@@ -291,9 +290,8 @@ def fine_tune(
             validation.check_number(value, name, "fine_tune")
     if callbacks is not None and not isinstance(callbacks, (list, tuple)):
         raise TypeError(f"fine_tune: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
-    for name, value in (("gradual", gradual), ("train_batch_norm", train_batch_norm)):
-        if not isinstance(value, bool):
-            raise TypeError(f"fine_tune: `{name}` must be True or False. Received: {name}={value!r}.")
+    validation.check_bool(gradual, "gradual", "fine_tune")
+    validation.check_bool(train_batch_norm, "train_batch_norm", "fine_tune")
     model, session = ctx.model, ctx.session
     layer_groups = resolve_groups(model, groups)
     multipliers = check_multipliers(multipliers, len(layer_groups), factor)

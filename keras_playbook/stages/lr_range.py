@@ -415,14 +415,14 @@ def _check_arguments(
             f"{stage}: on='validation' needs validation data; pass `validation_data` "
             "to the Playbook, or use on='train'."
         )
-    validation.check_number(stop_factor, "stop_factor", stage)
-    if stop_factor <= 1:
-        raise ValueError(
-            f"{stage}: argument `stop_factor` must be > 1 (the test stops when the "
-            f"smoothed loss exceeds stop_factor x its minimum). Received: stop_factor={stop_factor!r}."
-        )
-    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
-        raise ValueError(f"{stage}: argument `smoothing` must be in [0, 1). Received: smoothing={smoothing!r}.")
+    validation.check_number(
+        stop_factor,
+        "stop_factor",
+        stage,
+        within="> 1",
+        hint="the test stops when the smoothed loss exceeds stop_factor x its minimum",
+    )
+    validation.check_number(smoothing, "smoothing", stage, within="[0, 1)")
     if rule not in SUGGESTION_RULES:
         raise ValueError(
             f"{stage}: argument `rule` must be one of {sorted(SUGGESTION_RULES)}. Received: rule={rule!r}."

@@ -103,15 +103,6 @@ class ProbeResult(Result):
         return _plot_runs("Learning-rate probes", labels, self.step_losses, best)
 
 
-def _check_values(values, name, caller, check):
-    if not isinstance(values, (list, tuple)) or not values:
-        raise ValueError(f"{caller}: argument `{name}` must be a non-empty list. Received: {name}={values!r}.")
-    for value in values:
-        check(value)
-    if len(set(values)) != len(values):
-        raise ValueError(f"{caller}: argument `{name}` has repeated values. Received: {name}={values!r}.")
-
-
 @stage("probe_lrs", uses=("momentum", "beta_1", "weight_decay"))
 def probe_lrs(ctx, *, learning_rates, num_steps, min_drop):
     """Finds the learning rate that makes the loss go down (Johnson, EECS 498 Lecture 11, step 3).
@@ -135,13 +126,9 @@ def probe_lrs(ctx, *, learning_rates, num_steps, min_drop):
         A `ProbeResult`.
     """
     stage = "probe_lrs"
-    _check_values(
-        learning_rates, "learning_rates", stage, lambda value: validation.check_number(value, "learning_rates", stage)
-    )
+    validation.check_numbers(learning_rates, "learning_rates", stage, distinct=True)
     validation.check_int(num_steps, "num_steps", stage)
-    validation.check_number(min_drop, "min_drop", stage)
-    if min_drop >= 1:
-        raise ValueError(f"{stage}: argument `min_drop` must be in (0, 1). Received: min_drop={min_drop!r}.")
+    validation.check_number(min_drop, "min_drop", stage, within="(0, 1)")
     session, pipeline, seed = ctx.session, ctx.train, ctx.seed
     found = ctx.journal.latest("find_lr")
     compare_with = found.suggested_lr if found is not None else None
@@ -320,12 +307,7 @@ def sweep_momentum(ctx, *, values, num_steps, learning_rate):
     stage = "sweep_momentum"
     session, pipeline, validation_pipeline, seed = ctx.session, ctx.train, ctx.validation, ctx.seed
     name = momentum_name(session.model.optimizer)
-
-    def check(value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ValueError(f"{stage}: every value must be in [0, 1). Received: values={values!r}.")
-
-    _check_values(values, "values", stage, check)
+    validation.check_numbers(values, "values", stage, within="[0, 1)", distinct=True)
     validation.check_int(num_steps, "num_steps", stage)
     if validation_pipeline is None:
         raise ValueError(

@@ -592,13 +592,9 @@ def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_l
     validation.check_int(max_steps, "max_steps", stage)
     if learning_rate is not None:
         validation.check_number(learning_rate, "learning_rate", stage)
-    if target_loss is not None and (
-        isinstance(target_loss, bool) or not isinstance(target_loss, (int, float)) or not math.isfinite(target_loss)
-    ):
-        raise ValueError(
-            f"{stage}: argument `target_loss` must be a finite number (it may be negative, for a "
-            f"loss that goes below zero). Received: target_loss={target_loss!r}."
-        )
+    validation.check_number(
+        target_loss, "target_loss", stage, within=None, allow_none=True, hint="it may be negative, for such a loss"
+    )
     session, pipeline, seed = ctx.session, ctx.train, ctx.seed
     source = "given"
     if learning_rate is None and ctx.measured("learning_rate") is not None:

@@ -125,15 +125,7 @@ def check_search_inputs(caller, validation_pipeline, epochs, mode):
 
 def check_weight_decays(values, caller, name="values"):
     """Raises ValueError for an empty grid or a negative / non-finite weight decay."""
-    values = list(values) if isinstance(values, (list, tuple, np.ndarray)) else values
-    if not isinstance(values, list) or not values:
-        raise ValueError(
-            f"{caller}: `{name}` must be a non-empty list of weight decays such as "
-            f"[0, 1e-5, 1e-4, 1e-3]. Received: {name}={values!r}."
-        )
-    for value in values:
-        validation.check_number(value, name, caller, allow_zero=True)
-    return [float(value) for value in values]
+    return validation.check_numbers(values, name, caller, within=">= 0", example=[0, 1e-5, 1e-4, 1e-3])
 
 
 def fixed_space(values):
@@ -810,13 +802,7 @@ def lr_wd_grid(
     if learning_rates is None:
         validation.check_number(learning_rate, "learning_rate", caller)
         learning_rates = [float(f"{learning_rate * factor:.4g}") for factor in DEFAULT_LR_FACTORS]
-    if not isinstance(learning_rates, (list, tuple, np.ndarray)) or len(learning_rates) == 0:
-        raise ValueError(
-            f"{caller}: `learning_rates` must be a non-empty list of learning rates. "
-            f"Received: learning_rates={learning_rates!r}."
-        )
-    for value in learning_rates:
-        validation.check_number(value, "learning_rates", caller)
+    learning_rates = validation.check_numbers(learning_rates, "learning_rates", caller)
     weight_decays = check_weight_decays(weight_decays, caller, "weight_decays")
     objective = make_objective(objective, session, caller)
     fixed = {name: value for name, value in (defaults or {}).items() if name not in ("learning_rate", "weight_decay")}

@@ -336,22 +336,18 @@ def _check_fit_arguments(epochs, callbacks, restore_best, overrides):
         )
     if callbacks is not None and not isinstance(callbacks, (list, tuple)):
         raise TypeError(f"fit: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
-    if not isinstance(restore_best, bool):
-        raise TypeError(f"fit: `restore_best` must be True or False. Received: restore_best={restore_best!r}.")
+    validation.check_bool(restore_best, "restore_best", "fit")
 
 
 def _check_hyperparameters(hyperparameters):
     if hyperparameters.get("learning_rate") is not None:
         validation.check_number(hyperparameters["learning_rate"], "learning_rate", "fit")
     if hyperparameters.get("weight_decay") is not None:
-        validation.check_number(hyperparameters["weight_decay"], "weight_decay", "fit", allow_zero=True)
+        validation.check_number(hyperparameters["weight_decay"], "weight_decay", "fit", within=">= 0")
     if "batch_size" in hyperparameters:
         data_module.validate_batch_size(hyperparameters["batch_size"])
     for name in ("momentum", "beta_1"):
-        value = hyperparameters.get(name)
-        valid = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
-        if value is not None and not valid:
-            raise ValueError(f"fit: argument `{name}` must be in [0, 1). Received: {name}={value!r}.")
+        validation.check_number(hyperparameters.get(name), name, "fit", within="[0, 1)", allow_none=True)
 
 
 def apply_to_optimizer(session, hyperparameters):

@@ -20,6 +20,7 @@ import os
 import numpy as np
 from keras_tuner.engine import trial as trial_module
 
+from keras_playbook import validation
 from keras_playbook.tuning.hypermodel import best_epoch
 
 EARLY_FRACTION = 0.2
@@ -180,7 +181,7 @@ def border_advice(space, best_values, label=""):
         if name not in best_values:
             continue
         best = best_values[name]
-        if isinstance(best, bool) or not isinstance(best, (int, float)):
+        if not validation.is_number(best):
             continue
         if isinstance(searched, tuple):
             sampling, low, high = searched
@@ -199,9 +200,7 @@ def border_advice(space, best_values, label=""):
                     f"[{low:.3g}, {high:.3g}]: widen it downwards (Tuning Playbook)."
                 )
             continue
-        values = sorted(
-            {value for value in searched if isinstance(value, (int, float)) and not isinstance(value, bool)}
-        )
+        values = sorted({value for value in searched if validation.is_number(value)})
         if len(values) < 2:
             continue
         if best == values[-1]:

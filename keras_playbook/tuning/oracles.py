@@ -28,6 +28,8 @@ import math
 import keras_tuner
 from keras_tuner.engine import trial as trial_module
 
+from keras_playbook import validation
+
 STAGE = "stage"
 _RUNNING = trial_module.TrialStatus.RUNNING
 _IDLE = trial_module.TrialStatus.IDLE
@@ -52,9 +54,9 @@ def declare_values(hyperparameters, name, values):
         kind = bool
     elif all(isinstance(value, str) for value in values):
         kind = str
-    elif all(isinstance(value, int) and not isinstance(value, bool) for value in values):
+    elif all(validation.is_int(value) for value in values):
         kind = int
-    elif all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values):
+    elif all(validation.is_number(value) for value in values):
         kind = float
     else:
         raise ValueError(

@@ -136,7 +136,7 @@ def test_one_cycle_bad_arguments_and_optimizers(digits):
     for arguments, match in (
         ({"lr_bounds": (0.1, 0.01)}, "lower < upper"),
         ({"lr_bounds": (0.1, 0.1)}, "lower < upper"),
-        ({"lr_bounds": (-1.0, 0.1)}, "`lr_bounds` must be a number > 0"),
+        ({"lr_bounds": (-1.0, 0.1)}, "`lr_bounds` must be a finite number > 0"),
         ({"lr_bounds": 0.1}, "\\(lower, upper\\)"),
         ({"lr_bounds": (0.01, 0.1), "momentum_bounds": (0.95, 0.85)}, "lower <= upper"),
         ({"lr_bounds": (0.01, 0.1), "momentum_bounds": (0.85, 1.2)}, "`momentum_bounds`"),
