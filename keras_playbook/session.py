@@ -405,18 +405,28 @@ class Session:
     def trial_model(self, weights=None, hyperparameters=None):
         """Returns an uncompiled copy of the model in the strategy's scope, its frozen layers frozen.
 
+        Use `short_runs.working_copy` for a compiled copy: it builds on this.
+
         Args:
-            weights: Weights to start from (a `get_weights()` list); defaults
-                to the initial weights the session was created with.
-            hyperparameters: For a builder that takes hyperparameters.
+            weights: Weights to start from (a `get_weights()` list); None for
+                the initial weights the session was created with; `"fresh"`
+                to keep the copy's own random initialization.
+            hyperparameters: For a builder that takes hyperparameters. When
+                they change the weights' shapes, the copy keeps its own
+                initialization and its own trainability.
 
         Raises:
             TypeError: if the model cannot be copied (a subclassed model
                 without `get_config`); pass a builder instead.
         """
         model = self.new_model(hyperparameters)
-        with self.scope():
-            model.set_weights(self.initial_weights if weights is None else weights)
+        weights = self.initial_weights if weights is None else weights
+        same = _same_shapes(model.get_weights(), self.model.get_weights())
+        if hyperparameters is not None and not same:
+            return model
+        if not (isinstance(weights, str) and weights == "fresh"):
+            with self.scope():
+                model.set_weights(weights)
         if any(not layer.trainable for layer in leaf_layers(self.model)):
             copy_trainability(self.model, model)  # Frozen layers stay frozen in the copy.
         return model
@@ -486,3 +496,8 @@ def _copy_optimizer(optimizer):
 def weights_equal(first, second):
     """True when two `get_weights()`-style lists are equal element for element."""
     return len(first) == len(second) and all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+def _same_shapes(first, second):
+    """True when two `get_weights()`-style lists hold arrays of the same shapes."""
+    return len(first) == len(second) and all(a.shape == b.shape for a, b in zip(first, second))

@@ -1,5 +1,6 @@
 """Stage functions: the runner's `StageContext` in, a `Result` out; importing this package registers them all."""
 
+from keras_playbook.short_runs import disable_regularization as disable_regularization
 from keras_playbook.stages import finetuning as finetuning  # noqa: F401  (registers fine_tune)
 from keras_playbook.stages import training as training  # noqa: F401  (registers fit)
 from keras_playbook.stages.batch_size import BatchSizeResult as BatchSizeResult
@@ -18,7 +19,6 @@ from keras_playbook.stages.probes import sweep_momentum as sweep_momentum
 from keras_playbook.stages.sanity import InitialLossResult as InitialLossResult
 from keras_playbook.stages.sanity import OverfitResult as OverfitResult
 from keras_playbook.stages.sanity import check_initial_loss as check_initial_loss
-from keras_playbook.stages.sanity import disable_regularization as disable_regularization
 from keras_playbook.stages.sanity import overfit_small_sample as overfit_small_sample
 from keras_playbook.stages.search import LRWeightDecayResult as LRWeightDecayResult
 from keras_playbook.stages.search import WeightDecayResult as WeightDecayResult

@@ -49,11 +49,10 @@ import psutil
 import tensorflow as tf
 from matplotlib.figure import Figure
 
-from keras_playbook import validation
+from keras_playbook import short_runs, validation
 from keras_playbook._runner import stage
 from keras_playbook.data import validate_batch_size
 from keras_playbook.journal import Result
-from keras_playbook.stages import short_runs
 
 _BATCH_SIZE = "Tuning Playbook; Smith 2018"
 MODES = ("power", "binsearch")

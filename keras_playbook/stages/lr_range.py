@@ -23,13 +23,11 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 from matplotlib.figure import Figure
 
-from keras_playbook import validation
+from keras_playbook import short_runs, validation
 from keras_playbook._runner import stage
 from keras_playbook.journal import Result
-from keras_playbook.stages import short_runs
 
 _RANGE_TEST = "Smith 2017; Smith 2018"
 MODES = ("exponential", "linear")
@@ -583,8 +581,7 @@ def range_test(
     learning_rates = range_learning_rates(min_lr, max_lr, num_steps, mode)
     validation_dataset = None
     if on == "validation":
-        sample = validation_pipeline.sample(num_validation_batches, seed=seed)
-        validation_dataset = _batched(sample, validation_pipeline.global_batch_size)
+        validation_dataset = short_runs.fixed_sample(validation_pipeline, num_validation_batches, seed)
     results = []
     for order in range(repeats):
         model = short_runs.working_copy(session, **{**(optimizer_changes or {}), "learning_rate": float(min_lr)})
@@ -642,10 +639,6 @@ def _over_orders(results):
             "and run find_lr again before trusting the rate to better than that factor."
         )
     return chosen
-
-
-def _batched(sample, batch_size):
-    return tf.data.Dataset.from_tensor_slices(sample).batch(batch_size).cache()
 
 
 def _result(test, learning_rates, *, rule, pipeline, optimizer, **settings):

@@ -18,13 +18,11 @@ import dataclasses
 import math
 
 import numpy as np
-import tensorflow as tf
 from matplotlib.figure import Figure
 
-from keras_playbook import validation
+from keras_playbook import short_runs, validation
 from keras_playbook._runner import stage
 from keras_playbook.journal import Result
-from keras_playbook.stages import short_runs
 
 _PROBES = "Johnson, EECS 498 Lecture 11, step 3"
 _MOMENTUM = "Smith 2018"
@@ -53,11 +51,6 @@ def _plot_runs(title, labels, step_losses, best_label):
 def _evaluate(model, dataset):
     loss = model.evaluate(dataset, verbose=0, return_dict=True)["loss"]
     return float(loss)
-
-
-def _fixed_sample(pipeline, num_batches, seed):
-    sample = pipeline.sample(num_batches, seed=seed)
-    return tf.data.Dataset.from_tensor_slices(sample).batch(pipeline.global_batch_size).cache()
 
 
 # probe_lrs ------------------------------------------------------------------
@@ -134,13 +127,12 @@ def probe_lrs(ctx, *, learning_rates, num_steps, min_drop):
     compare_with = found.suggested_lr if found is not None else None
     callbacks = ctx.progress(num_steps, "Probing a learning rate")
     learning_rates = sorted((float(value) for value in learning_rates), reverse=True)
-    sample = _fixed_sample(pipeline, NUM_EVAL_BATCHES, seed)
-    start = session.model.get_weights()
+    sample = short_runs.fixed_sample(pipeline, NUM_EVAL_BATCHES, seed)
     changes = ctx.optimizer_changes()
     initial_loss = None
     final_losses, step_losses = [], []
     for learning_rate in learning_rates:
-        model = short_runs.working_copy(session, weights=start, **changes, learning_rate=learning_rate)
+        model = short_runs.working_copy(session, **changes, learning_rate=learning_rate)
         if initial_loss is None:
             initial_loss = _evaluate(model, sample)
         step_losses.append(short_runs.train_steps(model, short_runs.fixed_order(pipeline, seed), num_steps, callbacks))
@@ -322,14 +314,11 @@ def sweep_momentum(ctx, *, values, num_steps, learning_rate):
     validation.check_number(learning_rate, "learning_rate", stage)
     callbacks = ctx.progress(num_steps, "Sweeping momentum: one run")
     values = sorted((float(value) for value in values), reverse=True)
-    start = session.model.get_weights()
     changes = ctx.optimizer_changes()
     changes.pop(name, None)
     validation_losses, step_losses = [], []
     for value in values:
-        model = short_runs.working_copy(
-            session, weights=start, **changes, learning_rate=float(learning_rate), **{name: value}
-        )
+        model = short_runs.working_copy(session, **changes, learning_rate=float(learning_rate), **{name: value})
         step_losses.append(short_runs.train_steps(model, short_runs.fixed_order(pipeline, seed), num_steps, callbacks))
         finite = all(math.isfinite(loss) for loss in step_losses[-1])
         validation_losses.append(_evaluate(model, validation_pipeline.dataset) if finite else math.nan)

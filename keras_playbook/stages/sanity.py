@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from matplotlib.figure import Figure
 
-from keras_playbook import losses, validation
+from keras_playbook import losses, short_runs, validation
 from keras_playbook._runner import stage
 from keras_playbook.journal import Result
 from keras_playbook.session import read_value
@@ -439,95 +439,6 @@ def _class_name(function_name):
 
 # Overfitting a small sample ------------------------------------------------
 
-_DROPOUT_LAYERS = (
-    keras.layers.Dropout,
-    keras.layers.GaussianDropout,
-    keras.layers.AlphaDropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D,
-)
-
-
-def _is_augmentation(layer):
-    """Random data augmentation: Keras's image preprocessing layers that draw at random when training."""
-    names = ("AugMix", "CutMix", "MixUp", "RandAugment", "Solarization")
-    name = type(layer).__name__
-    return (
-        isinstance(layer, keras.layers.Layer)
-        and (name.startswith("Random") or name in names)
-        and (type(layer).__module__.startswith("keras"))
-    )
-
-
-def _inference_call(layer):
-    """Makes `layer` always run as at inference (an augmentation layer then passes its input through)."""
-    original = layer.call
-
-    def call(*args, **kwargs):
-        kwargs["training"] = False
-        return original(*args, **kwargs)
-
-    layer.call = call
-
-
-def disable_regularization(model):
-    """Turns off dropout, noise, augmentation and weight/activity regularizers, in place.
-
-    Meant for a working copy of a model (never the user's): sets dropout rates
-    and Gaussian noise to zero (including RNN cells' `dropout` and
-    `recurrent_dropout`), runs random augmentation layers (`RandomFlip`,
-    `RandomTranslation`, ..., `MixUp`) as at inference, and removes
-    kernel/bias/... regularizers from the variables and activity
-    regularizers from the layers. Losses a model adds itself in `call()`
-    (`add_loss`) cannot be told apart and stay on (`losses_left_on` names
-    them).
-
-    Args:
-        model: A `keras.Model` that has not been traced yet.
-
-    Returns:
-        A sorted list of what was turned off, e.g.
-        `["dropout: dropout (rate 0.5)", "kernel_regularizer: dense/kernel"]`.
-    """
-    disabled = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        if isinstance(layer, _DROPOUT_LAYERS) and layer.rate:
-            disabled.append(f"dropout: {layer.name} (rate {layer.rate})")
-            layer.rate = 0.0
-        if isinstance(layer, keras.layers.GaussianNoise) and layer.stddev:
-            disabled.append(f"noise: {layer.name} (stddev {layer.stddev})")
-            layer.stddev = 0.0
-        if _is_augmentation(layer):
-            disabled.append(f"augmentation: {layer.name} ({type(layer).__name__})")
-            _inference_call(layer)
-        for attribute in ("dropout", "recurrent_dropout"):
-            value = layer.__dict__.get(attribute)
-            if isinstance(value, float) and value > 0:
-                disabled.append(f"{attribute}: {layer.name} ({value})")
-                setattr(layer, attribute, 0.0)
-        if getattr(layer, "activity_regularizer", None) is not None:
-            disabled.append(f"activity_regularizer: {layer.name}")
-            layer.activity_regularizer = None
-    for variable in model.weights:
-        if getattr(variable, "regularizer", None) is not None:
-            disabled.append(f"regularizer: {variable.path}")
-            variable.regularizer = None
-    return sorted(set(disabled))
-
-
-def losses_left_on(model, x_batch):
-    """The layers whose own `add_loss` terms stay on in a copy (run once on a batch to see them)."""
-    model(x_batch, training=True)
-    return sorted(
-        {
-            f"add_loss: {layer.name}"
-            for layer in model._flatten_layers(include_self=False, recursive=True)
-            if layer.losses and not any(v.regularizer is not None for v in layer.weights)
-        }
-    )
-
-
 MEMORIZED_ACCURACY = 0.99  # Training accuracy on the sample that counts as memorized.
 
 
@@ -611,29 +522,19 @@ def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_l
         learning_rate = _sample_range_test(session, pipeline, sample, seed)
         if learning_rate is None:
             source = "optimizer"
-    model = session.trial_model()
-    disabled = disable_regularization(model)
-    left_on = losses_left_on(model, tf.nest.map_structure(lambda a: a[: pipeline.global_batch_size], sample[0]))
-    changes = {"weight_decay": None}
-    if learning_rate is not None:
-        changes["learning_rate"] = learning_rate
-    try:
-        optimizer = session.fresh_optimizer(**changes)
-    except ValueError:  # AdamW requires a float weight decay.
-        changes["weight_decay"] = 0.0
-        optimizer = session.fresh_optimizer(**changes)
-    if session.model.optimizer.get_config().get("weight_decay"):
-        disabled.append("optimizer weight_decay")
-    with session.scope():
-        model.compile(
-            optimizer=optimizer,
-            loss=session.model.loss,
-            metrics=["accuracy"] if classification else None,
-        )
-    used_learning_rate = float(read_value(optimizer.learning_rate))
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(sample).shuffle(num_examples, seed=seed).batch(pipeline.global_batch_size)
+    model = short_runs.working_copy(
+        session,
+        weights=short_runs.INITIAL,
+        regularization=False,
+        metrics=["accuracy"] if classification else None,
+        **({} if learning_rate is None else {"learning_rate": learning_rate}),
     )
+    disabled = short_runs.regularization_in(session)
+    left_on = short_runs.losses_left_on(
+        model, tf.nest.map_structure(lambda a: a[: pipeline.global_batch_size], sample[0])
+    )
+    used_learning_rate = float(read_value(model.optimizer.learning_rate))
+    dataset = short_runs.batched(sample, pipeline.global_batch_size, shuffle_seed=seed)
     initial = model.evaluate(dataset, verbose=0, return_dict=True)
     # "Near zero" is 1% of the way from the initial loss down to the lowest the loss can take.
     floor = 0.0 if _several_losses(session.model.loss) else losses.describe_loss(session.model.loss).minimum
@@ -709,14 +610,10 @@ def _sample_range_test(session, pipeline, sample, seed):
         min_lr=1e-6,
         max_lr=10.0,
         repeats=1,
-        optimizer_changes={"weight_decay": 0.0} if _has_decay(session) else None,
+        optimizer_changes={"weight_decay": None},
         seed=seed,
     )
     return found.suggested_lr
-
-
-def _has_decay(session):
-    return bool(session.model.optimizer.get_config().get("weight_decay"))
 
 
 def _overfit_message(result):

@@ -29,7 +29,7 @@ import keras
 import keras_tuner
 import numpy as np
 
-from keras_playbook.session import copy_trainability, leaf_layers
+from keras_playbook import short_runs
 
 HISTORY_FILENAME = "history.json"
 WEIGHT_DECAY_MODES = ("decoupled", "l2")
@@ -186,24 +186,20 @@ class PlaybookHyperModel(keras_tuner.HyperModel):
         values = self.values(hp)
         seed = values.get(SEED)
         keras.utils.set_random_seed(int(self.seed if seed is None else seed))
-        model = self.session.new_model(hp)
-        initial = self.session.initial_weights
-        same = initial is not None and _same_shapes(model.get_weights(), initial)
-        if seed is None and same:
-            with self.session.scope():
-                model.set_weights(initial)
-        if same and any(not layer.trainable for layer in leaf_layers(self.session.model)):
-            copy_trainability(self.session.model, model)  # Frozen layers stay frozen in every trial.
         changes = {name: _plain(value) for name, value in values.items() if name in self._optimizer_names}
-        # "No decay" is None, except for optimizers that need a float (AdamW).
-        off = None if self.session.model.optimizer.get_config().get("weight_decay") is None else 0.0
+        penalty = None
         if self.weight_decay_mode == "l2":
-            apply_l2_penalty(model, changes.pop("weight_decay", None))
-            changes["weight_decay"] = off
-        elif changes.get("weight_decay") == 0:
-            changes["weight_decay"] = off
-        optimizer = self.session.fresh_optimizer(**changes)
-        return self.session.compile_like(model, optimizer)
+            penalty, changes["weight_decay"] = changes.get("weight_decay"), None
+        model = short_runs.working_copy(
+            self.session,
+            weights=short_runs.INITIAL if seed is None else short_runs.FRESH,
+            hyperparameters=hp,
+            metrics=short_runs.COMPILED,
+            **changes,
+        )
+        if self.weight_decay_mode == "l2":
+            apply_l2_penalty(model, penalty)
+        return model
 
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
         values = self.values(hp)
@@ -268,10 +264,6 @@ def best_epoch(history, objective):
     masked = np.where(finite, values, -np.inf if objective.direction == "max" else np.inf)
     index = int(np.argmax(masked) if objective.direction == "max" else np.argmin(masked))
     return float(values[index]), index
-
-
-def _same_shapes(first, second):
-    return len(first) == len(second) and all(a.shape == b.shape for a, b in zip(first, second))
 
 
 def _plain(value):

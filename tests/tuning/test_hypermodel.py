@@ -128,8 +128,8 @@ def _with_batch_norm():
 
 @pytest.mark.parametrize("kind", ["builder", "model"])
 def test_every_copy_keeps_the_frozen_layers_frozen(strategy, digits, kind):
+    from keras_playbook import short_runs
     from keras_playbook.session import leaf_layers
-    from keras_playbook.stages import short_runs
 
     pb = _playbook(digits, model=_with_batch_norm if kind == "builder" else _with_batch_norm(), strategy=strategy)
     pb.model.layers[0].trainable = False
