@@ -28,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 from overhead import BATCH_SIZE, EpochTimer, build_cnn, samples_per_second, setup  # noqa: E402
 
+from keras_playbook._stages import training  # noqa: E402
 from keras_playbook.callbacks import (  # noqa: E402
     CosineRestarts,
     CurveDiagnosis,
@@ -37,7 +38,6 @@ from keras_playbook.callbacks import (  # noqa: E402
     UpdateRatioMonitor,
     WeightDecayMonitor,
 )
-from keras_playbook.stages import training  # noqa: E402
 
 
 def callbacks(sample):

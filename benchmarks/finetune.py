@@ -34,8 +34,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-from keras_playbook import Playbook  # noqa: E402
-from keras_playbook.stages import finetuning  # noqa: E402
+from keras_playbook import (
+    Playbook,  # noqa: E402
+    finetune,  # noqa: E402
+)
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -85,7 +87,7 @@ def run_single_lr(weights, train, val, total_epochs, seed):
     net = backbone()
     if weights is not None:
         net.set_weights(weights)
-    model = finetuning.build_model(net, 5)
+    model = finetune.build_model(net, 5)
     pb = Playbook(model, train, val, loss=LOSS, metrics=["accuracy"], batch_size=16, seed=seed, verbose=0)
     pb.find_lr()
     pb.fit(total_epochs, watch=False, verbose=0)

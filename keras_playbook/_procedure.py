@@ -19,11 +19,11 @@ References:
 import os
 import time
 
-from keras_playbook import validation
+from keras_playbook import _validation as validation
+from keras_playbook._records import RunResult
 from keras_playbook._runner import STAGES, call_arguments
-from keras_playbook.records import RunResult
-from keras_playbook.session import innermost_optimizer
-from keras_playbook.stages.training import FIT_OVERRIDES, check_schedule
+from keras_playbook._session import innermost_optimizer
+from keras_playbook._stages.training import FIT_OVERRIDES, check_schedule
 
 SEARCHES = ("weight_decay", "lr_wd", None)
 # A failed verdict of these stops a run (`stop_on_failure`): what comes after would build on sand.

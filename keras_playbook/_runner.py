@@ -30,10 +30,10 @@ import time
 import keras
 import numpy as np
 
-from keras_playbook import validation
+from keras_playbook import _validation as validation
+from keras_playbook._journal import stale_reason, to_builtin
+from keras_playbook._session import users_random_state
 from keras_playbook.callbacks import StepProgress, restore_momentum
-from keras_playbook.journal import stale_reason, to_builtin
-from keras_playbook.session import users_random_state
 
 SEARCHED = "<searched>"  # `given` value of a name a stage sets itself (a search's dimension).
 OPTIMIZER_SETTINGS = ("momentum", "beta_1", "weight_decay")

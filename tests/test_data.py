@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_playbook import data as data_module
+from keras_playbook import _data as data_module
 
 
 class _Batches(keras.utils.PyDataset):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_playbook._diagnosis import diagnose
 from keras_playbook.callbacks import CurveDiagnosis
-from keras_playbook.diagnosis import diagnose
 from tests import helpers
 
 EPOCHS = 20

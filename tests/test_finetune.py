@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_playbook import finetune
-from keras_playbook.session import read_value
+from keras_playbook._session import leaf_layers, read_value
 from tests import helpers
 
 LOSS = helpers.LOGITS_LOSS
@@ -307,14 +307,14 @@ def test_an_interrupted_gradual_unfreezing_gives_the_trainability_back(strategy,
         model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=LOSS)
     groups = finetune.layer_groups(model, n=3)
     groups[0][0].trainable = False  # Frozen by the user on purpose: stays so.
-    before = [layer.trainable for layer in finetune.leaf_layers(model)]
+    before = [layer.trainable for layer in leaf_layers(model)]
     x, y = _images(digits)
     callback = finetune.GradualUnfreezing(groups, every_epochs=1)
     with pytest.raises(KeyboardInterrupt):  # A bare callback: Keras calls no on_train_end.
         model.fit(x, y, batch_size=64, epochs=2, callbacks=[callback, _CtrlC()], verbose=0)
-    assert [layer.trainable for layer in finetune.leaf_layers(model)] != before
+    assert [layer.trainable for layer in leaf_layers(model)] != before
     callback.restore()
-    assert [layer.trainable for layer in finetune.leaf_layers(model)] == before
+    assert [layer.trainable for layer in leaf_layers(model)] == before
 
     pb = Playbook(model, (x, y), batch_size=64, strategy=strategy, verbose=0)
     with pytest.raises(KeyboardInterrupt):  # Inside the Playbook: given back on the way out of fit.
@@ -325,4 +325,4 @@ def test_an_interrupted_gradual_unfreezing_gives_the_trainability_back(strategy,
             learning_rate=1e-3,
             verbose=0,
         )
-    assert [layer.trainable for layer in finetune.leaf_layers(pb.model)] == before
+    assert [layer.trainable for layer in leaf_layers(pb.model)] == before

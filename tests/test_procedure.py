@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from keras_playbook import Playbook
-from keras_playbook.records import FitRecord, RunResult
+from keras_playbook._records import FitRecord, RunResult
 from tests import helpers
 
 # A tiny plan: every stage of the default one, at budgets that take seconds.

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_playbook.session import Session, resolve_strategy, weights_equal
+from keras_playbook._session import Session, resolve_strategy, weights_equal
 from tests import helpers
 
 

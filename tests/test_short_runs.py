@@ -4,8 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from keras_playbook import Playbook, short_runs
-from keras_playbook.session import read_value
+from keras_playbook import Playbook
+from keras_playbook import _short_runs as short_runs
+from keras_playbook._session import read_value
 from tests import helpers
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from keras_playbook import significance
+from keras_playbook import _significance as significance
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from keras_playbook import validation
+from keras_playbook import _validation as validation
 from keras_playbook.callbacks import StepDownLR
 
 

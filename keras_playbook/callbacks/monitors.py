@@ -5,7 +5,7 @@ the push of the data loss (Loshchilov & Hutter 2019: when the decay wins, learni
 
 `LossComponents` logs each loss on its own (charting each loss on its own; Wen et al. 2016).
 
-`CurveDiagnosis` runs `keras_playbook.diagnosis.diagnose` after every epoch.
+`CurveDiagnosis` runs `keras_playbook._diagnosis.diagnose` after every epoch.
 `UpdateRatioMonitor` is CS231n's check of weight update / weight magnitude:
 for each layer, the norm of one step's change of its weights over the norm of
 the weights should be around 1e-3. Much smaller: the learning rate is too low
@@ -27,10 +27,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_playbook import validation
+from keras_playbook import _validation as validation
+from keras_playbook._diagnosis import Finding, diagnose, schedule_name
+from keras_playbook._session import innermost_optimizer, leaf_layers, read_value
 from keras_playbook.callbacks._config import ConfigurableCallback, arrays_from_config, arrays_to_config
-from keras_playbook.diagnosis import Finding, diagnose, schedule_name
-from keras_playbook.session import innermost_optimizer, leaf_layers, read_value
 
 
 class UpdateRatioMonitor(ConfigurableCallback):
@@ -461,7 +461,7 @@ class WeightDecayMonitor(ConfigurableCallback):
 
 
 class CurveDiagnosis(ConfigurableCallback):
-    """Runs `keras_playbook.diagnosis.diagnose` on the curves after every epoch (Johnson, step 6).
+    """Runs `keras_playbook._diagnosis.diagnose` on the curves after every epoch (Johnson, step 6).
 
     Keeps every finding that appears (once per kind), prints it when
     `verbose`, and stops training when the loss diverges if

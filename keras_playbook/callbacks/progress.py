@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_playbook import validation
+from keras_playbook import _validation as validation
 from keras_playbook.callbacks._config import ConfigurableCallback
 
 

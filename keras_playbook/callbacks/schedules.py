@@ -36,9 +36,9 @@ import math
 import keras
 import numpy as np
 
-from keras_playbook import validation
+from keras_playbook import _validation as validation
+from keras_playbook._session import innermost_optimizer, optimizer_scope, read_value
 from keras_playbook.callbacks._config import ConfigurableCallback
-from keras_playbook.session import innermost_optimizer, optimizer_scope, read_value
 
 _MAX_NAMES = ("acc", "accuracy", "auc", "precision", "recall")
 DEFAULT_MIN_LR_FRACTION = 1e-3  # StepDownLR's floor: at most three steps of 1/10 from the first rate.

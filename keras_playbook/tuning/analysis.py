@@ -20,7 +20,7 @@ import os
 import numpy as np
 from keras_tuner.engine import trial as trial_module
 
-from keras_playbook import validation
+from keras_playbook import _validation as validation
 from keras_playbook.tuning.hypermodel import best_epoch
 
 EARLY_FRACTION = 0.2

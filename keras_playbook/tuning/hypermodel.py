@@ -29,7 +29,7 @@ import keras
 import keras_tuner
 import numpy as np
 
-from keras_playbook import short_runs
+from keras_playbook import _short_runs as short_runs
 
 HISTORY_FILENAME = "history.json"
 WEIGHT_DECAY_MODES = ("decoupled", "l2")

@@ -28,7 +28,7 @@ import math
 import keras_tuner
 from keras_tuner.engine import trial as trial_module
 
-from keras_playbook import validation
+from keras_playbook import _validation as validation
 
 STAGE = "stage"
 _RUNNING = trial_module.TrialStatus.RUNNING

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_playbook._session import read_value
 from keras_playbook.callbacks import CosineRestarts, OneCycle, ScheduledLR, TwoStage, WarmUp
-from keras_playbook.session import read_value
 from tests import helpers
 
 BATCH = 64  # 512 training digits: 8 steps per epoch.

@@ -6,7 +6,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 from keras_playbook import BatchSizeResult, Playbook, Result
-from keras_playbook.stages import batch_size as batch_size_stage
+from keras_playbook._stages import batch_size as batch_size_stage
 from tests import helpers
 
 

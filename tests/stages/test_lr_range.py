@@ -7,9 +7,9 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 from keras_playbook import LRRangeResult, Playbook, Result
-from keras_playbook.data import make_pipeline
-from keras_playbook.session import Session
-from keras_playbook.stages import lr_range
+from keras_playbook._data import make_pipeline
+from keras_playbook._session import Session
+from keras_playbook._stages import lr_range
 from tests import helpers
 
 
@@ -262,7 +262,7 @@ def test_the_upper_bound_sits_before_the_rise_when_the_task_is_learned_within_th
     # An easy task the model learns within the test: the loss falls to a floor and stays there until
     # the cliff. The upper bound is where the floor begins, not at the cliff where the lagging
     # average has its minimum.
-    from keras_playbook.stages import lr_range
+    from keras_playbook._stages import lr_range
 
     rates = np.geomspace(1e-5, 10, 100)
     losses = np.where(

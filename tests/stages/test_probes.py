@@ -7,7 +7,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from keras_playbook import MomentumResult, Playbook, ProbeResult, Result
-from keras_playbook.stages.probes import momentum_name
+from keras_playbook._stages.probes import momentum_name
 from tests import helpers
 
 

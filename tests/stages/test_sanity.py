@@ -7,7 +7,7 @@ from matplotlib.figure import Figure
 from sklearn.datasets import load_breast_cancer
 
 from keras_playbook import Playbook
-from keras_playbook.stages import disable_regularization
+from keras_playbook._stages import disable_regularization
 from tests import helpers
 
 

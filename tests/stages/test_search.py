@@ -192,7 +192,7 @@ def test_default_project_names_are_the_same_in_every_process():
     import subprocess
     import sys
 
-    from keras_playbook.stages.search import project_name_for
+    from keras_playbook._stages.search import project_name_for
 
     arguments = dict(
         values=[0.0, 1e-4],
@@ -204,7 +204,7 @@ def test_default_project_names_are_the_same_in_every_process():
     )
     here = project_name_for("grid_weight_decay", **arguments)
     code = (
-        "from keras_playbook.stages.search import project_name_for; "
+        "from keras_playbook._stages.search import project_name_for; "
         f"print(project_name_for('grid_weight_decay', **{arguments!r}))"
     )
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()[-1]

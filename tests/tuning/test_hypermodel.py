@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from keras_playbook import Playbook
-from keras_playbook.session import weights_equal
+from keras_playbook._session import weights_equal
 from keras_playbook.tuning import PlaybookHyperModel, apply_l2_penalty
 from keras_playbook.tuning.hypermodel import known_hyperparameters
 from tests import helpers
@@ -128,8 +128,8 @@ def _with_batch_norm():
 
 @pytest.mark.parametrize("kind", ["builder", "model"])
 def test_every_copy_keeps_the_frozen_layers_frozen(strategy, digits, kind):
-    from keras_playbook import short_runs
-    from keras_playbook.session import leaf_layers
+    from keras_playbook import _short_runs as short_runs
+    from keras_playbook._session import leaf_layers
 
     pb = _playbook(digits, model=_with_batch_norm if kind == "builder" else _with_batch_norm(), strategy=strategy)
     pb.model.layers[0].trainable = False

@@ -8,8 +8,8 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from keras_playbook.data import make_pipeline
-from keras_playbook.session import Session
+from keras_playbook._data import make_pipeline
+from keras_playbook._session import Session
 from keras_playbook.tuning import CoarseToFineOracle, GridOracle, PlaybookHyperModel, PlaybookTuner
 from tests import helpers
 

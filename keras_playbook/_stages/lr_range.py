@@ -25,9 +25,10 @@ import keras
 import numpy as np
 from matplotlib.figure import Figure
 
-from keras_playbook import short_runs, validation
+from keras_playbook import _short_runs as short_runs
+from keras_playbook import _validation as validation
+from keras_playbook._journal import Result
 from keras_playbook._runner import stage
-from keras_playbook.journal import Result
 
 _RANGE_TEST = "Smith 2017; Smith 2018"
 MODES = ("exponential", "linear")

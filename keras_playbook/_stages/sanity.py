@@ -19,10 +19,12 @@ import numpy as np
 import tensorflow as tf
 from matplotlib.figure import Figure
 
-from keras_playbook import losses, short_runs, validation
+from keras_playbook import _losses as losses
+from keras_playbook import _short_runs as short_runs
+from keras_playbook import _validation as validation
+from keras_playbook._journal import Result
 from keras_playbook._runner import stage
-from keras_playbook.journal import Result
-from keras_playbook.session import read_value
+from keras_playbook._session import read_value
 
 _INITIAL_LOSS = "Johnson, EECS 498 Lecture 11, step 1"
 _OVERFIT = "Johnson, EECS 498 Lecture 11, step 2"
@@ -590,8 +592,8 @@ def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_l
 
 def _sample_range_test(session, pipeline, sample, seed):
     """The rate a short range test on the sample suggests (None when it finds none)."""
-    from keras_playbook.data import DataPipeline
-    from keras_playbook.stages import lr_range
+    from keras_playbook._data import DataPipeline
+    from keras_playbook._stages import lr_range
 
     count = len(tf.nest.flatten(sample[0])[0])
     sample_pipeline = DataPipeline(

@@ -19,9 +19,12 @@ import os
 
 import keras
 
-from keras_playbook import data as data_module
-from keras_playbook import validation
+from keras_playbook import _data as data_module
+from keras_playbook import _validation as validation
+from keras_playbook._diagnosis import diagnose
+from keras_playbook._records import FitRecord
 from keras_playbook._runner import HYPERPARAMETERS, OPTIMIZER_SETTINGS, SEARCHED, loss_on, stage
+from keras_playbook._session import innermost_optimizer
 from keras_playbook.callbacks import (
     CosineRestarts,
     CurveDiagnosis,
@@ -34,9 +37,6 @@ from keras_playbook.callbacks import (
 from keras_playbook.callbacks._config import ConfigurableCallback
 from keras_playbook.callbacks.monitors import decayed_variables
 from keras_playbook.callbacks.schedules import momentum_attribute
-from keras_playbook.diagnosis import diagnose
-from keras_playbook.records import FitRecord
-from keras_playbook.session import innermost_optimizer
 
 SCHEDULES = ("step_down", "one_cycle", "cosine", "two_stage")
 

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_playbook import validation
+from keras_playbook import _validation as validation
 
 _COMPONENT_NAMES = ("x", "y", "sample_weight")
 DEFAULT_BATCH_SIZE = 32

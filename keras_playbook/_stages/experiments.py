@@ -2,7 +2,7 @@
 
 - `compare_seeds`: re-run configurations over several seeds (initialization
   and data order) and ask whether their difference is larger than the
-  variation between seeds (Welch's t-test, `keras_playbook.significance`).
+  variation between seeds (Welch's t-test, `keras_playbook._significance`).
 - `run_round`: one round with a goal. Scientific hyperparameters are what
   the round measures; nuisance hyperparameters are tuned (a KerasTuner oracle,
   the same budget and the same samples for every scientific value) so the
@@ -24,11 +24,11 @@ import keras_tuner
 import numpy as np
 from matplotlib.figure import Figure
 
-from keras_playbook import validation
+from keras_playbook import _validation as validation
+from keras_playbook._journal import Result
 from keras_playbook._runner import SEARCHED, stage
-from keras_playbook.journal import Result
-from keras_playbook.significance import welch_t_test
-from keras_playbook.stages import search
+from keras_playbook._significance import welch_t_test
+from keras_playbook._stages import search
 from keras_playbook.tuning import analysis
 from keras_playbook.tuning.hypermodel import SEED, PlaybookHyperModel, base_values, check_names
 from keras_playbook.tuning.oracles import GridOracle, declare_values

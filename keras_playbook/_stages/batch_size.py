@@ -49,10 +49,11 @@ import psutil
 import tensorflow as tf
 from matplotlib.figure import Figure
 
-from keras_playbook import short_runs, validation
+from keras_playbook import _short_runs as short_runs
+from keras_playbook import _validation as validation
+from keras_playbook._data import validate_batch_size
+from keras_playbook._journal import Result
 from keras_playbook._runner import stage
-from keras_playbook.data import validate_batch_size
-from keras_playbook.journal import Result
 
 _BATCH_SIZE = "Tuning Playbook; Smith 2018"
 MODES = ("power", "binsearch")

@@ -20,10 +20,20 @@ import os
 import keras
 from matplotlib.figure import Figure
 
-from keras_playbook import finetune, validation
+from keras_playbook import _validation as validation
+from keras_playbook._journal import Result
 from keras_playbook._runner import stage
-from keras_playbook.journal import Result
-from keras_playbook.session import innermost_optimizer
+from keras_playbook._session import innermost_optimizer
+from keras_playbook.callbacks.monitors import leaf_layers
+from keras_playbook.finetune._discriminative import discriminative, geometric_multipliers
+from keras_playbook.finetune._groups import (
+    freeze_to,
+    layer_groups,
+    prepare_optimizer,
+    restore_trainable,
+    trainable_state,
+)
+from keras_playbook.finetune._unfreezing import GradualUnfreezing
 
 
 @dataclasses.dataclass
@@ -180,7 +190,7 @@ def kept_frozen(model, train_batch_norm=False):
     """
     return [
         leaf
-        for leaf in finetune.leaf_layers(model)
+        for leaf in leaf_layers(model)
         if not leaf.trainable or (not train_batch_norm and isinstance(leaf, keras.layers.BatchNormalization))
     ]
 
@@ -188,13 +198,13 @@ def kept_frozen(model, train_batch_norm=False):
 def resolve_groups(model, groups):
     """`groups` as `layer_groups` returns them: an int (by depth) or explicit lists."""
     if validation.is_int(groups):
-        return finetune.layer_groups(model, n=groups)
-    return finetune.layer_groups(model, groups=groups)
+        return layer_groups(model, n=groups)
+    return layer_groups(model, groups=groups)
 
 
 def check_multipliers(multipliers, num_groups, factor):
     if multipliers is None:
-        return finetune.geometric_multipliers(num_groups, factor)
+        return geometric_multipliers(num_groups, factor)
     if not isinstance(multipliers, (list, tuple)) or len(multipliers) != num_groups:
         raise ValueError(
             f"fine_tune: one multiplier per group: {num_groups} groups, "
@@ -299,7 +309,7 @@ def fine_tune(
     keep_frozen = kept_frozen(model, train_batch_norm)
 
     with _all_or_nothing(ctx):
-        finetune.freeze_to(model, layer_groups, len(layer_groups) - 1, keep_frozen=keep_frozen)
+        freeze_to(model, layer_groups, len(layer_groups) - 1, keep_frozen=keep_frozen)
         head_rate = head_learning_rate or _found_rate(ctx, find_lr_steps)
         ctx.run(
             "fit", epochs=head_epochs, callbacks=callbacks, verbose=verbose, learning_rate=head_rate, restore_best=True
@@ -307,15 +317,15 @@ def fine_tune(
         head_record = ctx.journal.latest("fit")
         head_weights = model.get_weights()  # Phase 1's best epoch.
 
-        finetune.freeze_to(model, layer_groups, 0, keep_frozen=keep_frozen)
+        freeze_to(model, layer_groups, 0, keep_frozen=keep_frozen)
         inner = innermost_optimizer(model.optimizer)
         with session.scope():
             fresh = type(inner).from_config(inner.get_config())
-            optimizer = finetune.discriminative(fresh, layer_groups, multipliers)
+            optimizer = discriminative(fresh, layer_groups, multipliers)
         session.compile_like(model, optimizer)  # The model's loss and metrics, this optimizer.
-        finetune.prepare_optimizer(model)
+        prepare_optimizer(model)
         rate = learning_rate or _found_rate(ctx, find_lr_steps)
-        extra = [finetune.GradualUnfreezing(layer_groups, every_epochs=1, keep_frozen=keep_frozen)] if gradual else []
+        extra = [GradualUnfreezing(layer_groups, every_epochs=1, keep_frozen=keep_frozen)] if gradual else []
         ctx.run(
             "fit", epochs=epochs, callbacks=callbacks + extra, verbose=verbose, learning_rate=rate, restore_best=True
         )
@@ -346,7 +356,7 @@ def _all_or_nothing(ctx):
     goes on.
     """
     model, session = ctx.model, ctx.session
-    trainability = finetune.trainable_state(model)
+    trainability = trainable_state(model)
     optimizer = model.optimizer
     state = session.snapshot()
     length = len(ctx.journal)
@@ -355,7 +365,7 @@ def _all_or_nothing(ctx):
     except BaseException:
         if model.optimizer is not optimizer:
             session.compile_like(model, optimizer)
-        finetune.restore_trainable(model, trainability)
+        restore_trainable(model, trainability)
         session.restore(state)
         ctx.journal.truncate(length)
         raise

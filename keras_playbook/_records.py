@@ -5,9 +5,9 @@ import dataclasses
 import numpy as np
 from matplotlib.figure import Figure
 
-from keras_playbook import references
-from keras_playbook.diagnosis import SEVERE
-from keras_playbook.journal import Result
+from keras_playbook import _references as references
+from keras_playbook._diagnosis import SEVERE
+from keras_playbook._journal import Result
 
 
 @dataclasses.dataclass

@@ -33,10 +33,10 @@ import keras_tuner
 import numpy as np
 from matplotlib.figure import Figure
 
-from keras_playbook import validation
+from keras_playbook import _validation as validation
+from keras_playbook._journal import Result, to_builtin
 from keras_playbook._runner import SEARCHED, stage
-from keras_playbook.journal import Result, to_builtin
-from keras_playbook.session import architecture_digest
+from keras_playbook._session import architecture_digest
 from keras_playbook.tuning import analysis
 from keras_playbook.tuning.hypermodel import EPOCHS, WEIGHT_DECAY_MODES, PlaybookHyperModel, PlaybookTuner
 from keras_playbook.tuning.oracles import STAGE, CoarseToFineOracle, GridOracle
@@ -642,7 +642,7 @@ def _confirm_over_seeds(
     Its `ok` is True only when the best wins by more than seed-to-seed
     variation (Tuning Playbook: is the improvement better than chance?).
     """
-    from keras_playbook.stages import experiments  # It builds on this module.
+    from keras_playbook._stages import experiments  # It builds on this module.
 
     def searched(values):
         return {key: value for key, value in sorted(values.items()) if key not in fixed and key not in (STAGE, EPOCHS)}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from keras_playbook import Playbook, finetune
-from keras_playbook.session import read_value
+from keras_playbook._session import read_value
 from tests import helpers
 
 

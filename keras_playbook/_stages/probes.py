@@ -20,9 +20,10 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
-from keras_playbook import short_runs, validation
+from keras_playbook import _short_runs as short_runs
+from keras_playbook import _validation as validation
+from keras_playbook._journal import Result
 from keras_playbook._runner import stage
-from keras_playbook.journal import Result
 
 _PROBES = "Johnson, EECS 498 Lecture 11, step 3"
 _MOMENTUM = "Smith 2018"

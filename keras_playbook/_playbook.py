@@ -15,13 +15,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_playbook import _procedure, finetune, losses, validation
-from keras_playbook import data as data_module
+from keras_playbook import _data as data_module
+from keras_playbook import _losses as losses
+from keras_playbook import _procedure, finetune
+from keras_playbook import _validation as validation
+from keras_playbook._journal import JOURNAL_FILENAME, Journal
+from keras_playbook._records import SetupRecord
 from keras_playbook._runner import Runner
-from keras_playbook.journal import JOURNAL_FILENAME, Journal
-from keras_playbook.records import SetupRecord
-from keras_playbook.session import Session, architecture_digest, innermost_optimizer, read_value, resolve_strategy
-from keras_playbook.stages import finetuning, lr_range, probes, search  # Importing `stages` registers them all.
+from keras_playbook._session import Session, architecture_digest, innermost_optimizer, read_value, resolve_strategy
+from keras_playbook._stages import lr_range, probes, search  # Importing `_stages` registers them all.
 
 
 def _journal_in(directory):
@@ -260,7 +262,7 @@ class Playbook:
     def check_initial_loss(self, num_batches=10, tolerance=0.5):
         """Checks the untrained model's loss against ln C (Johnson, EECS 498 Lecture 11, step 1).
 
-        See `keras_playbook.stages.check_initial_loss` for the arguments.
+        See `keras_playbook._stages.check_initial_loss` for the arguments.
 
         Returns:
             An `InitialLossResult`, also appended to the journal.
@@ -273,7 +275,7 @@ class Playbook:
         Trains a copy; the model and its regularization are unchanged. The
         rate is `learning_rate`, else the settled one (`find_lr`'s), else
         what a short range test on the sample suggests. See
-        `keras_playbook.stages.overfit_small_sample` for the arguments.
+        `keras_playbook._stages.overfit_small_sample` for the arguments.
 
         Returns:
             An `OverfitResult`, also appended to the journal.
@@ -301,7 +303,7 @@ class Playbook:
         learning rate and the bounds for cyclic schedules. The model and its
         optimizer are untouched; the suggestion is settled in the journal, so
         `fit` and later stages use it unless told otherwise. It holds for the
-        batch size it was measured at. See `keras_playbook.stages.find_lr`
+        batch size it was measured at. See `keras_playbook._stages.find_lr`
         for the arguments.
 
         Returns:
@@ -324,7 +326,7 @@ class Playbook:
         training data; the result names the largest rate whose loss drops
         significantly without diverging, and compares it with `find_lr`'s
         suggestion when there is one. It settles nothing. See
-        `keras_playbook.stages.probe_lrs` for the arguments.
+        `keras_playbook._stages.probe_lrs` for the arguments.
 
         Returns:
             A `ProbeResult`, also appended to the journal.
@@ -348,7 +350,7 @@ class Playbook:
         The chosen per-replica size is settled in the journal: `fit` and the
         later stages use it, and a learning rate found at another batch size
         becomes stale (`fit` refuses it until `find_lr` runs again). See
-        `keras_playbook.stages.find_batch_size` for the arguments.
+        `keras_playbook._stages.find_batch_size` for the arguments.
 
         Returns:
             A `BatchSizeResult`, also appended to the journal.
@@ -369,7 +371,7 @@ class Playbook:
         Sweeps `momentum` for SGD and RMSprop, `beta_1` for the Adam family,
         at the settled learning rate (found by `find_lr`) unless
         `learning_rate` is given. The best value is settled for `fit`. See
-        `keras_playbook.stages.sweep_momentum` for the arguments.
+        `keras_playbook._stages.sweep_momentum` for the arguments.
 
         Returns:
             A `MomentumResult`, also appended to the journal.
@@ -401,7 +403,7 @@ class Playbook:
         `confirm_seeds` seeds and the best is kept only if it wins by more
         than seed-to-seed variation. In decoupled mode the adopted value is
         settled for `fit`. See
-        `keras_playbook.stages.grid_weight_decay` for the arguments.
+        `keras_playbook._stages.grid_weight_decay` for the arguments.
 
         Returns:
             A `WeightDecayResult`, also appended to the journal: `best`,
@@ -442,7 +444,7 @@ class Playbook:
         more than seed-to-seed variation (the best of many single runs is an
         optimistic estimate; Tuning Playbook). The kept cell's learning rate
         and (decoupled) weight decay are settled for `fit`. See
-        `keras_playbook.stages.tune_lr_wd` for the arguments.
+        `keras_playbook._stages.tune_lr_wd` for the arguments.
 
         Returns:
             An `LRWeightDecayResult`, also appended to the journal; `plot()`
@@ -473,7 +475,7 @@ class Playbook:
     ):
         """Re-runs configurations over seeds: is the difference more than seed-to-seed variation? (Tuning Playbook)
 
-        See `keras_playbook.stages.compare_seeds` for the arguments. Values a
+        See `keras_playbook._stages.compare_seeds` for the arguments. Values a
         configuration leaves out are the settled ones.
 
         Returns:
@@ -512,7 +514,7 @@ class Playbook:
 
         Architecture hyperparameters (e.g. dropout) need a builder that takes
         KerasTuner's `hp` and declares them. See
-        `keras_playbook.stages.run_round` for the arguments.
+        `keras_playbook._stages.run_round` for the arguments.
 
         Returns:
             A `RoundResult` (table, plot, verdict, nuisance values at the
@@ -632,8 +634,8 @@ class Playbook:
         pb.fine_tune(head_epochs=3, epochs=10)
         ```
         """
-        backbone = finetuning.load_backbone(backbone, weights)
-        model = finetuning.build_model(backbone, num_classes, pooling=pooling, dropout=dropout)
+        backbone = finetune.load_backbone(backbone, weights)
+        model = finetune.build_model(backbone, num_classes, pooling=pooling, dropout=dropout)
         if loss is None:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         return cls(

@@ -51,7 +51,7 @@ import math
 
 import numpy as np
 
-from keras_playbook import references
+from keras_playbook import _references as references
 
 FLAT = 0.02  # Relative change per epoch below which a curve is flat.
 SUDDEN_DROP = 0.2  # Relative fall in one epoch that counts as sudden.
