@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from sklearn.datasets import load_breast_cancer, load_digits  # noqa: E402
 
 from keras_playbook import Playbook  # noqa: E402
-from keras_playbook._stages.lr_range import SUGGESTION_RULES  # noqa: E402
+from keras_playbook._stages.lr_curves import SUGGESTION_RULES  # noqa: E402
 
 SWEEP = np.geomspace(1e-4, 1.0, 13)
 SEEDS = (0, 1)

@@ -36,7 +36,7 @@ from keras_playbook.callbacks import (
 )
 from keras_playbook.callbacks._config import ConfigurableCallback
 from keras_playbook.callbacks.monitors import decayed_variables
-from keras_playbook.callbacks.schedules import momentum_attribute
+from keras_playbook.callbacks.one_cycle import momentum_attribute
 
 SCHEDULES = ("step_down", "one_cycle", "cosine", "two_stage")
 

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from keras_playbook import LRRangeResult, Playbook, Result
 from keras_playbook._data import make_pipeline
 from keras_playbook._session import Session
-from keras_playbook._stages import lr_range
+from keras_playbook._stages import lr_curves, lr_range
 from tests import helpers
 
 
@@ -230,18 +230,18 @@ def test_rules_on_a_known_curve():
     rates, losses = _synthetic_curve()
     minimum = rates[np.argmin(losses)]
     assert 0.05 < minimum < 0.2
-    assert lr_range.steepest(rates, losses) == pytest.approx(1e-2, rel=0.15)
-    assert lr_range.minimum_over_ten(rates, losses) == pytest.approx(minimum / 10)
-    assert 1e-4 < lr_range.valley(rates, losses) < minimum
-    floor = lr_range.floor_over_ten(rates, lr_range.smooth(losses, 0.9), losses, 0.9)
-    assert floor == pytest.approx(rates[lr_range.upper_bound_index(losses, 0.9)] / 10)
+    assert lr_curves.steepest(rates, losses) == pytest.approx(1e-2, rel=0.15)
+    assert lr_curves.minimum_over_ten(rates, losses) == pytest.approx(minimum / 10)
+    assert 1e-4 < lr_curves.valley(rates, losses) < minimum
+    floor = lr_curves.floor_over_ten(rates, lr_curves.smooth(losses, 0.9), losses, 0.9)
+    assert floor == pytest.approx(rates[lr_curves.upper_bound_index(losses, 0.9)] / 10)
     assert floor < minimum / 10  # The floor begins before the minimum of the curve.
 
 
 def test_smoothing_is_bias_corrected():
-    smoothed = lr_range.smooth([2.0, 2.0, 2.0], 0.98)
+    smoothed = lr_curves.smooth([2.0, 2.0, 2.0], 0.98)
     np.testing.assert_allclose(smoothed, [2.0, 2.0, 2.0])
-    np.testing.assert_allclose(lr_range.smooth([1.0, 3.0], 0.0), [1.0, 3.0])
+    np.testing.assert_allclose(lr_curves.smooth([1.0, 3.0], 0.0), [1.0, 3.0])
 
 
 def test_verbose_playbook_shows_one_bar_and_reports_bad_steps_by_name(digits, capsys):
@@ -262,7 +262,6 @@ def test_the_upper_bound_sits_before_the_rise_when_the_task_is_learned_within_th
     # An easy task the model learns within the test: the loss falls to a floor and stays there until
     # the cliff. The upper bound is where the floor begins, not at the cliff where the lagging
     # average has its minimum.
-    from keras_playbook._stages import lr_range
 
     rates = np.geomspace(1e-5, 10, 100)
     losses = np.where(
@@ -271,8 +270,8 @@ def test_the_upper_bound_sits_before_the_rise_when_the_task_is_learned_within_th
         np.where(rates < 1.0, 0.7 * np.exp(-20 * (np.log10(rates) + 3)) + 0.01, 0.01 + 5 * (rates - 1.0)),
     )
     losses = losses * (1 + 0.02 * np.random.default_rng(0).standard_normal(100))
-    index = lr_range.upper_bound_index(losses, 0.9)
-    lagging = int(np.argmin(lr_range.smooth(losses, 0.9)))
+    index = lr_curves.upper_bound_index(losses, 0.9)
+    lagging = int(np.argmin(lr_curves.smooth(losses, 0.9)))
     assert rates[index] < 0.05 < rates[lagging]
     rise = int(np.argmax(rates >= 1.0))
     assert index < rise
@@ -298,12 +297,12 @@ def test_a_loss_that_reaches_its_floor_or_turns_up_is_not_still_falling():
     steadily = 1.3 - 0.1 * (np.log10(rates) + 7)  # Still going down at max_lr.
     for seed in range(10):
         noise = np.where(rates < 0.05, 1, 1 + 0.2 * np.random.default_rng(seed).standard_normal(100))
-        assert lr_range.stopped_falling(floor * noise, 0.9)
-        assert not lr_range.stopped_falling(steadily * np.where(rates < 0.05, 1, noise**0.1), 0.9)
+        assert lr_curves.stopped_falling(floor * noise, 0.9)
+        assert not lr_curves.stopped_falling(steadily * np.where(rates < 0.05, 1, noise**0.1), 0.9)
     turned_up = floor.copy()
     turned_up[-3:] = [0.6, 1.3, 1.3]
-    assert lr_range.stopped_falling(turned_up, 0.9)
-    assert not lr_range.stopped_falling(steadily, 0.9)
+    assert lr_curves.stopped_falling(turned_up, 0.9)
+    assert not lr_curves.stopped_falling(steadily, 0.9)
 
 
 def test_iris_on_sgd_with_momentum_finds_a_rate_in_every_data_order():
@@ -321,7 +320,7 @@ def test_iris_on_sgd_with_momentum_finds_a_rate_in_every_data_order():
 def test_one_noisy_batch_does_not_stop_the_test_before_its_warm_up():
     # The bias-corrected average of the first step is that one batch: a lucky first batch used to set
     # a minimum that the second batch "exceeded 4 x", ending the test after 2 steps.
-    rates = lr_range.range_learning_rates(1e-7, 10, 100)
+    rates = lr_curves.range_learning_rates(1e-7, 10, 100)
     test = lr_range._RangeTest(rates, smoothing=0.9, stop_factor=4.0)
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile(keras.optimizers.SGD(), "mse")
@@ -332,7 +331,7 @@ def test_one_noisy_batch_does_not_stop_the_test_before_its_warm_up():
         test.on_train_batch_end(step, {"loss": loss})
         if test.model.stop_training:
             break
-    assert len(test.losses) > lr_range.warm_up_steps(100) and test.stop_reason is None
+    assert len(test.losses) > lr_curves.warm_up_steps(100) and test.stop_reason is None
 
 
 def _cosine_problem():
