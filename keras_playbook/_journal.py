@@ -195,15 +195,37 @@ class Journal:
             if self.path is not None:
                 self.save(self.path)
 
+    @property
+    def start(self):
+        """Index of the current set-up record: what comes before it is history of other set-ups.
+
+        A Playbook carrying on a journal whose set-up differs from its own
+        appends a new set-up record; nothing measured under an earlier set-up
+        is settled, read back by `run()` or found by `latest`.
+        """
+        for index in range(len(self._results) - 1, -1, -1):
+            if self._results[index].kind == "setup":
+                return index
+        return 0
+
+    @property
+    def setup(self):
+        """The current set-up record (the latest one), or None in an empty journal."""
+        return self._results[self.start] if self._results and self._results[self.start].kind == "setup" else None
+
+    def current(self):
+        """The results recorded under the current set-up, its record first."""
+        return self._results[self.start :]
+
     def settled(self, upto=None):
-        """Returns the hyperparameters settled so far; later results win.
+        """Returns the hyperparameters settled so far under the current set-up; later results win.
 
         Args:
-            upto: Only the first `upto` results count (what was settled when
-                the result at that index ran); None counts all.
+            upto: Only the first `upto` results of the journal count (what was
+                settled when the result at that index ran); None counts all.
         """
         hyperparameters = {}
-        for result in self._results[:upto]:
+        for result in self._results[self.start : upto]:
             hyperparameters.update(result.settles())
         return hyperparameters
 
@@ -217,7 +239,7 @@ class Journal:
         Returns:
             The `Result`, or None when nothing (still valid) settled it.
         """
-        for result in reversed(self._results):
+        for result in reversed(self.current()):
             if name in result.settles() and (current is None or stale_reason(result, name, current) is None):
                 return result
         return None
@@ -230,7 +252,7 @@ class Journal:
         changes.
         """
         measured = {}
-        for result in self._results:
+        for result in self.current():
             if setting in result.depends_on():
                 for name in result.settles():
                     measured[name] = result.depends_on()[setting]
@@ -262,8 +284,8 @@ class Journal:
         return stale
 
     def latest(self, kind):
-        """Returns the most recent result of `kind`, or None."""
-        for result in reversed(self._results):
+        """Returns the most recent result of `kind` under the current set-up, or None."""
+        for result in reversed(self.current()):
             if result.kind == kind:
                 return result
         return None

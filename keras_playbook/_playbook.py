@@ -10,6 +10,7 @@ Only `fit` and `fine_tune` change the user's model.
 
 import inspect
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -19,6 +20,7 @@ from keras_playbook import _data as data_module
 from keras_playbook import _losses as losses
 from keras_playbook import _procedure
 from keras_playbook import _validation as validation
+from keras_playbook._fingerprints import setup_fingerprints, weights_fingerprint
 from keras_playbook._journal import JOURNAL_FILENAME, Journal
 from keras_playbook._records import SetupRecord
 from keras_playbook._runner import Runner
@@ -46,16 +48,23 @@ def _journal_in(directory):
     return journal
 
 
-def _check_belongs(journal, setup):
-    """Refuses a journal written for another set-up, naming what differs."""
-    differences = journal[0].differences(setup)
-    if differences:
-        raise ValueError(
-            f"The journal in {os.path.dirname(journal.path)} belongs to another set-up ("
-            + "; ".join(differences)
-            + "): what it settled would not hold here. Pass another `directory`, or overwrite=True to start a "
-            "new journal there."
-        )
+def _initial_weights_file(directory, index):
+    """Where the initial weights of the set-up recorded at journal position `index` are kept, relative."""
+    return None if directory is None else os.path.join("weights", f"initial-{index:03d}.npz")
+
+
+def _save_initial_weights(directory, relative, weights):
+    """Saves a `get_weights()` list as `<directory>/<relative>` (NumPy's .npz), atomically."""
+    path = os.path.join(directory, relative)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = path + ".partial.npz"
+    np.savez(temporary, *weights)
+    os.replace(temporary, path)
+
+
+def _load_initial_weights(directory, relative):
+    with np.load(os.path.join(directory, relative)) as arrays:
+        return [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
 
 
 class Playbook(StageMethods):
@@ -79,12 +88,24 @@ class Playbook(StageMethods):
             when two or more GPUs are visible, else the default strategy.
         directory: Folder for the journal (`journal.json`, rewritten after
             every stage). None keeps the journal in memory only. A journal
-            already there is kept and carried on when it belongs to this
-            set-up (the same architecture and parameter count, data sizes,
-            loss and replicas): what earlier runs settled holds. One of
-            another set-up is refused, naming what differs.
+            already there is carried on. When it belongs to this set-up (the
+            same data by value, layer configs, loss, optimizer and its
+            initial config, batch size, seed and replicas: see
+            `SetupRecord.fingerprints`), what earlier runs settled holds and
+            `run()` reads their stages back; the model starts from the
+            initial weights saved with the journal (an unseeded builder
+            draws new ones on every run; a warning says when they differ
+            from yours). When a component differs, a new set-up record is
+            appended: the earlier results stay as history, nothing measured
+            under them is read back or settled, and a warning (and `run()`'s
+            message) names what changed.
         overwrite: Start a new journal in `directory` even if one is there.
         seed: Seed of shuffling and of the samples stages draw.
+        data_version: Your name for the data (e.g. "v2" or a commit id),
+            part of the set-up's identity. Arrays are fingerprinted by their
+            values without it; a dataset that reads in a random order (an
+            unseeded `shuffle()`, random augmentation) cannot be, and a
+            change to it is seen only through `data_version`.
         verbose: 1 shows progress bars for stages that train, 0 is silent.
 
     Raises:
@@ -92,9 +113,8 @@ class Playbook(StageMethods):
         ValueError: for a model without loss, empty data, NaN or inf in the
             first batches, labels that do not fit the model's output,
             validation data whose structure differs from the training data,
-            or a journal in `directory` that is not valid or belongs to
-            another set-up. All are raised before any training, and the
-            journal on disk is left as it was.
+            or a file in `directory` that is not a journal. All are raised
+            before any training, and the journal on disk is left as it was.
 
     Example:
 
@@ -124,6 +144,7 @@ class Playbook(StageMethods):
         overwrite=False,
         seed=0,
         verbose=1,
+        data_version=None,
     ):
         validation.check_bool(overwrite, "overwrite")
         if batch_size is not None:
@@ -134,10 +155,16 @@ class Playbook(StageMethods):
             )
         if verbose not in (0, 1):
             raise ValueError(f"Argument `verbose` must be 0 or 1. Received: verbose={verbose!r}.")
+        if data_version is not None and not isinstance(data_version, (str, int)):
+            raise TypeError(
+                "Argument `data_version` must be a str or an int naming the data, or None. "
+                f"Received: data_version={data_version!r} (of type {type(data_version).__name__})."
+            )
         resolve_strategy(strategy)  # TypeError before a builder is called.
         found = None if directory is None or overwrite else _journal_in(directory)
         self.seed = seed
         self.verbose = verbose
+        self.data_version = data_version
         self.directory = None if directory is None else os.fspath(directory)
         self.session = Session(model, strategy=strategy)  # Places; changes nothing.
         self.session.check_loss(loss)
@@ -171,13 +198,19 @@ class Playbook(StageMethods):
         self.session.compile(loss=loss, optimizer=optimizer, metrics=metrics)
         self.session.ensure_built(self.train_data.first_batches(1)[0][0])
         setup = self._setup_record()
+        # What a run says about the set-up before its own message: what changed since the journal's last
+        # set-up, or that the model starts from the initial weights saved with it.
+        self.setup_changes = []
+        if self.directory is not None:
+            for note in setup.notes:  # What a rerun cannot see change.
+                warnings.warn(f"Note: {note}.", stacklevel=2)
         if found is not None:
-            _check_belongs(found, setup)
-            self.journal = found  # Carried on: what earlier runs settled holds.
+            self.journal = found  # Carried on: as history, or as this set-up's record.
+            self._carry_on(setup)
         else:
-            path = None if directory is None else os.path.join(os.fspath(directory), JOURNAL_FILENAME)
+            path = None if directory is None else os.path.join(self.directory, JOURNAL_FILENAME)
             self.journal = Journal(path)
-            self.journal.append(setup)
+            self._start_setup(setup)
         self._runner = Runner(
             self.session,
             self.journal,
@@ -187,6 +220,54 @@ class Playbook(StageMethods):
             verbose=verbose,
             directory=self.directory,
         )
+
+    def _start_setup(self, setup):
+        """Appends `setup` to the journal, its initial weights saved beside it."""
+        relative = _initial_weights_file(self.directory, len(self.journal))
+        if relative is not None:
+            _save_initial_weights(self.directory, relative, self.session.initial_weights)
+        setup.initial_weights = {"digest": setup.initial_weights["digest"], "file": relative}
+        self.journal.append(setup)
+
+    def _carry_on(self, setup):
+        """Carries on a journal: this set-up's record when it is the same set-up, else a new set-up after it."""
+        previous = self.journal.setup
+        changed = previous.differences(setup)
+        if changed:
+            self.setup_changes = [
+                "The set-up changed since the journal's last run ("
+                + "; ".join(changed)
+                + "): its earlier results are kept as history, and nothing measured under them is read back "
+                "or used."
+            ]
+            warnings.warn(
+                f"{self.journal.path}: {self.setup_changes[0]} Pass overwrite=True to start a new journal instead.",
+                stacklevel=3,
+            )
+            self._start_setup(setup)
+            return
+        saved = previous.initial_weights or {}
+        if saved.get("digest") in (None, setup.initial_weights["digest"]):
+            return
+        path = os.path.join(self.directory, saved["file"]) if saved.get("file") else None
+        if path is None or not os.path.exists(path):
+            note = (
+                f"The initial weights of this set-up were saved in {path}, which is missing: the model starts from "
+                "yours, so results read back from the journal were measured from other initial weights. Pass "
+                "overwrite=True to start afresh."
+            )
+        else:
+            weights = _load_initial_weights(self.directory, saved["file"])
+            with self.session.scope():
+                self.model.set_weights(weights)
+            self.session.initial_weights = self.model.get_weights()
+            note = (
+                f"The model's initial weights differ from those this set-up started from (an unseeded builder "
+                f"draws new ones on every run): the model starts from the ones saved in {path}, so that what the "
+                "journal measured holds. Pass overwrite=True to start from yours."
+            )
+        self.setup_changes = [note]
+        warnings.warn(note, stacklevel=3)
 
     def _call(self, name, arguments):
         """Runs stage `name` through the runner with a method's arguments (its `locals()`)."""
@@ -233,6 +314,9 @@ class Playbook(StageMethods):
         validation_count = None if self.validation_data is None else self.validation_data.num_examples
         loss = self.model.loss
         loss_name = loss if isinstance(loss, str) else getattr(loss, "name", getattr(loss, "__name__", str(loss)))
+        fingerprints, layers, notes = setup_fingerprints(
+            session, train, self.validation_data, seed=self.seed, data_version=self.data_version
+        )
         strategy_name = (
             type(session.strategy).__name__.lstrip("_").replace("DefaultDistributionStrategy", "DefaultStrategy")
         )
@@ -249,17 +333,23 @@ class Playbook(StageMethods):
             optimizer=_jsonable(self.model.optimizer.get_config()),
             architecture=architecture_digest(self.model),
             initial_values=_optimizer_values(self.model.optimizer),
+            fingerprints=fingerprints,
+            layers=layers,
+            initial_weights={"digest": weights_fingerprint(session.initial_weights), "file": None},
+            notes=notes,
             ok=True,
             message=(
                 f"Training on {session.num_replicas} replica(s) with "
                 f"{strategy_name}: batch {train.per_replica_batch_size} per "
-                f"replica = {train.global_batch_size} global."
+                f"replica = {train.global_batch_size} global." + "".join(f" Note: {note}." for note in notes)
             ),
         )
 
     # The procedure ------------------------------------------------------------
 
-    def run(self, epochs, plan=None, search="weight_decay", schedule="step_down", stop_on_failure=True):
+    def run(
+        self, epochs, plan=None, search="weight_decay", schedule="step_down", stop_on_failure=True, rerun_from=None
+    ):
         """Runs the whole procedure, each decision feeding the next; running it again resumes.
 
         The default plan: `check_initial_loss` -> `overfit_small_sample` ->
@@ -275,6 +365,12 @@ class Playbook(StageMethods):
         finished stage whose call is unchanged instead of running it, reruns
         from the first stage whose call changed, and continues an interrupted
         final `fit` from its last finished epoch (Keras's `BackupAndRestore`).
+        Only results of this set-up are read back (the same data, model,
+        loss, optimizer, batch size and seed: see `directory`); a sanity
+        stage whose verdict failed always runs again, so "fix it and run
+        again" works. `verbose` and display callbacks (`TensorBoard`,
+        `CSVLogger`, ...) are not part of a call: changing them reruns
+        nothing.
 
         Args:
             epochs: Epochs of the final training (>= 1).
@@ -286,6 +382,11 @@ class Playbook(StageMethods):
                 None (none).
             schedule: The final training's schedule (see `fit`).
             stop_on_failure: Stop at a failed sanity verdict (False goes on).
+            rerun_from: None, or the name of a stage in the plan: it and every
+                stage after it run again, what comes before is read back. For
+                a change the set-up's fingerprint cannot see (a custom
+                layer's code, data read in a random order without
+                `data_version`), short of `overwrite=True`.
 
         Returns:
             A `RunResult`, also appended to the journal: each settled value
@@ -296,8 +397,8 @@ class Playbook(StageMethods):
         Raises:
             ValueError: before any compute, for `epochs` <= 0, an unknown
                 stage or argument in `plan`, a stage that needs validation
-                data without any, or one that needs a learning rate before
-                anything settles one.
+                data without any, one that needs a learning rate before
+                anything settles one, or a `rerun_from` not in the plan.
 
         Example:
 
@@ -308,7 +409,7 @@ class Playbook(StageMethods):
         print(result.table())
         ```
         """
-        return _procedure.run(self, epochs, plan, search, schedule, stop_on_failure)
+        return _procedure.run(self, epochs, plan, search, schedule, stop_on_failure, rerun_from)
 
     def __repr__(self):
         return (

@@ -21,7 +21,7 @@ import time
 
 from keras_playbook import _validation as validation
 from keras_playbook._records import RunResult
-from keras_playbook._runner import STAGES, call_arguments
+from keras_playbook._runner import STAGES, call_arguments, call_identity
 from keras_playbook._session import innermost_optimizer
 from keras_playbook._stages.training import FIT_OVERRIDES, check_schedule
 
@@ -59,11 +59,17 @@ def default_plan(playbook, epochs, search="weight_decay", schedule="step_down"):
 def plan_calls(playbook, plan):
     """Complete, checked calls of `plan`: a list of `(name, arguments)`, before any compute.
 
+    Every call's arguments go through its stage's check (`StageSpec.check`),
+    so a value a stage refuses (`grid_weight_decay(values=[-1])`, a
+    learning rate under one cycle) is refused before the first stage runs.
+
     Raises:
-        TypeError: for a plan that is not a list of names or pairs.
-        ValueError: for an unknown stage or argument, a stage needing
-            validation data without any, or a stage needing a learning rate
-            before the plan or the journal settles one.
+        TypeError: for a plan that is not a list of names or pairs, or an
+            argument of the wrong type.
+        ValueError: for an unknown stage or argument, a value a stage
+            refuses, a stage needing validation data without any, or a
+            stage needing a learning rate before the plan or the journal
+            settles one.
     """
     if not isinstance(plan, (list, tuple)) or not plan:
         raise TypeError(
@@ -95,6 +101,7 @@ def plan_calls(playbook, plan):
                     f"hyperparameters {list(FIT_OVERRIDES)}."
                 )
             validation.check_int(arguments["epochs"], "epochs", "run")
+        STAGES[name].check_arguments(arguments, playbook.session)
         calls.append((name, arguments))
     _check_order(playbook, calls)
     return calls
@@ -128,20 +135,36 @@ def _recorded(journal, name, arguments, start):
     """The index of the recorded call of `name` with `arguments` at or after `start`, or None.
 
     Only the first top-level call of `name` from `start` counts: if its
-    arguments differ, the plan changed there and everything from it runs.
+    arguments differ (by `call_identity`: display settings left out), the
+    plan changed there and everything from it runs.
     """
-    wanted = call_arguments(arguments)
+    wanted, _ = call_identity(call_arguments(arguments))
     for index in range(start, len(journal)):
         call = journal[index].call or {}
         if call.get("stage") == name and call.get("parent") is None:
-            return index if call.get("arguments") == wanted else None
+            return index if call_identity(call.get("arguments", {}))[0] == wanted else None
     return None
 
 
-def run(playbook, epochs, plan=None, search="weight_decay", schedule="step_down", stop_on_failure=True):
+def _check_rerun_from(rerun_from, calls):
+    if rerun_from is not None and rerun_from not in [name for name, _ in calls]:
+        raise ValueError(
+            "run: argument `rerun_from` must be None or the name of a stage in the plan, which then runs again "
+            f"with every stage after it. Received: rerun_from={rerun_from!r}; the plan: "
+            f"{[name for name, _ in calls]}."
+        )
+
+
+def run(
+    playbook, epochs, plan=None, search="weight_decay", schedule="step_down", stop_on_failure=True, rerun_from=None
+):
     """Runs the plan (by default `default_plan`), reading back the leading calls the journal already holds.
 
-    Every argument and the whole plan are checked before any compute.
+    Every argument and the whole plan are checked before any compute. Only
+    results of the current set-up are read back (`Journal.start`); a sanity
+    stage whose recorded verdict failed is run again (a fix may be
+    invisible to the set-up's fingerprint), and so are `rerun_from` and
+    every stage after it.
 
     Returns:
         A `RunResult`, also appended to the journal.
@@ -152,27 +175,34 @@ def run(playbook, epochs, plan=None, search="weight_decay", schedule="step_down"
     validation.check_bool(stop_on_failure, "stop_on_failure", "run")
     check_schedule(schedule, "run")
     calls = plan_calls(playbook, default_plan(playbook, epochs, search, schedule) if plan is None else plan)
+    _check_rerun_from(rerun_from, calls)
+    _check_saved_weights(playbook, calls, rerun_from)
     runner, journal = playbook._runner, playbook.journal
     started = time.perf_counter()
-    position, resuming, steps, stopped = 1, True, [], None
+    position, resuming, steps, stopped = journal.start + 1, True, [], None
     for name, arguments in calls:
+        resuming = resuming and name != rerun_from
         index = _recorded(journal, name, arguments, position) if resuming else None
+        failed_before = index is not None and name in SANITY and not journal[index].ok
         reached = {}
-        if index is not None:
+        if index is not None and not failed_before:
             result, position = journal[index], index + 1
             _load_weights(playbook, result)
         else:
             if resuming and steps:  # The first stage run after reading back: how long getting here took.
                 reached = {"reached_after": round(time.perf_counter() - started, 3)}
-            resuming = False
             runner.call(name, arguments)
-            result, position = journal[len(journal) - 1], len(journal)
+            result = journal[len(journal) - 1]
+            # A failed sanity check runs again (after a fix the fingerprint may not see); when it settles
+            # nothing, what came after it in the journal still holds and is read back.
+            resuming = failed_before and not result.settles()
+            position = index + 1 if resuming else len(journal)
         call = result.call or {}
         steps.append(
             {
                 "stage": name,
                 "ok": bool(result.ok),
-                "skipped": index is not None,
+                "skipped": index is not None and not failed_before,
                 "seconds": float(call.get("seconds", 0.0)),
                 "steps": int(call.get("steps", 0)),
                 "summary": result.message,
@@ -182,15 +212,24 @@ def run(playbook, epochs, plan=None, search="weight_decay", schedule="step_down"
         if stop_on_failure and name in SANITY and not result.ok:
             stopped = name
             break
+    ignored = sorted({callback for _, arguments in calls for callback in call_identity(call_arguments(arguments))[1]})
+    notes = list(playbook.setup_changes)
+    playbook.setup_changes = []  # Said once, by the first run after the Playbook was made.
+    if ignored:
+        notes.append(
+            f"Callbacks without a readable get_config() ({', '.join(ignored)}) were left out in deciding what to "
+            "read back from the journal."
+        )
     run_result = RunResult.from_journal(
         journal,
         steps,
         stopped=stopped,
         plan=[{"stage": name, "arguments": call_arguments(arguments)} for name, arguments in calls],
+        notes=notes,
     )
     run_result.call = {
         "stage": "run",
-        "arguments": {"stop_on_failure": stop_on_failure},
+        "arguments": {"stop_on_failure": stop_on_failure, "rerun_from": rerun_from},
         "parent": None,
         "seconds": round(time.perf_counter() - started, 3),
         "steps": sum(step["steps"] for step in steps if not step["skipped"]),
@@ -199,12 +238,47 @@ def run(playbook, epochs, plan=None, search="weight_decay", schedule="step_down"
     return run_result
 
 
+def _check_saved_weights(playbook, calls, rerun_from=None):
+    """Refuses, before any compute, a run that would read back a training stage whose saved weights are missing.
+
+    Follows the leading calls `run` reads back (the same ones, in order, up
+    to `rerun_from`); the later stages would otherwise start from another
+    model than the one the journal says they start from.
+
+    Raises:
+        ValueError: naming the stage, its place in the journal and the file.
+    """
+    journal, position = playbook.journal, playbook.journal.start + 1
+    for name, arguments in calls:
+        index = None if name == rerun_from else _recorded(journal, name, arguments, position)
+        if index is None or (name in SANITY and not journal[index].ok):  # Runs again from here.
+            return
+        _saved_weights(playbook, journal[index], index)
+        position = index + 1
+
+
+def _saved_weights(playbook, result, index):
+    """The path of the weights a recorded training stage saved, or None; refused when the file is missing."""
+    weights = (result.call or {}).get("weights")
+    if not weights or playbook.directory is None:
+        return None
+    path = os.path.join(playbook.directory, weights)
+    if not os.path.exists(path):
+        raise ValueError(
+            f"run: {result.kind} (result {index} of the journal) is read back, and the weights it trained are "
+            f"missing: {path}. The stages after it would start from another model. Put the file back, run it "
+            f"again (rerun_from={result.kind!r}), or pass overwrite=True to the Playbook to start a new journal."
+        )
+    return path
+
+
 def _load_weights(playbook, result):
     """Gives the model the weights a skipped training stage left (saved beside the journal)."""
-    weights = (result.call or {}).get("weights")
-    if weights and playbook.directory is not None:
+    index = next(position for position, recorded in enumerate(playbook.journal) if recorded is result)
+    path = _saved_weights(playbook, result, index)
+    if path is not None:
         model = playbook.model
         if model.optimizer is not None and not model.optimizer.built:  # Its state was saved too (as Keras's
             with playbook.session.scope():  # BackupAndRestore does it).
                 model.optimizer.build(model.trainable_variables)
-        model.load_weights(os.path.join(playbook.directory, weights))
+        model.load_weights(path)

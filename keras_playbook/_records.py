@@ -7,6 +7,7 @@ from matplotlib.figure import Figure
 
 from keras_playbook import _references as references
 from keras_playbook._diagnosis import SEVERE
+from keras_playbook._fingerprints import differences as fingerprint_differences
 from keras_playbook._journal import Result
 
 
@@ -32,6 +33,18 @@ class SetupRecord(Result):
             holds until a stage settles another value. The journal, not
             the live optimizer (which a schedule moves), is where every
             stage reads them.
+        fingerprints: What defines every result of this set-up, one entry
+            per component: "data" (by value), "model" (the layers' configs),
+            "loss", "optimizer" (class and initial config), "batch_size",
+            "seed", "replicas" (see `keras_playbook._fingerprints`). A
+            journal carried on by a Playbook whose fingerprints differ gets a
+            new set-up record, and what came before is history.
+        layers: One `"Class:digest"` per layer, to name the layer that changed.
+        initial_weights: `{"digest", "file"}`: the model's initial weights and
+            the file beside the journal that holds them (None without a
+            directory). A later run of the same set-up starts from them.
+        notes: What could not be fingerprinted (a dataset read in a random
+            order, a model without `get_config`, data sampled by size).
     """
 
     kind = "setup"
@@ -50,27 +63,19 @@ class SetupRecord(Result):
 
     architecture: str = dataclasses.field(default="", kw_only=True)
     initial_values: dict = dataclasses.field(default_factory=dict, kw_only=True)
-
-    # What must match for a journal to belong to a Playbook (`differences`).
-    IDENTITY = (
-        "architecture",
-        "num_parameters",
-        "num_train_examples",
-        "num_validation_examples",
-        "loss",
-        "num_replicas",
-    )
+    fingerprints: dict = dataclasses.field(default_factory=dict, kw_only=True)
+    layers: list = dataclasses.field(default_factory=list, kw_only=True)
+    initial_weights: dict = dataclasses.field(default_factory=dict, kw_only=True)
+    notes: list = dataclasses.field(default_factory=list, kw_only=True)
 
     def settles(self):
         return {"batch_size": self.per_replica_batch_size, **self.initial_values}
 
     def differences(self, other):
-        """What differs between this set-up and `other` among `IDENTITY`, as "name: this -> other" lines."""
-        return [
-            f"{name.replace('_', ' ')}: {getattr(self, name)!r} -> {getattr(other, name)!r}"
-            for name in self.IDENTITY
-            if getattr(self, name) != getattr(other, name) and (name != "architecture" or self.architecture)
-        ]
+        """What differs between this set-up and `other`, one line per component ("model: layer 3 ...")."""
+        if not self.fingerprints:
+            return ["the set-up was recorded by an earlier version of keras-playbook, without its fingerprints"]
+        return fingerprint_differences(self.fingerprints, other.fingerprints, self.layers, other.layers)
 
 
 @dataclasses.dataclass
@@ -200,6 +205,10 @@ class RunResult(Result):
         best_epoch: That epoch (0 without training).
         findings: The final training's findings (`FitRecord.findings`).
         stopped: The sanity stage whose failed verdict stopped the run, or None.
+        notes: What the run says before its decisions: the set-up that
+            changed since the journal's last run (its earlier results are
+            history), initial weights loaded from the journal's folder,
+            callbacks left out of what identifies a call.
     """
 
     kind = "run"
@@ -212,9 +221,10 @@ class RunResult(Result):
     stopped: str | None
     ok: bool
     message: str
+    notes: list = dataclasses.field(default_factory=list, kw_only=True)
 
     @classmethod
-    def from_journal(cls, journal, steps, stopped=None, plan=()):
+    def from_journal(cls, journal, steps, stopped=None, plan=(), notes=()):
         """Builds the result of a run from its steps and what the journal now holds."""
         settled = {}
         for name, value in journal.settled().items():
@@ -260,6 +270,7 @@ class RunResult(Result):
                 message += f" {finding['kind']}: {finding['advice']}"
             if failed:
                 message += " Check: " + ", ".join(step["stage"] for step in failed) + " (see their messages)."
+        message = " ".join([*notes, message])
         return cls(
             plan=list(plan),
             steps=list(steps),
@@ -270,6 +281,7 @@ class RunResult(Result):
             stopped=stopped,
             ok=stopped is None and (fit is None or fit.ok),
             message=message,
+            notes=list(notes),
         )
 
     def table(self):

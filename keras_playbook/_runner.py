@@ -1,12 +1,13 @@
 """The stage runner: the one door every stage goes through.
 
 A stage is a function `stage(ctx, **arguments) -> Result` registered with
-`@stage(...)`, declaring the settled values it reads and the settings its own
-settled values depend on. The `Runner` hands it a `StageContext` (pipelines at
-the settled batch size, the settled values it reads, progress bars, the seed),
-refuses stale inputs the same way for every stage, and records the result in
-the journal together with its call: the stage's name, its arguments, the
-settled values it read, its wall time and training steps.
+`@stage(...)`, declaring the settled values it reads, the settings its own
+settled values depend on, and the check of its arguments. The `Runner` checks
+the arguments before anything changes, hands the stage a `StageContext`
+(pipelines at the settled batch size, the settled values it reads, progress
+bars, the seed), refuses stale inputs the same way for every stage, and
+records the result in the journal together with its call: the stage's name,
+its arguments, the settled values it read, its wall time and training steps.
 
 This is KerasTuner's split applied to stages: the tuner (`base_tuner.py`) runs
 a trial and records it; what to run next is decided from the record alone
@@ -62,6 +63,12 @@ class StageSpec:
             method returns `value` (`fit` returns Keras's History).
         trains: The stage changes the user's model (its weights are saved
             beside the journal, and loaded again when a run skips it).
+        check: `check(arguments, session)`: raises `ValueError` or
+            `TypeError` for arguments the stage refuses, from the arguments
+            and the model as compiled alone (no data, no journal, no
+            training). `plan_calls` runs it for every call of a plan before
+            any stage runs, and the runner before a stage called by hand
+            changes anything.
     """
 
     name: str
@@ -73,9 +80,20 @@ class StageSpec:
     random_state: bool = True
     returns_value: bool = False
     trains: bool = False
+    check: object = None
 
     def given_values(self, arguments):
         return dict(self.given(arguments)) if self.given is not None else {}
+
+    def check_arguments(self, arguments, session):
+        """Runs the stage's argument check on complete `arguments` (see `check`).
+
+        The user's global random generators are given back after it (KerasTuner
+        draws a seed when it makes an objective's oracle).
+        """
+        if self.check is not None:
+            with users_random_state():
+                self.check(arguments, session)
 
 
 STAGES = {}
@@ -261,15 +279,26 @@ class Runner:
                 if fallback is not None:
                     values[name] = fallback.settles()[name]
         if stale:
-            reasons = "; ".join(reason for _, reason in stale.values())
-            stages = ", ".join(sorted({f"pb.{result.kind}()" for result, _ in stale.values()}))
-            names = ", ".join(f"{name}=..." for name in stale)
-            raise ValueError(
-                f"{spec.name}: {reasons}. Hyperparameters tuned at one batch size do not carry over to "
-                f"another (Tuning Playbook). Run {stages} again, or pass {names} to {spec.name}."
-            )
+            raise ValueError(self._stale_advice(spec.name, stale))
         values.update({name: value for name, value in given.items() if value is not SEARCHED})
         return values, current
+
+    def _stale_advice(self, name, stale):
+        """The refusal of stale values: why, the stages to run again in the procedure's order, what may be passed."""
+        reasons = "; ".join(reason for _, reason in stale.values())
+        kinds = sorted({result.kind for result, _ in stale.values()}, key=_procedure_position)
+        advice = f"Run {', then '.join(f'pb.{kind}()' for kind in kinds)} again"
+        parameters = self.signature(name).parameters.values()
+        takes_any = any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters)
+        accepted = [key for key in stale if takes_any or key in {parameter.name for parameter in parameters}]
+        if accepted and len(accepted) == len(stale):
+            advice += f", or pass {', '.join(f'{key}=...' for key in accepted)} to {name}"
+        elif accepted:
+            advice += f" ({name} also takes {', '.join(f'{key}=...' for key in accepted)})"
+        return (
+            f"{name}: {reasons}. Hyperparameters tuned at one batch size do not carry over to another (Tuning "
+            f"Playbook). {advice}."
+        )
 
     def call(self, name, arguments, parent=None):
         """Runs stage `name` with `arguments` and records its result with the call.
@@ -279,6 +308,7 @@ class Runner:
             it returns, e.g. `fit`'s History).
         """
         spec = STAGES[name]
+        spec.check_arguments(arguments, self.session)  # Before anything changes.
         restore_momentum(self.session.model)  # Healed if an interrupted bare OneCycle left it cycling.
         values, current = self.read(spec, arguments)
         key = next(_keys)
@@ -288,6 +318,8 @@ class Runner:
         start = time.perf_counter()
         try:
             with users_random_state() if spec.random_state else contextlib.nullcontext():
+                if spec.random_state:  # The same call gives the same answer: copies (a Dropout's seed
+                    keras.utils.set_random_seed(self.seed)  # generator) draw from the stage's seed, not the user's.
                 output = spec.function(context, **arguments)
         finally:
             steps = _STEPS.pop(key, 0)
@@ -312,7 +344,8 @@ class Runner:
 
     def _call_key(self, name, arguments, values):
         """A digest of a call and of the journal before it: the same call at the same point has the same key."""
-        text = json.dumps([name, call_arguments(arguments), to_builtin(values), len(self.journal)], sort_keys=True)
+        identity, _ = call_identity(call_arguments(arguments))
+        text = json.dumps([name, identity, to_builtin(values), len(self.journal)], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def untrained_loss(self, sample, batch_size):
@@ -323,6 +356,14 @@ class Runner:
                 model.set_weights(self.session.initial_weights)
                 self._untrained_losses[batch_size] = loss_on(model, sample, batch_size)
         return self._untrained_losses[batch_size]
+
+
+# The order in which the procedure settles values: stale ones are measured again in this order.
+_SETTLING_ORDER = ("find_batch_size", "find_lr", "tune_lr_wd", "sweep_momentum", "grid_weight_decay", "run_round")
+
+
+def _procedure_position(kind):
+    return _SETTLING_ORDER.index(kind) if kind in _SETTLING_ORDER else len(_SETTLING_ORDER)
 
 
 def save_weights(model, directory, name):
@@ -342,6 +383,44 @@ def loss_on(model, sample, batch_size):
     weights = sample[2] if len(sample) > 2 else None
     logs = model.evaluate(x, y, sample_weight=weights, batch_size=batch_size, verbose=0, return_dict=True)
     return float(logs["loss"])
+
+
+# Callbacks that only show or log what happens: never part of what defines a result.
+DISPLAY_CALLBACKS = ("TensorBoard", "CSVLogger", "ProgbarLogger", "RemoteMonitor", "StepProgress")
+
+
+def call_identity(arguments):
+    """What of a call's recorded arguments (`call_arguments`) defines its result, and the callbacks left out.
+
+    `verbose` and display callbacks (`DISPLAY_CALLBACKS`) never count; any
+    other callback counts through its `get_config()`, and one without a
+    readable config is left out (and named, so `run()` can say so).
+
+    Returns:
+        `(identity, ignored)`: the arguments without what does not count, and
+        the class names of the callbacks left out for want of a config.
+    """
+    ignored = []
+
+    def kept(value, key=None):
+        if isinstance(value, dict):
+            return {name: kept(item, name) for name, item in value.items() if name != "verbose"}
+        if isinstance(value, list) and key == "callbacks":
+            remaining = []
+            for callback in value:
+                name = callback.get("class") if isinstance(callback, dict) else str(callback).strip("<>")
+                if name in DISPLAY_CALLBACKS:
+                    continue
+                if not isinstance(callback, dict):
+                    ignored.append(name)
+                    continue
+                remaining.append(kept(callback))
+            return remaining
+        if isinstance(value, list):
+            return [kept(item) for item in value]
+        return value
+
+    return kept(arguments), ignored
 
 
 def call_arguments(arguments):

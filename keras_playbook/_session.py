@@ -9,6 +9,7 @@ makes a separate copy that starts from the initial weights.
 """
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import inspect
@@ -129,8 +130,8 @@ def copy_trainability(source, target):
             f"{len(sources)}), so the frozen layers cannot be carried over. Make the builder build the "
             "model the Playbook holds."
         )
-    for original, copy in zip(sources, targets):
-        copy.trainable = original.trainable
+    for original, counterpart in zip(sources, targets):
+        counterpart.trainable = original.trainable
 
 
 def innermost_optimizer(optimizer):
@@ -208,6 +209,8 @@ class Session:
         self.source_model = model
         self.model = self._placed(model)
         self.initial_weights = None
+        self.initial_optimizer_config = None
+        self._initial_optimizer_class = None
         self._build_input = None
 
     @property
@@ -264,6 +267,11 @@ class Session:
         rebuilt, its optimizer object and state) unless overridden. A rebuilt
         model gets a copy of the optimizer with its state.
 
+        The first call keeps the config of the optimizer doing the work (inside
+        wrappers) as compiled, `initial_optimizer_config`: every fresh
+        optimizer starts from it (`fresh_optimizer`), never from the live
+        optimizer, which a schedule or `fit` moves.
+
         Raises:
             ValueError: when no loss is known (not compiled with one, no `loss`).
         """
@@ -275,6 +283,7 @@ class Session:
             if not self._in_scope(model.optimizer.variables):
                 overridden = True
             else:
+                self._keep_initial_optimizer()
                 return
         arguments = {}
         if source.compiled:
@@ -297,6 +306,13 @@ class Session:
         carried_over = optimizer is None and source.compiled and source.optimizer.built
         if carried_over and model.optimizer is not source.optimizer:
             self._copy_optimizer_state(source.optimizer, model)
+        self._keep_initial_optimizer()
+
+    def _keep_initial_optimizer(self):
+        if self.initial_optimizer_config is None:
+            inner = innermost_optimizer(self.model.optimizer)
+            self.initial_optimizer_config = copy.deepcopy(inner.get_config())
+            self._initial_optimizer_class = type(inner)
 
     def _copy_optimizer_state(self, source_optimizer, model):
         with self.scope():
@@ -456,15 +472,50 @@ class Session:
             model.compile(**arguments)
         return model
 
+    def fresh_inner_optimizer(self, **changes):
+        """Returns a new optimizer of the kind compiled first, from its config as compiled, with `changes`.
+
+        The optimizer doing the work, without wrappers: its every value not
+        in `changes` is the one it was compiled with when the Playbook was
+        made (`initial_optimizer_config`), not where a schedule or `fit` has
+        moved the live one since. The values in force (the journal's) are
+        passed as `changes`.
+
+        Raises:
+            ValueError: for a change the optimizer does not take, naming
+                what it takes.
+        """
+        if self.initial_optimizer_config is None:
+            raise ValueError(
+                "The session's model is not compiled yet: compile it (`Session.compile`) before asking for a "
+                "fresh optimizer."
+            )
+        config = copy.deepcopy(self.initial_optimizer_config)
+        unknown = sorted(set(changes) - set(config))
+        if unknown:
+            raise ValueError(
+                f"The optimizer {self._initial_optimizer_class.__name__} has no argument(s) {unknown}. "
+                f"It takes {sorted(set(config) - {'name'})}."
+            )
+        config.update(changes)
+        with self.scope():
+            return self._initial_optimizer_class.from_config(config)
+
     def fresh_optimizer(self, **changes):
-        """Returns a new optimizer like the model's, with `changes` to its config.
+        """Returns a new optimizer like the model's: its config as compiled, with `changes`, in the model's wrappers.
+
+        The optimizer doing the work is `fresh_inner_optimizer(**changes)`;
+        the wrappers the model's optimizer has now (`LossScaleOptimizer`, a
+        `DiscriminativeOptimizer` and its multipliers) are put around it
+        again, without their state.
 
         Example: `session.fresh_optimizer(weight_decay=None, learning_rate=0.1)`.
         """
-        config = self.model.optimizer.get_config()
-        config.update(changes)
+        optimizer = self.fresh_inner_optimizer(**changes)
         with self.scope():
-            return type(self.model.optimizer).from_config(config)
+            for wrapper in reversed(_wrappers(self.model.optimizer)):
+                optimizer = _rewrapped(wrapper, optimizer)
+        return optimizer
 
 
 def _takes_one_argument(builder):
@@ -491,6 +542,27 @@ def _clone(model):
 
 def _copy_optimizer(optimizer):
     return type(optimizer).from_config(optimizer.get_config())
+
+
+def _wrappers(optimizer):
+    """The wrappers around the optimizer doing the work, outermost first."""
+    wrappers = []
+    while hasattr(optimizer, "inner_optimizer"):
+        wrappers.append(optimizer)
+        optimizer = optimizer.inner_optimizer
+    return wrappers
+
+
+def _rewrapped(wrapper, inner):
+    """A wrapper like `wrapper` (its own arguments: loss scale, multipliers) around `inner`.
+
+    A wrapper's config may repeat its inner optimizer's arguments
+    (`DiscriminativeOptimizer` does); those are left out, so `inner` keeps its own.
+    """
+    config = wrapper.get_config()
+    config.pop("inner_optimizer", None)
+    repeated = set(wrapper.inner_optimizer.get_config()) - {"name"}
+    return type(wrapper)(inner, **{key: value for key, value in config.items() if key not in repeated})
 
 
 def weights_equal(first, second):

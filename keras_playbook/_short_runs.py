@@ -143,7 +143,7 @@ def disable_regularization(model):
 def regularization_in(session):
     """What `working_copy(..., regularization=False)` turns off, read from the user's model (left as it is)."""
     found = sorted({description for description, _ in _regularization(session.model)})
-    if session.model.optimizer.get_config().get("weight_decay"):
+    if session.initial_optimizer_config.get("weight_decay"):
         found.append("optimizer weight_decay")
     return found
 
@@ -163,9 +163,10 @@ def losses_left_on(model, x_batch):
 def weight_decay_off(session):
     """The optimizer's "no weight decay": None, or 0.0 for an optimizer that needs a float (AdamW).
 
-    Both leave the weights alone; Keras's `AdamW` refuses None.
+    Both leave the weights alone; Keras's `AdamW` refuses None. Read from the
+    optimizer as compiled (`Session.initial_optimizer_config`).
     """
-    return None if session.model.optimizer.get_config().get("weight_decay") is None else 0.0
+    return None if session.initial_optimizer_config.get("weight_decay") is None else 0.0
 
 
 # The copy -------------------------------------------------------------------
@@ -200,10 +201,12 @@ def working_copy(
         metrics: Metrics to compile with: None (the loss alone: cheaper
             steps), a list, or `COMPILED` for everything the user compiled
             with (metrics, loss weights, ...).
-        **optimizer_changes: Changes to the optimizer's config, e.g.
-            `learning_rate=1e-3, momentum=0.9`. A weight decay of None or 0
-            becomes `weight_decay_off`. The optimizer is always new: no state
-            is carried over.
+        **optimizer_changes: Changes to the optimizer's config as compiled
+            (`Session.fresh_optimizer`: never the live optimizer's values),
+            e.g. the values in force from the journal, `learning_rate=1e-3,
+            momentum=0.9`. A weight decay of None or 0 becomes
+            `weight_decay_off`. The optimizer is always new: no state is
+            carried over.
 
     Returns:
         The compiled copy.

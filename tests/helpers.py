@@ -4,6 +4,8 @@ import keras
 import numpy as np
 from sklearn.datasets import load_digits
 
+from keras_playbook._session import innermost_optimizer
+
 
 def digits_data(num_train=512, num_val=128):
     """Digits as 64 features in [0, 1]: a small train and validation split."""
@@ -35,11 +37,23 @@ LOGITS_LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def variables_of(model):
-    """Values of all model variables and (if built) optimizer variables."""
+    """Values of all model variables, all optimizer variables and the optimizer's momentum / beta_1 / weight decay.
+
+    An optimizer that is not built yet already has its step count and its
+    learning rate (Keras 3 makes `iteration` and `learning_rate` at
+    construction): "nothing changed" sees them too. Its momentum, `beta_1`
+    and weight decay are Python attributes, not variables: they come last
+    (NaN when the optimizer has none).
+    """
     values = [keras.ops.convert_to_numpy(v) for v in model.variables]
     optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None and optimizer.built:
+    if optimizer is not None:
         values += [keras.ops.convert_to_numpy(v) for v in optimizer.variables]
+        inner = innermost_optimizer(optimizer)
+        settings = [getattr(inner, name, None) for name in ("momentum", "beta_1", "weight_decay")]
+        values.append(
+            np.array([np.nan if value is None else float(keras.ops.convert_to_numpy(value)) for value in settings])
+        )
     return values
 
 

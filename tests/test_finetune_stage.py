@@ -281,3 +281,25 @@ def test_gradual_phase_2_keeps_them_frozen_too(pretrained, digits):
     config = callback.get_config()
     assert config["keep_frozen"] == ["block1_bn"]
     assert finetune.GradualUnfreezing.from_config(config).get_config() == config
+
+
+def test_phase_2_starts_from_the_optimizer_as_compiled_not_as_a_run_left_it(pretrained, digits):
+    from keras_playbook._session import innermost_optimizer
+
+    data = _split(digits, 5)
+    pb = Playbook.for_fine_tuning(
+        _backbone(), 5, data["train"], data["val"], weights=pretrained["folder"] / "backbone.weights.h5", verbose=0
+    )
+    pb.fit(epochs=1, weight_decay=0.01, learning_rate=0.5, verbose=0)  # An override: for that run only.
+    seen = []
+
+    class _Optimizer(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            inner = innermost_optimizer(self.model.optimizer)
+            seen.append((type(self.model.optimizer).__name__, inner.weight_decay, inner.get_config()["epsilon"]))
+
+    pb.fine_tune(head_epochs=1, epochs=1, head_learning_rate=1e-3, learning_rate=1e-3, callbacks=[_Optimizer()])
+    epsilon = keras.optimizers.Adam().epsilon  # Compiled with "adam": Keras's defaults.
+    assert seen == [("Adam", None, epsilon), ("DiscriminativeOptimizer", None, epsilon)]
+    inner = innermost_optimizer(pb.model.optimizer)
+    assert float(read_value(inner.learning_rate)) == pytest.approx(1e-3)

@@ -283,23 +283,35 @@ def test_a_new_playbook_on_the_same_directory_carries_the_journal_on(digits, tmp
     pb = _playbook(None, digits, directory=tmp_path)
     found = pb.find_lr(num_steps=20, repeats=1)
     path = tmp_path / "journal.json"
-    again = _playbook(None, digits, directory=tmp_path)  # The same set-up, built again (another model name).
+    with pytest.warns(UserWarning, match="starts from the ones saved in"):  # Rebuilt: other initial weights.
+        again = _playbook(None, digits, directory=tmp_path)  # The same set-up, built again (another model name).
     assert [result.kind for result in again.journal] == ["setup", "find_lr"]
     assert again.journal.settled()["learning_rate"] == found.suggested_lr
-    written = path.read_bytes()
-    # Another model or other data: refused before anything is written, naming what differs.
-    with pytest.raises(ValueError, match=r"belongs to another set-up \(architecture: .*num parameters: 2410 -> 4810"):
-        _playbook(None, digits, model=helpers.mlp(hidden=64), directory=tmp_path)
-    with pytest.raises(ValueError, match=r"num train examples: 512 -> 256"):
-        Playbook(
-            helpers.mlp(),
-            (digits["x_train"][:256], digits["y_train"][:256]),
-            validation_data=(digits["x_val"], digits["y_val"]),
-            loss=helpers.LOGITS_LOSS,
-            directory=tmp_path,
-            verbose=0,
+    # Another model, other data values, another initializer, optimizer or batch size: a new set-up after the
+    # old one, which stays as history; nothing it settled holds (tests/test_rerun.py runs each through run()).
+    changes = {
+        "model: the config of layer 1": {"model": helpers.mlp(hidden=64)},
+        "data: the training data's inputs changed": {"train": (digits["x_train"] * 0.5, digits["y_train"])},
+        "optimizer: Adam -> SGD": {"optimizer": keras.optimizers.SGD(0.1)},
+        "batch size: 16 -> 32": {"batch_size": 32},
+    }
+    for number, (named, change) in enumerate(changes.items(), start=1):
+        train = change.pop("train", (digits["x_train"], digits["y_train"]))
+        with pytest.warns(UserWarning, match=named):
+            changed = Playbook(
+                change.pop("model", helpers.mlp()),
+                train,
+                validation_data=(digits["x_val"], digits["y_val"]),
+                loss=helpers.LOGITS_LOSS,
+                directory=tmp_path,
+                verbose=0,
+                **{"batch_size": 16, **change},
+            )
+        assert [result.kind for result in changed.journal].count("setup") == 1 + number
+        assert (
+            "learning_rate" not in changed.journal.settled() or changed.journal.source("learning_rate").kind == "setup"
         )
-    assert path.read_bytes() == written
+        assert json.loads(path.read_text())["results"][1]["kind"] == "find_lr"  # History kept on disk.
     fresh = _playbook(None, digits, model=helpers.mlp(hidden=64), directory=tmp_path, overwrite=True)
     assert [result.kind for result in fresh.journal] == ["setup"]
 

@@ -3,6 +3,7 @@
 import _thread
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -152,18 +153,35 @@ def test_staleness_is_the_same_for_every_stage(strategy, digits):
     assert pb.find_lr(repeats=1).ok
     found = pb.find_batch_size(initial_batch_size=8, max_trials=1, min_steps_per_epoch=1)
     assert found.batch_size == 8  # Measured at 32, the learning rate and momentum no longer hold.
-    for stage in (
-        lambda: pb.sweep_momentum(num_steps=5),
-        lambda: pb.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0),
-        lambda: pb.tune_lr_wd(coarse_epochs=1, fine_epochs=1, confirm_seeds=0),
-        lambda: pb.fit(epochs=1, verbose=0),
+    rate = f"learning_rate={pb.journal.settled()['learning_rate']:.3g} from find_lr was measured at batch_size=32"
+    momentum = f"momentum={swept.best_value} from sweep_momentum was measured at batch_size=32"
+    both = f"{rate}, but batch_size is now 8; {momentum}, but batch_size is now 8"
+    why = "Hyperparameters tuned at one batch size do not carry over to another (Tuning Playbook)."
+    # The whole advice: the stages to run again in the procedure's order, and only arguments the stage takes.
+    for stage, message in (
+        (
+            lambda: pb.sweep_momentum(num_steps=5),
+            f"sweep_momentum: {rate}, but batch_size is now 8. {why} Run pb.find_lr() again, or pass "
+            "learning_rate=... to sweep_momentum.",
+        ),
+        (
+            lambda: pb.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0),
+            f"grid_weight_decay: {both}. {why} Run pb.find_lr(), then pb.sweep_momentum() again.",
+        ),
+        (
+            lambda: pb.tune_lr_wd(coarse_epochs=1, fine_epochs=1, confirm_seeds=0),
+            f"tune_lr_wd: {both}. {why} Run pb.find_lr(), then pb.sweep_momentum() again (tune_lr_wd also "
+            "takes learning_rate=...).",
+        ),
+        (
+            lambda: pb.fit(epochs=1, verbose=0),
+            f"fit: {both}. {why} Run pb.find_lr(), then pb.sweep_momentum() again, or pass learning_rate=..., "
+            "momentum=... to fit.",
+        ),
     ):
-        with pytest.raises(
-            ValueError,
-            match=r"learning_rate=.* from find_lr was measured at batch_size=32, but "
-            r"batch_size is now 8.*Run .*pb\.find_lr\(\)",
-        ):
+        with pytest.raises(ValueError) as raised:
             stage()
+        assert str(raised.value) == message
     # A measuring stage does not apply a stale value: it uses the one that still holds (the compiled momentum).
     probe = pb.probe_lrs(learning_rates=[0.01], num_steps=5)
     assert swept.best_value in (0.5, 0.6) and probe.call["read"]["momentum"] == 0.9
@@ -265,3 +283,49 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     assert uninterrupted.communicate(timeout=300)[0].count("False") == 8
     decisions = {entry["kind"]: entry["settled"] for entry in _journal(whole) if entry["kind"] == "run"}
     assert {entry["kind"]: entry["settled"] for entry in final if entry["kind"] == "run"} == decisions
+
+
+def test_every_call_of_a_plan_is_checked_before_the_first_stage_runs(digits, tmp_path):
+    from keras_playbook.callbacks import OneCycle
+
+    pb = _playbook(digits, directory=tmp_path)
+    on_disk = (tmp_path / "journal.json").read_text()
+    before = helpers.variables_of(pb.model)
+    refused = [
+        (["check_initial_loss", ("grid_weight_decay", {"values": [-1]})], r"grid_weight_decay: .*values\[0\].*-1"),
+        (
+            [("find_lr", {"repeats": 1}), ("fit", {"epochs": 1, "schedule": "one_cycle", "learning_rate": 0.01})],
+            r"schedule='one_cycle' sets every step's rate.*learning_rate=0.01 would not be trained at",
+        ),
+        (
+            ["check_initial_loss", ("fit", {"epochs": 1, "schedule": OneCycle((1e-3, 1e-2)), "learning_rate": 0.01})],
+            r"OneCycle\(\.\.\.\) sets every step's rate from its own lr_bounds",
+        ),
+        (["check_initial_loss", ("fit", {"epochs": 1, "beta_1": 0.9})], r"SGD has no `beta_1`"),
+        (["check_initial_loss", ("find_lr", {"min_lr": 1.0, "max_lr": 0.1})], r"min_lr must be below max_lr"),
+        (["check_initial_loss", ("sweep_momentum", {"values": [1.5]})], r"sweep_momentum: .*values\[0\]"),
+        (["check_initial_loss", ("compare_seeds", {"configs": {"a": {}}})], r"compare_seeds: `configs` must be"),
+        (["check_initial_loss", ("fine_tune", {"groups": 2, "multipliers": [1.0]})], r"2 groups, 1 multipliers"),
+    ]
+    for plan, message in refused:
+        with pytest.raises((ValueError, TypeError), match=message):
+            pb.run(epochs=1, plan=plan)
+    assert (tmp_path / "journal.json").read_text() == on_disk and len(pb.journal) == 1
+    helpers.assert_same_values(before, helpers.variables_of(pb.model))
+
+
+def test_a_journal_whose_saved_weights_are_missing_is_refused_before_any_compute(digits, tmp_path):
+    plan = ["check_initial_loss", ("fit", {"epochs": 1, "verbose": 0})]
+    _playbook(digits, directory=tmp_path).run(epochs=1, plan=plan)
+    pb = _playbook(digits, directory=tmp_path)
+    weights = tmp_path / pb.journal.latest("fit").weights
+    os.remove(weights)
+    on_disk, before = (tmp_path / "journal.json").read_text(), helpers.variables_of(pb.model)
+    with pytest.raises(ValueError, match=rf"fit \(result \d+ of the journal\).*missing: {re.escape(str(weights))}"):
+        pb.run(epochs=1, plan=plan)
+    assert (tmp_path / "journal.json").read_text() == on_disk
+    helpers.assert_same_values(before, helpers.variables_of(pb.model))
+    # Running it again (the weights are then saved anew) is the way on.
+    result = pb.run(epochs=1, plan=plan, rerun_from="fit")
+    assert [step["skipped"] for step in result.steps] == [True, False]
+    assert (tmp_path / pb.journal.latest("fit").weights).exists()

@@ -129,3 +129,59 @@ def test_restore_refuses_a_snapshot_that_does_not_fit():
     with pytest.raises(RuntimeError, match=r"Cannot restore the model: it has \d+ variables now and the snapshot"):
         session.restore(shorter)
     helpers.assert_same_values(before, helpers.variables_of(session.model))  # Nothing half-assigned.
+
+
+def test_a_fresh_optimizer_starts_from_the_compiled_config_not_the_live_optimizer(strategy, digits):
+    session = _compiled_session(strategy)  # SGD(0.1, momentum=0.9).
+    optimizer = session.model.optimizer
+    session.model.fit(digits["x_train"], digits["y_train"], epochs=1, verbose=0)
+    optimizer.learning_rate = 9.25e-5  # Where a schedule left it.
+    optimizer.momentum, optimizer.weight_decay = 0.5, 0.01  # What a run set.
+    fresh = session.fresh_optimizer()
+    assert fresh is not optimizer and not fresh.built
+    assert float(keras.ops.convert_to_numpy(fresh.learning_rate)) == pytest.approx(0.1)
+    assert fresh.momentum == 0.9 and fresh.weight_decay is None
+    changed = session.fresh_optimizer(learning_rate=0.02, weight_decay=1e-4)
+    assert float(keras.ops.convert_to_numpy(changed.learning_rate)) == pytest.approx(0.02)
+    assert changed.momentum == 0.9 and changed.weight_decay == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match=r"SGD has no argument\(s\) \['beta_1'\]"):
+        session.fresh_optimizer(beta_1=0.9)
+
+
+def test_a_fresh_optimizer_keeps_the_models_wrappers(digits):
+    from keras_playbook import finetune
+
+    session = Session(helpers.mlp, strategy=tf.distribute.get_strategy())
+    session.compile(
+        loss=helpers.LOGITS_LOSS,
+        optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3), initial_scale=2.0**10),
+    )
+    session.ensure_built(np.zeros((1, 64), "float32"))
+    session.model.optimizer.inner_optimizer.learning_rate = 0.5
+    fresh = session.fresh_optimizer(learning_rate=0.01, beta_1=0.8)  # The settings of the optimizer inside.
+    assert isinstance(fresh, keras.optimizers.LossScaleOptimizer) and fresh.initial_scale == 2.0**10
+    assert isinstance(fresh.inner_optimizer, keras.optimizers.Adam) and fresh.inner_optimizer.beta_1 == 0.8
+    assert float(keras.ops.convert_to_numpy(fresh.learning_rate)) == pytest.approx(0.01)
+    assert float(keras.ops.convert_to_numpy(session.fresh_optimizer().learning_rate)) == pytest.approx(1e-3)
+
+    # A DiscriminativeOptimizer (fine-tuning's phase 2) keeps its multipliers around the compiled optimizer.
+    groups = finetune.layer_groups(session.model, n=2)
+    session.compile_like(session.model, finetune.discriminative(keras.optimizers.Adam(0.3), groups, [0.1, 1.0]))
+    fresh = session.fresh_optimizer(learning_rate=0.02)
+    assert isinstance(fresh, finetune.DiscriminativeOptimizer)
+    assert fresh.multipliers == session.model.optimizer.multipliers
+    assert float(keras.ops.convert_to_numpy(fresh.learning_rate)) == pytest.approx(0.02)
+    assert float(keras.ops.convert_to_numpy(session.fresh_optimizer().learning_rate)) == pytest.approx(1e-3)
+
+
+def test_nothing_changed_sees_an_unbuilt_optimizers_rate_and_step_count():
+    session = _compiled_session(tf.distribute.get_strategy())
+    assert not session.model.optimizer.built
+    before = helpers.variables_of(session.model)
+    session.model.optimizer.learning_rate = 0.5
+    with pytest.raises(AssertionError):
+        helpers.assert_same_values(before, helpers.variables_of(session.model))
+    session.model.optimizer.learning_rate = 0.1
+    session.model.optimizer.iterations.assign(3)
+    with pytest.raises(AssertionError):
+        helpers.assert_same_values(before, helpers.variables_of(session.model))

@@ -77,3 +77,35 @@ def test_a_fixed_sample_is_the_same_every_time(digits):
     np.testing.assert_array_equal(first, second)
     other = np.concatenate([x for x, _ in short_runs.fixed_sample(train, 2, seed=4).as_numpy_iterator()])
     assert not np.array_equal(first, other)
+
+
+def test_a_copy_starts_from_the_optimizer_as_compiled_not_as_a_run_left_it(digits):
+    pb = _playbook(digits)  # SGD(0.05, momentum=0.9), no weight decay.
+    pb.fit(epochs=1, learning_rate=0.5, momentum=0.5, weight_decay=0.01, verbose=0)
+    live = pb.model.optimizer  # As the run left it.
+    assert read_value(live.learning_rate) == pytest.approx(0.5) and live.momentum == 0.5
+    assert live.weight_decay == pytest.approx(0.01)
+    copy = short_runs.working_copy(pb.session)
+    assert read_value(copy.optimizer.learning_rate) == pytest.approx(0.05)
+    assert copy.optimizer.momentum == 0.9 and copy.optimizer.weight_decay is None
+    assert short_runs.weight_decay_off(pb.session) is None
+    assert "optimizer weight_decay" not in short_runs.regularization_in(pb.session)
+
+
+def test_overfit_falls_back_on_the_compiled_rate_not_the_live_one(digits):
+    # A dead hidden layer (zero kernel, ReLU): only the last bias learns, the loss cannot fall 5%, and the
+    # range test on the sample finds no rate.
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(16, activation="relu", kernel_initializer="zeros"),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=helpers.LOGITS_LOSS)
+    pb = Playbook(model, (digits["x_train"], digits["y_train"]), batch_size=32, verbose=0)
+    pb.fit(epochs=1, learning_rate=0.5, verbose=0)  # Leaves the live rate at 0.5; it settles nothing.
+    result = pb.overfit_small_sample(max_steps=20)
+    assert result.learning_rate_source == "optimizer"
+    assert result.learning_rate == pytest.approx(0.05)
+    assert "as compiled" in result.message

@@ -246,7 +246,12 @@ def _check_arguments(
     validation.check_int(min_steps_per_epoch, "min_steps_per_epoch", stage)
 
 
-@stage("find_batch_size")
+def _check_batch_size_arguments(arguments, session):
+    """`find_batch_size`'s argument check, before anything runs (`StageSpec.check`)."""
+    _check_arguments(**arguments)
+
+
+@stage("find_batch_size", check=_check_batch_size_arguments)
 def find_batch_size(
     ctx,
     *,
@@ -300,17 +305,6 @@ def find_batch_size(
     print(result.table())
     ```
     """
-    _check_arguments(
-        mode,
-        criterion,
-        initial_batch_size,
-        max_batch_size,
-        steps_per_size,
-        max_trials,
-        memory_limit,
-        min_gain,
-        min_steps_per_epoch,
-    )
     session, pipeline, callbacks = ctx.session, ctx.train, ctx.callbacks()
     retune = ctx.journal.measured_at("batch_size")
     replicas = pipeline.num_replicas

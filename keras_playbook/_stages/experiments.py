@@ -18,9 +18,9 @@ from matplotlib.figure import Figure
 
 from keras_playbook import _validation as validation
 from keras_playbook._journal import Result
-from keras_playbook._runner import SEARCHED, stage
+from keras_playbook._runner import stage
 from keras_playbook._significance import welch_t_test
-from keras_playbook._stages import search
+from keras_playbook._stages import search, search_arguments
 from keras_playbook.tuning import analysis
 from keras_playbook.tuning.hypermodel import SEED, PlaybookHyperModel, base_values, check_names
 from keras_playbook.tuning.oracles import GridOracle
@@ -150,6 +150,7 @@ def seed_comparison(
     overwrite=False,
     callbacks=(),
     verbose=0,
+    fingerprints=None,
 ):
     """Is a difference between configurations larger than seed-to-seed variation? (Tuning Playbook)
 
@@ -169,7 +170,8 @@ def seed_comparison(
         epochs: Epochs per run.
         alpha: Significance level of the test.
         weight_decay_mode, objective, defaults, directory, project_name,
-        overwrite, callbacks, verbose: As for `weight_decay_search.weight_decay_grid`.
+        overwrite, callbacks, verbose, fingerprints: As for
+            `weight_decay_search.weight_decay_grid`.
 
     Returns:
         A `SeedComparisonResult`.
@@ -223,11 +225,12 @@ def seed_comparison(
     )
     definition = search.search_definition(
         session,
+        objective,
+        fingerprints,
         configs=configs,
         seeds=seed_list,
         epochs=epochs,
         mode=weight_decay_mode,
-        objective=[objective.name, objective.direction],
         fixed=fixed,
         base=base,
     )
@@ -344,9 +347,8 @@ def names_in(mappings):
 @stage(
     "compare_seeds",
     **EXPERIMENT_READS,
-    given=lambda arguments: dict.fromkeys(
-        names_in(arguments["configs"].values() if isinstance(arguments["configs"], dict) else []), SEARCHED
-    ),
+    given=search_arguments.compare_seeds_given,
+    check=search_arguments.check_compare_seeds,
 )
 def compare_seeds(
     ctx, *, configs, seeds, epochs, alpha, weight_decay_mode, objective, directory, project_name, overwrite, callbacks
@@ -365,5 +367,6 @@ def compare_seeds(
         defaults=ctx.values,
         project_name=project_name,
         overwrite=overwrite,
+        fingerprints=search.setup_fingerprints(ctx),
         **ctx.search_options(directory, callbacks),
     )

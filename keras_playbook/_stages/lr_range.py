@@ -205,32 +205,11 @@ def _check_arguments(
     allow_repeat,
 ):
     stage = "find_lr"
-    validation.check_number(min_lr, "min_lr", stage)
-    validation.check_number(max_lr, "max_lr", stage)
-    if min_lr >= max_lr:
-        raise ValueError(f"{stage}: min_lr must be below max_lr. Received: min_lr={min_lr!r}, max_lr={max_lr!r}.")
-    validation.check_int(num_steps, "num_steps", stage, minimum=10)
-    validation.check_int(num_validation_batches, "num_validation_batches", stage)
-    if mode not in MODES:
-        raise ValueError(f"{stage}: argument `mode` must be one of {MODES}. Received: mode={mode!r}.")
-    if on not in MEASURED_ON:
-        raise ValueError(f"{stage}: argument `on` must be one of {MEASURED_ON}. Received: on={on!r}.")
+    _check_values(min_lr, max_lr, num_steps, mode, on, stop_factor, smoothing, rule, num_validation_batches)
     if on == "validation" and validation_pipeline is None:
         raise ValueError(
             f"{stage}: on='validation' needs validation data; pass `validation_data` "
             "to the Playbook, or use on='train'."
-        )
-    validation.check_number(
-        stop_factor,
-        "stop_factor",
-        stage,
-        within="> 1",
-        hint="the test stops when the smoothed loss exceeds stop_factor x its minimum",
-    )
-    validation.check_number(smoothing, "smoothing", stage, within="[0, 1)")
-    if rule not in SUGGESTION_RULES:
-        raise ValueError(
-            f"{stage}: argument `rule` must be one of {sorted(SUGGESTION_RULES)}. Received: rule={rule!r}."
         )
     if not allow_repeat and pipeline.num_examples is not None:
         available = math.ceil(pipeline.num_examples / pipeline.global_batch_size)
@@ -243,7 +222,61 @@ def _check_arguments(
             )
 
 
-@stage("find_lr", uses=("momentum", "beta_1", "weight_decay"), depends_on=("batch_size",))
+def _check_values(min_lr, max_lr, num_steps, mode, on, stop_factor, smoothing, rule, num_validation_batches):
+    """The range test's arguments that are wrong whatever the data: checked before anything runs."""
+    stage = "find_lr"
+    validation.check_number(min_lr, "min_lr", stage)
+    validation.check_number(max_lr, "max_lr", stage)
+    if min_lr >= max_lr:
+        raise ValueError(f"{stage}: min_lr must be below max_lr. Received: min_lr={min_lr!r}, max_lr={max_lr!r}.")
+    validation.check_int(num_steps, "num_steps", stage, minimum=10)
+    validation.check_int(num_validation_batches, "num_validation_batches", stage)
+    if mode not in MODES:
+        raise ValueError(f"{stage}: argument `mode` must be one of {MODES}. Received: mode={mode!r}.")
+    if on not in MEASURED_ON:
+        raise ValueError(f"{stage}: argument `on` must be one of {MEASURED_ON}. Received: on={on!r}.")
+    validation.check_number(
+        stop_factor,
+        "stop_factor",
+        stage,
+        within="> 1",
+        hint="the test stops when the smoothed loss exceeds stop_factor x its minimum",
+    )
+    validation.check_number(smoothing, "smoothing", stage, within="[0, 1)")
+    if rule not in SUGGESTION_RULES:
+        raise ValueError(
+            f"{stage}: argument `rule` must be one of {sorted(SUGGESTION_RULES)}. Received: rule={rule!r}."
+        )
+
+
+def _check_find_lr_arguments(arguments, session):
+    """`find_lr`'s argument check, before anything runs (`StageSpec.check`); the data's part waits for the data."""
+    _check_values(
+        *(
+            arguments[name]
+            for name in (
+                "min_lr",
+                "max_lr",
+                "num_steps",
+                "mode",
+                "on",
+                "stop_factor",
+                "smoothing",
+                "rule",
+                "num_validation_batches",
+            )
+        )
+    )
+    validation.check_bool(arguments["allow_repeat"], "allow_repeat", "find_lr")
+    validation.check_int(arguments["repeats"], "repeats", "find_lr")
+
+
+@stage(
+    "find_lr",
+    uses=("momentum", "beta_1", "weight_decay"),
+    depends_on=("batch_size",),
+    check=_check_find_lr_arguments,
+)
 def find_lr(
     ctx,
     *,

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from keras_playbook import _validation as validation
 from keras_playbook._runner import SEARCHED, stage
+from keras_playbook._stages import search_arguments
 from keras_playbook._stages.search import (
     MODE_WORDS,
     SEARCH_READS,
@@ -34,6 +35,7 @@ from keras_playbook._stages.search import (
     result_fields,
     run_search,
     search_definition,
+    setup_fingerprints,
     summarize,
 )
 from keras_playbook.tuning import analysis
@@ -118,6 +120,7 @@ def lr_wd_grid(
     seed=0,
     callbacks=(),
     verbose=0,
+    fingerprints=None,
 ):
     """Coarse grid for a few epochs, then a refined grid trained longer (Johnson, EECS 498 Lecture 11, steps 4-5).
 
@@ -142,7 +145,7 @@ def lr_wd_grid(
         max_extensions: Times the coarse grid may grow past a border its
             best cell sits on (0: never).
         weight_decay_mode, objective, defaults, directory, project_name,
-        overwrite, confirm_seeds, seed, callbacks, verbose: As for
+        overwrite, confirm_seeds, seed, callbacks, verbose, fingerprints: As for
             `weight_decay_grid`; the confirmation re-measures the best cell
             against the cell with the rate closest to `learning_rate` and the
             least weight decay.
@@ -194,22 +197,24 @@ def lr_wd_grid(
     )
     definition = search_definition(
         session,
+        objective,
+        fingerprints,
         learning_rates=learning_rates,
         weight_decays=weight_decays,
         coarse_epochs=coarse_epochs,
         fine_epochs=fine_epochs,
         max_extensions=max_extensions,
         mode=weight_decay_mode,
-        objective=[objective.name, objective.direction],
         fixed=fixed,
         seed=seed,
     )
     project_name = project_name or project_name_for(caller, **definition)
+    directory = default_directory(directory)  # The confirmation's project goes beside the search's.
     tuner, records, role = run_search(
         session,
         oracle,
         hypermodel,
-        directory=default_directory(directory),
+        directory=directory,
         project_name=project_name,
         overwrite=overwrite,
         definition=definition,
@@ -255,6 +260,7 @@ def lr_wd_grid(
             overwrite,
             callbacks,
             verbose,
+            fingerprints,
         )
         meaningful = bool(confirmation["ok"])
         adopted = best if meaningful else reference
@@ -318,7 +324,7 @@ def _lr_wd_given(arguments):
     return searched
 
 
-@stage("tune_lr_wd", **SEARCH_READS, given=_lr_wd_given)
+@stage("tune_lr_wd", **SEARCH_READS, given=_lr_wd_given, check=search_arguments.check_tune_lr_wd)
 def tune_lr_wd(
     ctx,
     *,
@@ -361,5 +367,6 @@ def tune_lr_wd(
         overwrite=overwrite,
         confirm_seeds=confirm_seeds,
         seed=ctx.seed,
+        fingerprints=setup_fingerprints(ctx),
         **ctx.search_options(directory, callbacks),
     )

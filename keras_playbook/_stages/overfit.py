@@ -122,10 +122,27 @@ def _memorized(loss, accuracy, target_loss):
     return (accuracy is not None and accuracy >= MEMORIZED_ACCURACY) or (math.isfinite(loss) and loss <= target_loss)
 
 
+def _check_overfit_arguments(arguments, session):
+    """`overfit_small_sample`'s argument check, before anything runs (`StageSpec.check`)."""
+    stage = "overfit_small_sample"
+    validation.check_int(arguments["num_batches"], "num_batches", stage)
+    validation.check_int(arguments["max_steps"], "max_steps", stage)
+    validation.check_number(arguments["learning_rate"], "learning_rate", stage, allow_none=True)
+    validation.check_number(
+        arguments["target_loss"],
+        "target_loss",
+        stage,
+        within=None,
+        allow_none=True,
+        hint="it may be negative, for such a loss",
+    )
+
+
 @stage(
     "overfit_small_sample",
     uses=("learning_rate",),
     given=lambda a: {"learning_rate": a["learning_rate"]} if a["learning_rate"] is not None else {},
+    check=_check_overfit_arguments,
 )
 def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_loss):
     """Trains a copy of the model to memorize a few batches, regularization off.
@@ -161,14 +178,6 @@ def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_l
         Johnson, EECS 498 Lecture 11, step 2: overfit a small sample (~5-10 mini-batches) to 100%
         training accuracy with regularization off.
     """
-    stage = "overfit_small_sample"
-    validation.check_int(num_batches, "num_batches", stage)
-    validation.check_int(max_steps, "max_steps", stage)
-    if learning_rate is not None:
-        validation.check_number(learning_rate, "learning_rate", stage)
-    validation.check_number(
-        target_loss, "target_loss", stage, within=None, allow_none=True, hint="it may be negative, for such a loss"
-    )
     session, pipeline, seed = ctx.session, ctx.train, ctx.seed
     source = "given"
     if learning_rate is None and ctx.measured("learning_rate") is not None:
@@ -183,8 +192,8 @@ def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_l
     source = source if learning_rate is not None else "range test"
     if learning_rate is None:
         learning_rate = _sample_range_test(session, pipeline, sample, seed)
-        if learning_rate is None:
-            source = "optimizer"
+        if learning_rate is None:  # The rate in force from the journal: the set-up's, as compiled.
+            learning_rate, source = ctx.values.get("learning_rate"), "optimizer"
     model = short_runs.working_copy(
         session,
         weights=short_runs.INITIAL,
@@ -287,7 +296,7 @@ def _overfit_message(result):
         "given": "the rate given",
         "settled": "the settled rate",
         "range test": "the rate a range test on the sample suggests",
-        "optimizer": "the optimizer's rate (a range test on the sample found none)",
+        "optimizer": "the optimizer's rate as compiled (a range test on the sample found none)",
     }.get(result.learning_rate_source, "the rate given")
     at = f"learning rate {lr:.3g} ({where})"
     off = ", ".join(sorted({item.split(":")[0] for item in result.regularization_disabled})) or "nothing to turn off"

@@ -24,6 +24,7 @@ from keras_playbook import _short_runs as short_runs
 from keras_playbook import _validation as validation
 from keras_playbook._journal import Result
 from keras_playbook._runner import stage
+from keras_playbook._session import innermost_optimizer
 
 _PROBES = "Johnson, EECS 498 Lecture 11, step 3"
 _MOMENTUM = "Smith 2018"
@@ -97,7 +98,15 @@ class ProbeResult(Result):
         return _plot_runs("Learning-rate probes", labels, self.step_losses, best)
 
 
-@stage("probe_lrs", uses=("momentum", "beta_1", "weight_decay"))
+def _check_probe_arguments(arguments, session):
+    """`probe_lrs`'s argument check, before anything runs (`StageSpec.check`)."""
+    stage = "probe_lrs"
+    validation.check_numbers(arguments["learning_rates"], "learning_rates", stage, distinct=True)
+    validation.check_int(arguments["num_steps"], "num_steps", stage)
+    validation.check_number(arguments["min_drop"], "min_drop", stage, within="(0, 1)")
+
+
+@stage("probe_lrs", uses=("momentum", "beta_1", "weight_decay"), check=_check_probe_arguments)
 def probe_lrs(ctx, *, learning_rates, num_steps, min_drop):
     """Finds the learning rate that makes the loss go down (Johnson, EECS 498 Lecture 11, step 3).
 
@@ -119,10 +128,6 @@ def probe_lrs(ctx, *, learning_rates, num_steps, min_drop):
     Returns:
         A `ProbeResult`.
     """
-    stage = "probe_lrs"
-    validation.check_numbers(learning_rates, "learning_rates", stage, distinct=True)
-    validation.check_int(num_steps, "num_steps", stage)
-    validation.check_number(min_drop, "min_drop", stage, within="(0, 1)")
     session, pipeline, seed = ctx.session, ctx.train, ctx.seed
     found = ctx.journal.latest("find_lr")
     compare_with = found.suggested_lr if found is not None else None
@@ -211,10 +216,13 @@ def momentum_name(optimizer):
     for name in _MOMENTUM_NAMES:
         if isinstance(getattr(optimizer, name, None), (int, float)):
             return name
-    raise TypeError(
-        f"sweep_momentum: the optimizer {type(optimizer).__name__} has no momentum "
-        "(`momentum` or `beta_1`) to sweep. Use SGD, RMSprop or an Adam-family "
-        "optimizer, or skip this stage."
+    raise _without_momentum(type(optimizer).__name__)
+
+
+def _without_momentum(kind):
+    return TypeError(
+        f"sweep_momentum: the optimizer {kind} has no momentum (`momentum` or `beta_1`) to sweep. Use SGD, "
+        "RMSprop or an Adam-family optimizer, or skip this stage."
     )
 
 
@@ -268,12 +276,24 @@ class MomentumResult(Result):
         return figure
 
 
+def _check_sweep_arguments(arguments, session):
+    """`sweep_momentum`'s argument check, before anything runs (`StageSpec.check`)."""
+    stage = "sweep_momentum"
+    config = session.initial_optimizer_config  # As compiled: a cycling momentum left behind is no matter here.
+    if not any(validation.is_number(config.get(name)) for name in _MOMENTUM_NAMES):
+        raise _without_momentum(type(innermost_optimizer(session.model.optimizer)).__name__)
+    validation.check_numbers(arguments["values"], "values", stage, within="[0, 1)", distinct=True)
+    validation.check_int(arguments["num_steps"], "num_steps", stage)
+    validation.check_number(arguments["learning_rate"], "learning_rate", stage, allow_none=True)
+
+
 @stage(
     "sweep_momentum",
     requires=("learning_rate",),
     uses=("weight_decay",),
     depends_on=("batch_size",),
     given=lambda a: {"learning_rate": a["learning_rate"]} if a["learning_rate"] is not None else {},
+    check=_check_sweep_arguments,
 )
 def sweep_momentum(ctx, *, values, num_steps, learning_rate):
     """Short runs at several momentum values; the best by validation loss (Smith 2018).
@@ -299,9 +319,7 @@ def sweep_momentum(ctx, *, values, num_steps, learning_rate):
     """
     stage = "sweep_momentum"
     session, pipeline, validation_pipeline, seed = ctx.session, ctx.train, ctx.validation, ctx.seed
-    name = momentum_name(session.model.optimizer)
-    validation.check_numbers(values, "values", stage, within="[0, 1)", distinct=True)
-    validation.check_int(num_steps, "num_steps", stage)
+    name = momentum_name(innermost_optimizer(session.model.optimizer))
     if validation_pipeline is None:
         raise ValueError(
             f"{stage}: momentum is judged by the validation loss (Smith 2018); pass `validation_data` to the Playbook."

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from keras_playbook import _validation as validation
 from keras_playbook._journal import Result
 from keras_playbook._runner import SEARCHED, stage
-from keras_playbook._stages import search
+from keras_playbook._stages import search, search_arguments
 from keras_playbook._stages.experiments import (
     EXPERIMENT_READS,
     check_alpha,
@@ -224,6 +224,7 @@ def experiment_round(
     seed=0,
     callbacks=(),
     verbose=0,
+    fingerprints=None,
 ):
     """One round of experiments: scientific, nuisance and fixed hyperparameters (Tuning Playbook).
 
@@ -250,7 +251,8 @@ def experiment_round(
         oracle: "random" (`RandomSearchOracle`) or "bayesian"
             (`BayesianOptimizationOracle`, needs SciPy) for the nuisance search.
         weight_decay_mode, objective, defaults, directory, overwrite,
-        callbacks, verbose: As for `weight_decay_search.weight_decay_grid`.
+        callbacks, verbose, fingerprints: As for
+            `weight_decay_search.weight_decay_grid`.
         project_name: Folder of the round's projects under `directory`;
             defaults to a slug of the goal and a digest of the round's
             spaces, budget and settings (`project_name_for`).
@@ -296,6 +298,8 @@ def experiment_round(
     }
     definition = search.search_definition(
         session,
+        objective,
+        fingerprints,
         scientific=scientific,
         nuisance=nuisance,
         shared=shared,
@@ -304,7 +308,6 @@ def experiment_round(
         seeds=seed_list,
         oracle=oracle,
         mode=weight_decay_mode,
-        objective=[objective.name, objective.direction],
     )
     root = os.path.join(
         search.default_directory(directory), project_name or search.project_name_for(_slug(goal), **definition)
@@ -414,6 +417,7 @@ def experiment_round(
             overwrite=overwrite,
             callbacks=callbacks,
             verbose=verbose,
+            fingerprints=fingerprints,
         )
         comparison = compared.to_dict()
         epochs_spent += compared.epochs_spent
@@ -486,7 +490,7 @@ def _round_given(arguments):
     return given
 
 
-@stage("run_round", **EXPERIMENT_READS, given=_round_given)
+@stage("run_round", **EXPERIMENT_READS, given=_round_given, check=search_arguments.check_run_round)
 def run_round(
     ctx,
     *,
@@ -527,5 +531,6 @@ def run_round(
         project_name=project_name,
         overwrite=overwrite,
         seed=ctx.seed,
+        fingerprints=search.setup_fingerprints(ctx),
         **ctx.search_options(directory, callbacks),
     )

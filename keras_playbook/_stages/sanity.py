@@ -109,7 +109,14 @@ def _mean_loss(loss, y_true, y_pred):
     return float(np.mean(keras.ops.convert_to_numpy(function(y_true, y_pred))))
 
 
-@stage("check_initial_loss")
+def _check_initial_loss_arguments(arguments, session):
+    """`check_initial_loss`'s argument check, before anything runs (`StageSpec.check`)."""
+    stage = "check_initial_loss"
+    validation.check_int(arguments["num_batches"], "num_batches", stage)
+    validation.check_number(arguments["tolerance"], "tolerance", stage)
+
+
+@stage("check_initial_loss", check=_check_initial_loss_arguments)
 def check_initial_loss(ctx, *, num_batches, tolerance):
     """Compares the untrained model's loss with the loss of uniform guessing.
 
@@ -140,9 +147,6 @@ def check_initial_loss(ctx, *, num_batches, tolerance):
     References:
         Johnson, EECS 498 Lecture 11, step 1: check initial loss (expect log C).
     """
-    stage = "check_initial_loss"
-    validation.check_int(num_batches, "num_batches", stage)
-    validation.check_number(tolerance, "tolerance", stage)
     session, pipeline = ctx.session, ctx.train
     x, y = pipeline.sample(num_batches, seed=ctx.seed)[:2]
     model = session.model

@@ -28,7 +28,7 @@ import numpy as np
 
 from keras_playbook import _validation as validation
 from keras_playbook._journal import Result, to_builtin
-from keras_playbook._session import architecture_digest
+from keras_playbook._session import architecture_digest, innermost_optimizer
 from keras_playbook.tuning import analysis
 from keras_playbook.tuning.hypermodel import EPOCHS, WEIGHT_DECAY_MODES, PlaybookTuner
 from keras_playbook.tuning.oracles import STAGE
@@ -127,9 +127,10 @@ def fixed_space(values):
 def project_name_for(stage, **defining):
     """The default KerasTuner project of a search: the stage, then a digest of what defines the search.
 
-    Two searches that differ in anything that defines them (grid, epochs,
-    weight-decay mode, objective, fixed values, seeds) get different
-    projects and never collide; the same search gets the same project and
+    Two searches that differ in anything that defines them
+    (`search_definition`: model, data, loss, optimizer, objective, grid,
+    epochs, weight-decay mode, fixed values, seeds) get different projects
+    and never collide; the same search gets the same project and
     resumes.
 
     Example: `project_name_for("grid_weight_decay", values=[0, 1e-4], epochs=10)`
@@ -139,26 +140,83 @@ def project_name_for(stage, **defining):
     return f"{stage}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
-def search_definition(session, **defining):
-    """What defines a search, for its project's name and for the check when it resumes: the model and `defining`."""
+def setup_fingerprints(ctx):
+    """The current set-up's fingerprints (`SetupRecord.fingerprints`: data, loss, ...), for a search's definition."""
+    return dict(getattr(ctx.journal.setup, "fingerprints", None) or {})
+
+
+def search_definition(session, objective, fingerprints=None, **defining):
+    """What defines a search, for its project's name and for the check when it resumes.
+
+    The model (its architecture and size, and the set-up's fingerprint of
+    its layers' configs), the data and the loss the trials train on
+    (`fingerprints`, the set-up's: a digest of the training and validation
+    data, the loss's configuration), the replicas (the global batch is the
+    per-replica one times them), the optimizer's class, the
+    objective, the metric it reads (only when it reads one: a search scored
+    on the loss is the same search whatever metrics ride along), and
+    `defining`.
+
+    Args:
+        session: The Playbook's `Session`.
+        objective: The `keras_tuner.Objective` trials are scored on.
+        fingerprints: The set-up record's fingerprints (`"model"`, `"data"`,
+            `"loss"`, `"replicas"`), or None when there is no set-up record.
+        **defining: What else defines the search (grid, epochs, mode, ...).
+    """
     model = session.model
-    return {
-        "model": {"architecture": architecture_digest(model), "parameters": int(model.count_params())},
-        **to_builtin(defining),
+    fingerprints = fingerprints or {}
+    definition = {
+        "model": {
+            "architecture": architecture_digest(model),
+            "parameters": int(model.count_params()),
+            "config": fingerprints.get("model"),
+        },
+        "data": fingerprints.get("data"),
+        "loss": fingerprints.get("loss"),
+        "replicas": fingerprints.get("replicas", session.num_replicas),
+        "optimizer": type(innermost_optimizer(model.optimizer)).__name__,
+        "objective": [objective.name, objective.direction],
     }
+    metric = _objective_metric(model, objective.name)
+    if metric is not None:
+        definition["metric"] = metric
+    return {**to_builtin(definition), **to_builtin(defining)}
+
+
+def _objective_metric(model, name):
+    """The compiled metric(s) an objective reads, or None when it reads the loss (or no metric is compiled)."""
+    base = name[len("val_") :] if name.startswith("val_") else name
+    if base == "loss":
+        return None
+    config = model.get_compile_config() or {}
+    compiled = [config.get("metrics"), config.get("weighted_metrics")]
+    if not any(compiled):
+        return None
+    flat = [metric for metrics in compiled if isinstance(metrics, (list, tuple)) for metric in metrics]
+    named = [
+        metric
+        for metric in flat
+        if metric == base or (isinstance(metric, dict) and metric.get("config", {}).get("name") == base)
+    ]
+    # A name found in no flat list (several outputs, a dict of metrics): all of them, to be safe.
+    return named or [metrics for metrics in compiled if metrics]
 
 
 DEFINITION_FILENAME = "playbook_search.json"
 
 
 def check_definition(directory, project_name, definition, overwrite):
-    """Refuses to resume a KerasTuner project that another search wrote; records this one's definition.
+    """Refuses to resume a KerasTuner project that another search wrote.
 
     KerasTuner resumes any project of the same name and returns its trials,
-    whatever model, epochs, weight-decay mode, space or objective they were
-    run with. A project this library started keeps its definition beside
-    the trials (`playbook_search.json`); one that differs is refused,
-    naming what differs.
+    whatever model, data, loss, optimizer, epochs, weight-decay mode, space
+    or objective they were run with. A project this library started keeps
+    its definition beside the trials (`playbook_search.json`, written by
+    `run_search`); one that differs is refused, naming what differs.
+
+    Returns:
+        The definition as JSON holds it (what `run_search` records).
 
     Raises:
         ValueError: when the project holds another search and `overwrite` is False.
@@ -169,7 +227,7 @@ def check_definition(directory, project_name, definition, overwrite):
         with open(path) as file:
             recorded = json.load(file)
         differences = [
-            f"{name}: {recorded.get(name)!r} -> {definition.get(name)!r}"
+            f"{name}: " + ", ".join(_changes(recorded.get(name), definition.get(name)))
             for name in sorted(set(recorded) | set(definition))
             if recorded.get(name) != definition.get(name)
         ]
@@ -181,7 +239,29 @@ def check_definition(directory, project_name, definition, overwrite):
                 "`project_name` (or none: the default name is unique to what defines the search), or "
                 "overwrite=True to start it again."
             )
-    return path, definition
+    return definition
+
+
+def _changes(old, new, keys=()):
+    """What differs between two JSON values: "old -> new", or per differing key of two dicts ("y 'a1' -> 'b2'")."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            change
+            for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)
+            for change in _changes(old.get(key), new.get(key), (*keys, key))
+        ]
+    where = "/".join(keys) + " " if keys else ""
+    return [f"{where}{old!r} -> {new!r}"]
+
+
+def record_definition(project_dir, definition):
+    """Writes a search's definition into its project folder (atomically: a kill leaves the old file or the new)."""
+    os.makedirs(project_dir, exist_ok=True)
+    path = os.path.join(project_dir, DEFINITION_FILENAME)
+    with tempfile.NamedTemporaryFile("w", dir=project_dir, suffix=".tmp", delete=False) as file:
+        json.dump(definition, file, indent=2, sort_keys=True)
+    os.replace(file.name, path)
 
 
 def default_directory(directory):
@@ -203,14 +283,16 @@ def run_search(session, oracle, hypermodel, *, directory, project_name, overwrit
     """Runs a KerasTuner search and reads its trials back.
 
     A project that exists is resumed only if it was started for the same
-    `definition` (`check_definition`).
+    `definition` (`check_definition`); the definition is written into the
+    project once KerasTuner has made (or, with `overwrite=True`, cleared)
+    its folder.
 
     Returns:
         `(tuner, records, role)`: the `PlaybookTuner`, one record per trial
         (see `analysis.trial_records`; on a worker, only the trials it ran),
         and the process's role ("single", "chief" or "worker").
     """
-    path, definition = check_definition(directory, project_name, definition, overwrite)
+    definition = check_definition(directory, project_name, definition, overwrite)
     tuner = PlaybookTuner(
         oracle,
         hypermodel,
@@ -220,8 +302,8 @@ def run_search(session, oracle, hypermodel, *, directory, project_name, overwrit
         distribution_strategy=session.strategy,
     )
     if tuning_role() != "worker":
-        with open(path, "w") as file:
-            json.dump(definition, file, indent=2, sort_keys=True)
+        # After the tuner: with `overwrite=True` it has just removed the project folder.
+        record_definition(tuner.project_dir, definition)
     tuner.search(callbacks=list(callbacks), verbose=verbose)
     role = tuning_role()
     trial_ids = tuner.ran_trial_ids if role == "worker" else None
@@ -367,8 +449,12 @@ def confirm_over_seeds(
     overwrite,
     callbacks,
     verbose,
+    fingerprints=None,
 ):
     """The best single run's values against a reference's, over seeds: `compare_seeds`'s result, as a dict.
+
+    It runs in its own project, `<project_name>_confirm` in the search's
+    `directory` (started again with `overwrite`, like the search's).
 
     Its `ok` is True only when the best wins by more than seed-to-seed
     variation (Tuning Playbook: is the improvement better than chance?).
@@ -397,6 +483,7 @@ def confirm_over_seeds(
         overwrite=overwrite,
         callbacks=callbacks,
         verbose=verbose,
+        fingerprints=fingerprints,
     )
     confirmed = compared.ok and compared.best_config == name(best["values"])
     return {**compared.to_dict(), "ok": bool(confirmed), "reference": name(reference["values"])}

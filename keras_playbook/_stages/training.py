@@ -70,23 +70,50 @@ def check_schedule(schedule, stage="fit"):
         )
 
 
+def cycles(schedule):
+    """Whether `schedule` is one cycle (by name or a `OneCycle`): it sets every step's rate itself."""
+    return isinstance(schedule, OneCycle) or (isinstance(schedule, str) and schedule == "one_cycle")
+
+
+def check_one_cycle_override(schedule, overrides, stage="fit"):
+    """Refuses a `learning_rate` override under one cycle: it would be recorded but never trained at.
+
+    One cycle sets every step's rate from its bounds (the range test's for
+    `"one_cycle"`, its own `lr_bounds` for a `OneCycle`).
+    """
+    if not cycles(schedule) or "learning_rate" not in overrides:
+        return
+    rate = overrides["learning_rate"]
+    where = (
+        f"its own lr_bounds {tuple(float(f'{bound:.3g}') for bound in schedule.lr_bounds)}"
+        if isinstance(schedule, OneCycle)
+        else "the range test's bounds"
+    )
+    shown = "OneCycle(...)" if isinstance(schedule, OneCycle) else "'one_cycle'"
+    peak = (
+        f"Pass schedule=OneCycle(lr_bounds=({rate / 10:.3g}, {rate:.3g})) to peak at that rate (Smith 2018: "
+        "lower = upper / 10)"
+        if validation.is_number(rate) and rate > 0
+        else "Set the bounds of OneCycle(lr_bounds=(lower, upper))"
+    )
+    raise ValueError(
+        f"{stage}: schedule={shown} sets every step's rate from {where}, so learning_rate={rate!r} would not "
+        f"be trained at. {peak}, or leave learning_rate out."
+    )
+
+
 def check_one_cycle_inputs(schedule, lr_result, overrides, batch_size, stage="fit"):
     """Refuses what `schedule="one_cycle"` cannot honour, before any compute.
 
     One cycle takes both bounds from the latest range test, so a
-    `learning_rate` override would be recorded but never trained at; and
-    bounds measured at another batch size do not hold at this one (Tuning
-    Playbook), as a settled learning rate would not.
+    `learning_rate` override would be recorded but never trained at
+    (`check_one_cycle_override`); and bounds measured at another batch size
+    do not hold at this one (Tuning Playbook), as a settled learning rate
+    would not.
     """
-    if schedule != "one_cycle":
+    check_one_cycle_override(schedule, overrides, stage)
+    if not (isinstance(schedule, str) and schedule == "one_cycle"):
         return
-    if "learning_rate" in overrides:
-        rate = overrides["learning_rate"]
-        raise ValueError(
-            f"{stage}: schedule='one_cycle' sets every step's rate from the range test's bounds, so "
-            f"learning_rate={rate!r} would not be trained at. Pass schedule=OneCycle(lr_bounds=({rate / 10:.3g}, "
-            f"{rate:.3g})) to peak at that rate (Smith 2018: lower = upper / 10), or leave learning_rate out."
-        )
     measured = getattr(lr_result, "batch_size", None)
     if lr_result is not None and lr_result.one_cycle_lr_bounds is not None and measured != batch_size:
         raise ValueError(
@@ -117,12 +144,7 @@ def schedule_callback(schedule, model, lr_result, has_validation, stage="fit"):
     if schedule == "step_down":
         return StepDownLR(monitor="val_loss" if has_validation else "loss")
     if schedule == "one_cycle":
-        if lr_result is None or lr_result.one_cycle_lr_bounds is None:
-            raise ValueError(
-                f"{stage}: schedule='one_cycle' takes its learning-rate bounds from the range test "
-                f"({'no usable range was found' if lr_result is not None else 'none has run'}). Run "
-                "pb.find_lr() first, or pass schedule=OneCycle(lr_bounds=(lower, upper))."
-            )
+        check_range_test_for(schedule, lr_result, stage)
         try:
             momentum_attribute(model.optimizer)
             momentum_bounds = (0.85, 0.95)
@@ -132,6 +154,16 @@ def schedule_callback(schedule, model, lr_result, has_validation, stage="fit"):
     if schedule == "cosine":
         return CosineRestarts()
     return TwoStage()
+
+
+def check_range_test_for(schedule, lr_result, stage="fit"):
+    """Refuses `schedule="one_cycle"` without a range test that found its bounds."""
+    if schedule == "one_cycle" and (lr_result is None or lr_result.one_cycle_lr_bounds is None):
+        raise ValueError(
+            f"{stage}: schedule='one_cycle' takes its learning-rate bounds from the range test "
+            f"({'no usable range was found' if lr_result is not None else 'none has run'}). Run "
+            "pb.find_lr() first, or pass schedule=OneCycle(lr_bounds=(lower, upper))."
+        )
 
 
 def has_weight_decay(model):
@@ -204,11 +236,25 @@ FIT_OVERRIDES = HYPERPARAMETERS
 
 
 def _fit_given(arguments):
-    """The overrides; under "one_cycle" the schedule sets the rate (the range test's bounds are checked instead)."""
+    """The overrides; under one cycle the schedule sets the rate (the range test's bounds are checked instead)."""
     given = dict(arguments["overrides"])
-    if arguments["schedule"] == "one_cycle":
+    if cycles(arguments["schedule"]):
         given.setdefault("learning_rate", SEARCHED)
     return given
+
+
+def check_fit(arguments, session):
+    """Refuses `fit`'s arguments before anything changes: values, names, the schedule, what the optimizer takes.
+
+    Runs without data or training (`StageSpec.check`): for every call of a
+    plan before any stage runs, and before a call by hand assigns anything.
+    """
+    overrides = arguments["overrides"]
+    _check_fit_arguments(arguments["epochs"], arguments["callbacks"], arguments["restore_best"], overrides)
+    check_schedule(arguments["schedule"])
+    _check_hyperparameters(overrides)
+    check_one_cycle_override(arguments["schedule"], overrides)
+    check_applicable(session, overrides)
 
 
 @stage(
@@ -218,6 +264,7 @@ def _fit_given(arguments):
     random_state=False,
     returns_value=True,
     trains=True,
+    check=check_fit,
 )
 def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, overrides):
     """Trains the user's model for real at the values in force, watched (see `Playbook.fit` for the arguments).
@@ -232,17 +279,18 @@ def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, overr
         `(FitRecord, History)`; the History holds every epoch, also those run
         before a resume.
     """
-    _check_fit_arguments(epochs, callbacks, restore_best, overrides)
     model, hyperparameters = ctx.model, dict(ctx.values)
     _check_hyperparameters(hyperparameters)
     batch_size = ctx.train.per_replica_batch_size
     found = ctx.journal.latest("find_lr")
     check_one_cycle_inputs(schedule, found, overrides, batch_size)
-    scheduler = schedule_callback(schedule, model, found, ctx.validation is not None)
-    if isinstance(scheduler, OneCycle):  # The schedule sets every step's rate: the record says so.
+    check_range_test_for(schedule, found)
+    if cycles(schedule):  # The schedule sets every step's rate: the record says so.
         hyperparameters.pop("learning_rate", None)
     train_data, validation_data = ctx.train, ctx.validation
-    apply_to_optimizer(ctx.session, hyperparameters)
+    apply_to_optimizer(ctx.session, hyperparameters)  # Checks every value before it assigns any.
+    # After the values in force are applied: one cycle cycles the momentum they set.
+    scheduler = schedule_callback(schedule, model, found, ctx.validation is not None)
     watching, initial_loss, untrained = [], None, None
     if watch:
         source = validation_data if validation_data is not None else train_data
@@ -350,42 +398,65 @@ def _check_hyperparameters(hyperparameters):
         validation.check_number(hyperparameters.get(name), name, "fit", within="[0, 1)", allow_none=True)
 
 
-def apply_to_optimizer(session, hyperparameters):
-    """Sets the learning rate, momentum / beta_1 and weight decay of `hyperparameters` on the model's optimizer.
+def check_applicable(session, hyperparameters):
+    """Raises unless every value of `hyperparameters` can be set on the model's optimizer; sets nothing.
 
     Raises:
         ValueError: for a learning rate on an optimizer that follows a
             `LearningRateSchedule`, or a setting the optimizer does not have.
     """
-    model = session.model
-    optimizer = innermost_optimizer(model.optimizer)  # Inside LossScaleOptimizer, DiscriminativeOptimizer.
-    if "learning_rate" in hyperparameters:
-        if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-            raise ValueError(
-                f"fit: cannot apply learning_rate={hyperparameters['learning_rate']!r}: the model's "
-                f"{type(optimizer).__name__} follows a LearningRateSchedule. Compile the model with a float "
-                "learning rate and drive the schedule with a callback, or pass the optimizer you want as "
-                "`Playbook(optimizer=...)`."
-            )
-        optimizer.learning_rate = hyperparameters["learning_rate"]
-    changes = {}
-    for name in OPTIMIZER_SETTINGS:
-        if name not in hyperparameters:
-            continue
-        if name != "weight_decay" and not hasattr(optimizer, name):
+    optimizer = innermost_optimizer(session.model.optimizer)  # Inside LossScaleOptimizer, DiscriminativeOptimizer.
+    if "learning_rate" in hyperparameters and isinstance(
+        optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule
+    ):
+        raise ValueError(
+            f"fit: cannot apply learning_rate={hyperparameters['learning_rate']!r}: the model's "
+            f"{type(optimizer).__name__} follows a LearningRateSchedule. Compile the model with a float "
+            "learning rate and drive the schedule with a callback, or pass the optimizer you want as "
+            "`Playbook(optimizer=...)`."
+        )
+    for name in ("momentum", "beta_1"):
+        if name in hyperparameters and not hasattr(optimizer, name):
             raise ValueError(
                 f"fit: the model's optimizer {type(optimizer).__name__} has no `{name}`. "
                 f"Received: {name}={hyperparameters[name]!r}."
             )
-        if getattr(optimizer, name) != hyperparameters[name]:
-            changes[name] = hyperparameters[name]
-    if not changes:
-        return
+
+
+def apply_to_optimizer(session, hyperparameters):
+    """Gives the model's optimizer the learning rate, momentum / beta_1 and weight decay in force.
+
+    Each setting the optimizer has takes its value in `hyperparameters` (the
+    journal's, overrides applied), else the one it was compiled with
+    (`Session.initial_optimizer_config`): nothing an earlier run set stays
+    behind unrecorded. A learning rate left out (one cycle sets it, or the
+    optimizer follows a `LearningRateSchedule`) is left alone. Every value
+    is checked (`check_applicable`) before any is set: a refused call leaves
+    the optimizer as it was.
+
+    Raises:
+        ValueError: for a learning rate on an optimizer that follows a
+            `LearningRateSchedule`, or a setting the optimizer does not have.
+    """
+    check_applicable(session, hyperparameters)
+    model = session.model
+    optimizer = innermost_optimizer(model.optimizer)
+    compiled = session.initial_optimizer_config
+    wanted = {
+        name: hyperparameters[name] if name in hyperparameters else compiled[name]
+        for name in OPTIMIZER_SETTINGS
+        if name in hyperparameters or (name in compiled and hasattr(optimizer, name))
+    }
+    changes = {name: value for name, value in wanted.items() if getattr(optimizer, name) != value}
     if getattr(optimizer, "momentum", None) == 0 and changes.get("momentum") and optimizer.built:
-        # SGD built without momentum has no buffers for it: a new optimizer
-        # (SGD without momentum holds no state but its step count).
-        learning_rate = keras.ops.convert_to_numpy(optimizer.learning_rate).item()
-        session.compile(optimizer=session.fresh_optimizer(learning_rate=learning_rate, **changes))
+        # SGD built without momentum has no buffers for it: a new optimizer, the one compiled at the
+        # values in force (SGD without momentum holds no state but its step count).
+        rate = {"learning_rate": hyperparameters["learning_rate"]} if "learning_rate" in hyperparameters else {}
+        session.compile(optimizer=session.fresh_optimizer(**rate, **wanted))
+        return
+    if "learning_rate" in hyperparameters:
+        optimizer.learning_rate = hyperparameters["learning_rate"]
+    if not changes:
         return
     for name, value in changes.items():
         setattr(optimizer, name, value)

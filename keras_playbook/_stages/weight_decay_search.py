@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from keras_playbook import _validation as validation
 from keras_playbook._runner import SEARCHED, stage
+from keras_playbook._stages import search_arguments
 from keras_playbook._stages.search import (
     MODE_WORDS,
     SEARCH_READS,
@@ -33,6 +34,7 @@ from keras_playbook._stages.search import (
     result_fields,
     run_search,
     search_definition,
+    setup_fingerprints,
     summarize,
 )
 from keras_playbook.tuning import analysis
@@ -108,6 +110,7 @@ def weight_decay_grid(
     seed=0,
     callbacks=(),
     verbose=0,
+    fingerprints=None,
 ):
     """Grid search of the weight decay with everything else fixed (Smith 2018).
 
@@ -138,13 +141,19 @@ def weight_decay_grid(
             and a digest of what defines the search (`project_name_for`), so
             another search never collides with it and the same search
             resumes.
-        overwrite: Start the project again instead of resuming.
+        overwrite: Start the project again instead of resuming (the
+            confirmation's project too).
         confirm_seeds: Seeds of the confirmation run (>= 2), or 0 to adopt
             the best single run as it is.
         seed: Seed of the trials (data order, dropout).
         callbacks: Keras callbacks for every trial (deep-copied by KerasTuner;
             a `TensorBoard` callback gets one log folder per trial).
         verbose: KerasTuner's trial display (0: silent).
+        fingerprints: The set-up record's fingerprints
+            (`SetupRecord.fingerprints`): the data and the loss the trials
+            train on are part of what defines the search
+            (`search_definition`), so a project of other data or another
+            loss is not resumed. None outside a Playbook.
 
     Returns:
         A `WeightDecayResult`.
@@ -184,19 +193,21 @@ def weight_decay_grid(
     )
     definition = search_definition(
         session,
+        objective,
+        fingerprints,
         values=values,
         epochs=epochs,
         mode=weight_decay_mode,
-        objective=[objective.name, objective.direction],
         fixed=fixed,
         seed=seed,
     )
     project_name = project_name or project_name_for(caller, **definition)
+    directory = default_directory(directory)  # The confirmation's project goes beside the search's.
     tuner, records, role = run_search(
         session,
         oracle,
         hypermodel,
-        directory=default_directory(directory),
+        directory=directory,
         project_name=project_name,
         overwrite=overwrite,
         definition=definition,
@@ -227,6 +238,7 @@ def weight_decay_grid(
             overwrite,
             callbacks,
             verbose,
+            fingerprints,
         )
         meaningful = bool(confirmation["ok"])
         adopted = best if meaningful else simplest
@@ -271,7 +283,12 @@ def _weight_decay_message(records, best, adopted, ties, noise, objective, mode, 
     return " ".join([text, *advice])
 
 
-@stage("grid_weight_decay", **SEARCH_READS, given=lambda arguments: {"weight_decay": SEARCHED})
+@stage(
+    "grid_weight_decay",
+    **SEARCH_READS,
+    given=lambda arguments: {"weight_decay": SEARCHED},
+    check=search_arguments.check_grid_weight_decay,
+)
 def grid_weight_decay(
     ctx, *, values, epochs, weight_decay_mode, objective, directory, project_name, overwrite, callbacks, confirm_seeds
 ):
@@ -289,5 +306,6 @@ def grid_weight_decay(
         overwrite=overwrite,
         confirm_seeds=confirm_seeds,
         seed=ctx.seed,
+        fingerprints=setup_fingerprints(ctx),
         **ctx.search_options(directory, callbacks),
     )

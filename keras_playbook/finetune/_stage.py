@@ -23,7 +23,6 @@ from matplotlib.figure import Figure
 from keras_playbook import _validation as validation
 from keras_playbook._journal import Result
 from keras_playbook._runner import stage
-from keras_playbook._session import innermost_optimizer
 from keras_playbook.callbacks.monitors import leaf_layers
 from keras_playbook.finetune._discriminative import discriminative, geometric_multipliers
 from keras_playbook.finetune._groups import (
@@ -270,7 +269,23 @@ def summarize(
     return result
 
 
-@stage("fine_tune", random_state=False, trains=True)
+def _check_fine_tune_arguments(arguments, session):
+    """`fine_tune`'s argument check, before anything runs (`StageSpec.check`): values, groups, multipliers."""
+    validation.check_int(arguments["head_epochs"], "head_epochs", "fine_tune")
+    validation.check_int(arguments["epochs"], "epochs", "fine_tune")
+    validation.check_int(arguments["find_lr_steps"], "find_lr_steps", "fine_tune", minimum=10)
+    for name in ("head_learning_rate", "learning_rate"):
+        validation.check_number(arguments[name], name, "fine_tune", allow_none=True)
+    callbacks = arguments["callbacks"]
+    if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"fine_tune: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
+    validation.check_bool(arguments["gradual"], "gradual", "fine_tune")
+    validation.check_bool(arguments["train_batch_norm"], "train_batch_norm", "fine_tune")
+    groups = resolve_groups(session.model, arguments["groups"])
+    check_multipliers(arguments["multipliers"], len(groups), arguments["factor"])
+
+
+@stage("fine_tune", random_state=False, trains=True, check=_check_fine_tune_arguments)
 def fine_tune(
     ctx,
     *,
@@ -292,16 +307,6 @@ def fine_tune(
     Its range tests and fits go to the journal through the runner, as parts
     of this stage; on any error all of it is taken back (`_all_or_nothing`).
     """
-    validation.check_int(head_epochs, "head_epochs", "fine_tune")
-    validation.check_int(epochs, "epochs", "fine_tune")
-    validation.check_int(find_lr_steps, "find_lr_steps", "fine_tune", minimum=10)
-    for name, value in (("head_learning_rate", head_learning_rate), ("learning_rate", learning_rate)):
-        if value is not None:
-            validation.check_number(value, name, "fine_tune")
-    if callbacks is not None and not isinstance(callbacks, (list, tuple)):
-        raise TypeError(f"fine_tune: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
-    validation.check_bool(gradual, "gradual", "fine_tune")
-    validation.check_bool(train_batch_norm, "train_batch_norm", "fine_tune")
     model, session = ctx.model, ctx.session
     layer_groups = resolve_groups(model, groups)
     multipliers = check_multipliers(multipliers, len(layer_groups), factor)
@@ -318,9 +323,9 @@ def fine_tune(
         head_weights = model.get_weights()  # Phase 1's best epoch.
 
         freeze_to(model, layer_groups, 0, keep_frozen=keep_frozen)
-        inner = innermost_optimizer(model.optimizer)
+        # The optimizer as compiled, not as phase 1 left it: phase 2's fit applies the values in force.
+        fresh = session.fresh_inner_optimizer()
         with session.scope():
-            fresh = type(inner).from_config(inner.get_config())
             optimizer = discriminative(fresh, layer_groups, multipliers)
         session.compile_like(model, optimizer)  # The model's loss and metrics, this optimizer.
         prepare_optimizer(model)

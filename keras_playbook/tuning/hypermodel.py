@@ -30,6 +30,7 @@ import keras_tuner
 import numpy as np
 
 from keras_playbook import _short_runs as short_runs
+from keras_playbook import _validation as validation
 
 HISTORY_FILENAME = "history.json"
 WEIGHT_DECAY_MODES = ("decoupled", "l2")
@@ -43,9 +44,10 @@ def optimizer_hyperparameters(session):
     """Names of the training hyperparameters a trial may set on the optimizer.
 
     `learning_rate`, `weight_decay` and every other argument of the
-    optimizer's config (`momentum`, `beta_1`, `epsilon`, ...).
+    config of the optimizer doing the work, as compiled
+    (`Session.initial_optimizer_config`: `momentum`, `beta_1`, `epsilon`, ...).
     """
-    names = set(session.model.optimizer.get_config()) - {"name"}
+    names = set(session.initial_optimizer_config) - {"name"}
     return sorted(names | {"learning_rate", "weight_decay"})
 
 
@@ -76,11 +78,14 @@ def check_names(names, session, caller, argument):
 def base_values(session, train_pipeline, defaults, names):
     """The value each of `names` has when a trial does not set it.
 
-    From `defaults` (settled values), else the optimizer's config, else the
+    From `defaults` (the values in force, which the journal settled), else
+    the optimizer's config as compiled (`Session.initial_optimizer_config`,
+    never the live optimizer, which a schedule or `fit` moves), else the
     default a builder declares, else the pipeline's batch size. Used to
-    complete configurations that set different names.
+    complete configurations that set different names. A learning rate that
+    follows a `LearningRateSchedule` is left out: the trial keeps the schedule.
     """
-    config = session.model.optimizer.get_config()
+    config = session.initial_optimizer_config
     declared = session.declared_hyperparameters()
     values = {}
     for name in names:
@@ -91,8 +96,8 @@ def base_values(session, train_pipeline, defaults, names):
         elif name == "weight_decay":
             values[name] = float(config.get("weight_decay") or 0.0)
         elif name == "learning_rate":
-            rate = float(keras.ops.convert_to_numpy(session.model.optimizer.learning_rate))
-            values[name] = float(f"{rate:.7g}")  # Without float32's trailing digits.
+            if validation.is_number(config.get("learning_rate")):
+                values[name] = float(f"{float(config['learning_rate']):.7g}")  # Without float32's trailing digits.
         elif name in config:
             values[name] = config[name]
         elif name in declared:

@@ -1,5 +1,7 @@
 """compare_seeds and run_round: seed-to-seed significance and rounds of experiments."""
 
+import os
+
 import keras
 import pytest
 from matplotlib.figure import Figure
@@ -57,6 +59,24 @@ def test_a_null_difference_is_not_significant(digits, tmp_path):
     assert not test["significant"] and test["p_value"] > 0.5
     assert not result.ok and "within seed-to-seed variation" in result.message
     assert result.stds["none"] > 0
+
+
+def test_overwrite_starts_a_comparison_again(digits, tmp_path):
+    pb = _playbook(digits)
+    configs = {"a": {"weight_decay": 0.0}, "b": {"weight_decay": 1e-3}}
+    first = pb.compare_seeds(configs, seeds=2, epochs=1, directory=tmp_path, overwrite=True)  # A first use.
+    definition = os.path.join(first.project_dir, "playbook_search.json")
+    assert len(first.trials) == 4 and os.path.exists(definition)
+    resumed = pb.compare_seeds(configs, seeds=2, epochs=1, directory=tmp_path)
+    assert resumed.trials == first.trials and resumed.project_dir == first.project_dir
+    open(os.path.join(first.project_dir, "left_behind"), "w").close()
+    again = pb.compare_seeds(configs, seeds=2, epochs=1, directory=tmp_path, overwrite=True)
+    assert again.project_dir == first.project_dir and len(again.trials) == 4
+    assert sorted(name for name in os.listdir(again.project_dir) if not name.startswith("trial_")) == [
+        "oracle.json",
+        "playbook_search.json",
+        "tuner0.json",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -119,12 +139,18 @@ def test_round_with_seeds_compares_the_best_of_each_value(digits, tmp_path):
         epochs=1,
         seeds=2,
         directory=tmp_path,
+        overwrite=True,
     )
     comparison = result.comparison
     assert comparison is not None and set(comparison["scores"]) == {"units=16", "units=32"}
     assert all(len(scores) == 2 for scores in comparison["scores"].values())
     assert "Over seeds" in result.message
     assert result.epochs_spent == 2 + 4
+    # overwrite=True on a first use: every project of the round (one per value, the seeds') records its definition.
+    projects = sorted(os.listdir(result.project_dir))
+    assert projects == ["seeds", "units=16", "units=32"]
+    for project in projects:
+        assert os.path.exists(os.path.join(result.project_dir, project, "playbook_search.json"))
 
 
 @pytest.mark.parametrize(

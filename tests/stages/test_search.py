@@ -12,14 +12,16 @@ from keras_playbook import Journal, LRWeightDecayResult, Playbook, Result, Weigh
 from tests import helpers
 
 
-def _playbook(digits, strategy=None, optimizer=None, validation=True, directory=None, model=None):
+def _playbook(
+    digits, strategy=None, optimizer=None, validation=True, directory=None, model=None, loss=None, metrics=None
+):
     return Playbook(
         model if model is not None else helpers.mlp(),
         (digits["x_train"], digits["y_train"]),
         validation_data=(digits["x_val"], digits["y_val"]) if validation else None,
-        loss=helpers.LOGITS_LOSS,
+        loss=loss or helpers.LOGITS_LOSS,
         optimizer=optimizer or keras.optimizers.Adam(3e-3),
-        metrics=["accuracy"],
+        metrics=metrics or ["accuracy"],
         batch_size=64,
         strategy=strategy,
         directory=directory,
@@ -229,7 +231,7 @@ def test_a_tie_keeps_no_weight_decay_and_gives_no_border_advice(digits):
     assert bars.get_ylim()[0] <= 0  # Bars from zero: the tie does not look like a win.
 
 
-def test_tune_lr_wd_re_measures_its_best_cell_over_seeds_before_adopting_it(digits):
+def test_tune_lr_wd_re_measures_its_best_cell_over_seeds_before_adopting_it(digits, tmp_path):
     pb = _playbook(digits)
     # The reference is the cell closest to the current rate (1e-4) with the least weight decay.
     result = pb.tune_lr_wd(
@@ -240,6 +242,8 @@ def test_tune_lr_wd_re_measures_its_best_cell_over_seeds_before_adopting_it(digi
         fine_epochs=2,
         max_extensions=0,
         confirm_seeds=2,
+        directory=tmp_path,
+        overwrite=True,  # On a first use: the search's project and the confirmation's own.
     )
     fine = result.stage_trials("fine")
     reference = min(
@@ -255,6 +259,9 @@ def test_tune_lr_wd_re_measures_its_best_cell_over_seeds_before_adopting_it(digi
     assert pb.journal.settled()["learning_rate"] == kept["learning_rate"]
     assert result.epochs_spent == sum(t["epochs"] for t in result.trials) + confirmation["epochs_spent"]
     assert ("Confirmed over 2 seeds" if confirmation["ok"] else "does not beat") in result.message
+    assert confirmation["project_dir"] == result.project_dir + "_confirm"
+    for project in (result.project_dir, confirmation["project_dir"]):
+        assert os.path.exists(os.path.join(project, "playbook_search.json"))
 
 
 def test_a_search_leaves_the_users_global_random_state_alone(digits):
@@ -303,26 +310,54 @@ print("PROJECT", result.project_dir)
 
 def test_a_project_of_another_search_is_refused_not_read_back(digits, tmp_path):
     pb = _playbook(digits)
-    first = pb.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path, project_name="mine")
+    grid = dict(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path)
+    first = pb.grid_weight_decay(**grid, project_name="mine")
     # Same project, more epochs: KerasTuner alone would hand back the 1-epoch trials.
     with pytest.raises(ValueError, match=r"holds another search \(epochs: 1 -> 2\).*overwrite=True"):
-        pb.grid_weight_decay(values=[0.0, 1e-4], epochs=2, confirm_seeds=0, directory=tmp_path, project_name="mine")
+        pb.grid_weight_decay(**{**grid, "epochs": 2}, project_name="mine")
     with pytest.raises(ValueError, match=r"holds another search \(mode: 'decoupled' -> 'l2'\)"):
-        pb.grid_weight_decay(
-            values=[0.0, 1e-4],
-            epochs=1,
-            confirm_seeds=0,
-            directory=tmp_path,
-            project_name="mine",
-            weight_decay_mode="l2",
-        )
-    other = _playbook(digits, model=helpers.mlp(hidden=8))  # Another model, the same project.
-    with pytest.raises(ValueError, match=r"holds another search \(model: .*'parameters'"):
-        other.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path, project_name="mine")
-    again = pb.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path, project_name="mine")
+        pb.grid_weight_decay(**grid, project_name="mine", weight_decay_mode="l2")
+    # What the trials train: another model, the labels in another order (same shapes), another loss, AdamW
+    # for Adam. Each is refused before any trial runs, naming what differs.
+    smaller = _playbook(digits, model=helpers.mlp(hidden=8))
+    permuted = _playbook({**digits, "y_train": np.random.default_rng(0).permutation(digits["y_train"])})
+    summed = _playbook(digits, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"))
+    adamw = _playbook(digits, optimizer=keras.optimizers.AdamW(3e-3))
+    for other, match in [
+        (smaller, r"model: architecture '\w+' -> '\w+', config '\w+' -> '\w+', parameters 2410 -> 610\)"),
+        (permuted, r"data: training data/y '\w+' -> '\w+'\)"),
+        (summed, r"loss: config/reduction 'sum_over_batch_size' -> 'sum'\)"),
+        (adamw, r"optimizer: 'Adam' -> 'AdamW'\)"),
+    ]:
+        with pytest.raises(ValueError, match=r"holds another search \(" + match + ".*overwrite=True"):
+            other.grid_weight_decay(**grid, project_name="mine")
+        assert other.journal.latest("grid_weight_decay") is None
+    again = pb.grid_weight_decay(**grid, project_name="mine")
     assert again.trials == first.trials  # The same search resumes: its trials are read back.
+    # Metrics the objective does not read are not part of a search on the loss: it resumes.
+    counted = _playbook(digits, metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(k=3)])
+    assert counted.grid_weight_decay(**grid, project_name="mine").trials == first.trials
     # Without a project name, another model in the same directory gets its own project.
-    assert (
-        other.grid_weight_decay(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path).project_dir
-        != first.project_dir
-    )
+    assert smaller.grid_weight_decay(**grid).project_dir != first.project_dir
+    # overwrite=True, as the refusal says: the project starts again with the permuted labels.
+    restarted = permuted.grid_weight_decay(**grid, project_name="mine", overwrite=True)
+    assert restarted.project_dir == first.project_dir and len(restarted.trials) == 2
+    assert [t["history"] for t in restarted.trials] != [t["history"] for t in first.trials]
+    # Now the project holds the search on the permuted labels: that one resumes, the first is refused.
+    assert permuted.grid_weight_decay(**grid, project_name="mine").trials == restarted.trials
+    with pytest.raises(ValueError, match=r"holds another search \(data: training data/y"):
+        pb.grid_weight_decay(**grid, project_name="mine")
+    # overwrite=True on a first use, under a given name and under the default one.
+    fresh = pb.grid_weight_decay(**grid, project_name="fresh", overwrite=True)
+    assert len(fresh.trials) == 2 and pb.grid_weight_decay(**grid, project_name="fresh").trials == fresh.trials
+    assert len(pb.grid_weight_decay(**{**grid, "values": [0.0, 1e-3]}, overwrite=True).trials) == 2
+
+
+def test_a_search_on_a_metric_is_defined_by_that_metric(digits, tmp_path):
+    grid = dict(values=[0.0, 1e-4], epochs=1, confirm_seeds=0, directory=tmp_path, project_name="acc")
+    first = _playbook(digits).grid_weight_decay(**grid, objective="val_accuracy")
+    # Another metric under the same name: its scores are not this search's.
+    top3 = _playbook(digits, metrics=[keras.metrics.SparseTopKCategoricalAccuracy(k=3, name="accuracy")])
+    with pytest.raises(ValueError, match=r"holds another search \(metric: "):
+        top3.grid_weight_decay(**grid, objective="val_accuracy")
+    assert _playbook(digits).grid_weight_decay(**grid, objective="val_accuracy").trials == first.trials

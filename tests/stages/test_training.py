@@ -166,3 +166,52 @@ def test_a_run_at_a_far_too_low_rate_is_not_ok(digits):
     record = pb.journal.latest("fit")
     assert not record.ok and "learning_too_slowly" in [f["kind"] for f in record.findings]
     assert "find_lr" in record.message and "see `findings`" not in record.message
+
+
+def test_a_refused_fit_changes_nothing_not_even_an_unbuilt_optimizers_rate(digits):
+    pb = _playbook(None, digits)  # Adam(1e-3): no momentum.
+    found = pb.find_lr(num_steps=40, repeats=1)
+    assert found.ok and found.suggested_lr != pytest.approx(1e-3)
+    assert not pb.model.optimizer.built  # Its rate is a variable already: "nothing changed" sees it.
+    before, length = helpers.variables_of(pb.model), len(pb.journal)
+    with pytest.raises(ValueError, match=r"Adam has no `momentum`. Received: momentum=0.9"):
+        pb.fit(epochs=1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"Adam has no `momentum`"):
+        pb.fit(epochs=1, learning_rate=0.05, momentum=0.9, verbose=0)
+    helpers.assert_same_values(before, helpers.variables_of(pb.model))
+    assert float(keras.ops.convert_to_numpy(pb.model.optimizer.learning_rate)) == pytest.approx(1e-3)
+    assert len(pb.journal) == length
+
+
+def test_a_one_cycle_callback_with_a_learning_rate_is_refused_like_the_name(digits):
+    from keras_playbook.callbacks import OneCycle
+
+    pb = _playbook(None, digits)
+    before = helpers.variables_of(pb.model)
+    with pytest.raises(ValueError, match=r"OneCycle\(\.\.\.\) sets every step's rate from its own lr_bounds"):
+        pb.fit(epochs=1, schedule=OneCycle((1e-3, 1e-2)), learning_rate=0.05, verbose=0)
+    helpers.assert_same_values(before, helpers.variables_of(pb.model))
+    assert len(pb.journal) == 1
+    # Without one, it trains at its own bounds, and needs no settled rate (the record says so).
+    history = pb.fit(epochs=2, schedule=OneCycle((1e-3, 1e-2)), verbose=0)
+    assert max(history.history["learning_rate"]) <= 1e-2 * (1 + 1e-6)
+    assert "learning_rate" not in pb.journal.latest("fit").hyperparameters
+
+
+def test_fit_leaves_no_setting_of_an_earlier_run_behind(digits):
+    from keras_playbook._session import innermost_optimizer
+
+    # An override is for its own run: the next fit trains at the journal's values, else the compiled ones.
+    pb = _playbook(None, digits, optimizer=keras.optimizers.SGD(0.05))
+    pb.fit(epochs=1, weight_decay=0.01, verbose=0)
+    assert pb.model.optimizer.weight_decay == pytest.approx(0.01)
+    pb.fit(epochs=1, verbose=0)
+    assert pb.model.optimizer.weight_decay is None
+    # SGD built without momentum gets a new optimizer for a momentum: the compiled one at the values in force,
+    # not a copy of the live one (whose weight decay the run before set).
+    pb.fit(epochs=1, weight_decay=0.01, verbose=0)
+    old = pb.model.optimizer
+    pb.fit(epochs=1, momentum=0.9, verbose=0)
+    optimizer = innermost_optimizer(pb.model.optimizer)
+    assert optimizer is not old and optimizer.momentum == pytest.approx(0.9) and optimizer.weight_decay is None
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.05)

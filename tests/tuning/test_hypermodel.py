@@ -145,3 +145,32 @@ def test_every_copy_keeps_the_frozen_layers_frozen(strategy, digits, kind):
     trial.fit(digits["x_train"][:128], digits["y_train"][:128], batch_size=64, epochs=1, verbose=0)
     after = trial.layers[0].get_weights() + trial.layers[1].get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(frozen, after))
+
+
+def test_what_a_configuration_leaves_out_comes_from_the_journal_not_the_live_optimizer(digits, tmp_path):
+    from keras_playbook.tuning.hypermodel import base_values, optimizer_hyperparameters
+
+    pb = _playbook(digits)  # Adam(1e-3).
+    found = pb.find_lr(num_steps=40, repeats=1)
+    assert found.ok
+    pb.fit(epochs=1, schedule="one_cycle", verbose=0)
+    live = float(keras.ops.convert_to_numpy(pb.model.optimizer.learning_rate))
+    assert live < found.one_cycle_lr_bounds[0]  # Where the schedule ended.
+    # Without a value in force: the optimizer as compiled.
+    names = ["learning_rate", "beta_1", "weight_decay"]
+    assert base_values(pb.session, pb.train_data, {}, names) == {
+        "learning_rate": 1e-3,
+        "beta_1": 0.9,
+        "weight_decay": 0.0,
+    }
+    assert "beta_1" in optimizer_hyperparameters(pb.session) and "momentum" not in optimizer_hyperparameters(pb.session)
+    # In a Playbook, the value in force: the rate find_lr settled, for the configuration that leaves it out.
+    result = pb.compare_seeds(
+        {"settled rate": {"weight_decay": 1e-4}, "given rate": {"learning_rate": 0.01}},
+        seeds=2,
+        epochs=1,
+        directory=tmp_path,
+    )
+    rates = {trial["values"]["config"]: trial["values"]["learning_rate"] for trial in result.trials}
+    assert rates == {"settled rate": pytest.approx(found.suggested_lr), "given rate": 0.01}
+    assert result.call["read"]["learning_rate"] == pytest.approx(found.suggested_lr)
