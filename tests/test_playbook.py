@@ -290,6 +290,15 @@ def test_a_new_playbook_on_the_same_directory_carries_the_journal_on(digits, tmp
     # Another model, other data values, another initializer, optimizer or batch size: a new set-up after the
     # old one, which stays as history; nothing it settled holds (tests/test_rerun.py runs each through run()).
     changes = {
+        "model: the config of layer 2 \\(Dense\\) changed": {
+            "model": keras.Sequential(
+                [
+                    keras.Input((64,)),
+                    keras.layers.Dense(32, activation="relu"),
+                    keras.layers.Dense(10, kernel_initializer="he_normal"),
+                ]
+            )
+        },
         "model: the config of layer 1": {"model": helpers.mlp(hidden=64)},
         "data: the training data's inputs changed": {"train": (digits["x_train"] * 0.5, digits["y_train"])},
         "optimizer: Adam -> SGD": {"optimizer": keras.optimizers.SGD(0.1)},

@@ -131,6 +131,18 @@ def test_the_constructor_is_what_trains(digits, tmp_path):
     assert read["learning_rate"] == pytest.approx(0.05)
 
 
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x) // 32
+
+    def __getitem__(self, index):
+        return self.x[index * 32 : (index + 1) * 32], self.y[index * 32 : (index + 1) * 32]
+
+
 def test_data_fingerprints_arrays_datasets_and_what_they_cannot_see(digits, monkeypatch):
     arrays = (digits["x_train"], digits["y_train"])
 
@@ -148,6 +160,9 @@ def test_data_fingerprints_arrays_datasets_and_what_they_cannot_see(digits, monk
     assert in_order["how"] == "first examples" and note is None
     relabelled = tf.data.Dataset.from_tensor_slices(permuted).batch(32)
     assert fingerprint(relabelled, input_rank=2)[0]["y"] != in_order["y"]
+    batches = fingerprint(_Batches(*arrays), input_rank=2)[0]
+    assert batches["how"] == "first examples" and batches["x"] == in_order["x"]
+    assert fingerprint(_Batches(*permuted), input_rank=2)[0]["y"] != batches["y"]
     shuffled, note = fingerprint(tf.data.Dataset.from_tensor_slices(arrays).shuffle(512).batch(32), input_rank=2)
     assert shuffled["how"] == "spec only" and "data_version" in note
     # Above the size limit, a strided sample with the shapes, and the note says so.
