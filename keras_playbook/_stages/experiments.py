@@ -133,6 +133,24 @@ class SeedComparisonResult(Result):
         return figure
 
 
+def check_configs(configs, session, caller="compare_seeds"):
+    """Raises unless `configs` is a dict of at least 2 named configurations of values the model takes."""
+    if not isinstance(configs, dict) or len(configs) < 2:
+        raise ValueError(
+            f"{caller}: `configs` must be a dict of at least 2 named configurations, "
+            "e.g. {'wd=1e-4': {'weight_decay': 1e-4}, 'wd=0': {'weight_decay': 0}}. "
+            f"Received: configs={configs!r}."
+        )
+    for name, config in configs.items():
+        if not isinstance(name, str) or not isinstance(config, dict):
+            raise ValueError(
+                f"{caller}: each configuration needs a str name and a dict of values. Received: {name!r}: {config!r}."
+            )
+        check_names(config, session, caller, "configs")
+        for key, value in config.items():
+            check_value(key, value, caller, "configs")
+
+
 def seed_comparison(
     session,
     train_pipeline,
@@ -194,20 +212,7 @@ def seed_comparison(
     search.check_search_inputs(caller, validation_pipeline, epochs, weight_decay_mode)
     seed_list = check_seeds(seeds, caller)
     check_alpha(alpha, caller)
-    if not isinstance(configs, dict) or len(configs) < 2:
-        raise ValueError(
-            f"{caller}: `configs` must be a dict of at least 2 named configurations, "
-            "e.g. {'wd=1e-4': {'weight_decay': 1e-4}, 'wd=0': {'weight_decay': 0}}. "
-            f"Received: configs={configs!r}."
-        )
-    for name, config in configs.items():
-        if not isinstance(name, str) or not isinstance(config, dict):
-            raise ValueError(
-                f"{caller}: each configuration needs a str name and a dict of values. Received: {name!r}: {config!r}."
-            )
-        check_names(config, session, caller, "configs")
-        for key, value in config.items():
-            check_value(key, value, caller, "configs")
+    check_configs(configs, session, caller)
     objective = search.make_objective(objective, session, caller)
     defaults = dict(defaults or {})
     names = sorted({key for config in configs.values() for key in config})

@@ -18,7 +18,7 @@ import math
 
 from keras_playbook import _validation as validation
 from keras_playbook._runner import SEARCHED
-from keras_playbook.tuning.hypermodel import WEIGHT_DECAY_MODES, check_names
+from keras_playbook.tuning.hypermodel import WEIGHT_DECAY_MODES
 
 
 def check_grid_weight_decay(arguments, session):
@@ -53,21 +53,7 @@ def check_compare_seeds(arguments, session):
     _check_shared(arguments, session, caller, ("epochs",))
     experiments.check_seeds(arguments["seeds"], caller)
     experiments.check_alpha(arguments["alpha"], caller)
-    configs = arguments["configs"]
-    if not isinstance(configs, dict) or len(configs) < 2:
-        raise ValueError(
-            f"{caller}: `configs` must be a dict of at least 2 named configurations, "
-            "e.g. {'wd=1e-4': {'weight_decay': 1e-4}, 'wd=0': {'weight_decay': 0}}. "
-            f"Received: configs={configs!r}."
-        )
-    for name, config in configs.items():
-        if not isinstance(name, str) or not isinstance(config, dict):
-            raise ValueError(
-                f"{caller}: each configuration needs a str name and a dict of values. Received: {name!r}: {config!r}."
-            )
-        check_names(config, session, caller, "configs")
-        for key, value in config.items():
-            experiments.check_value(key, value, caller, "configs")
+    experiments.check_configs(arguments["configs"], session, caller)
 
 
 def check_run_round(arguments, session):
