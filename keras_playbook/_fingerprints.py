@@ -112,8 +112,9 @@ def data_fingerprint(pipeline, name):
     if first == second:
         return {"how": "first examples", "spec": digest(spec), **first}, None
     note = (
-        f"the {name}'s content is not fingerprinted: two reads of its first {DATASET_EXAMPLES} examples differ (an "
-        "unseeded shuffle() or random augmentation), so only its element spec and length are; name the data with "
+        f"the {name}'s content is not fingerprinted: two reads of its first {DATASET_EXAMPLES} examples differ (a "
+        "shuffle() that reshuffles each iteration, or random augmentation), so only its element spec and length "
+        "are; name the data with "
         "Playbook(data_version=...) so that a change to it is seen"
     )
     return {"how": "spec only", "spec": digest(spec)}, note
@@ -291,7 +292,7 @@ def differences(before, after, layers_before=(), layers_after=()):
         elif name == "optimizer":
             lines.append("optimizer: " + _optimizer_change(old or {}, new or {}))
         elif name == "loss":
-            lines.append(f"loss: {_short(old)} -> {_short(new)}")
+            lines.append("loss: " + _loss_change(old, new))
         else:
             lines.append(f"{name.replace('_', ' ')}: {old!r} -> {new!r}")
     return lines
@@ -347,6 +348,19 @@ def _optimizer_change(old, new):
         if first.get(key) != second.get(key)
     ]
     return f"{new.get('class')}: " + ", ".join(changed)
+
+
+def _loss_change(old, new):
+    same_class = isinstance(old, dict) and isinstance(new, dict) and old.get("class_name") == new.get("class_name")
+    if not same_class:
+        return f"{_short(old)} -> {_short(new)}"
+    first, second = old.get("config") or {}, new.get("config") or {}
+    changed = [
+        f"{key} {_short(first.get(key))} -> {_short(second.get(key))}"
+        for key in sorted(set(first) | set(second))
+        if first.get(key) != second.get(key)
+    ]
+    return f"{new['class_name']}: " + ", ".join(changed)
 
 
 def _short(value):

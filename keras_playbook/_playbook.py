@@ -95,7 +95,8 @@ class Playbook(StageMethods):
             `run()` reads their stages back; the model starts from the
             initial weights saved with the journal (an unseeded builder
             draws new ones on every run; a warning says when they differ
-            from yours). When a component differs, a new set-up record is
+            from yours; after a failed sanity check, weights that differ
+            are taken as a fix and start a new set-up). When a component differs, a new set-up record is
             appended: the earlier results stay as history, nothing measured
             under them is read back or settled, and a warning (and `run()`'s
             message) names what changed.
@@ -211,6 +212,7 @@ class Playbook(StageMethods):
             path = None if directory is None else os.path.join(self.directory, JOURNAL_FILENAME)
             self.journal = Journal(path)
             self._start_setup(setup)
+        self.session.keep_initial_state()  # What a run starts from when no training stage is read back.
         self._runner = Runner(
             self.session,
             self.journal,
@@ -249,6 +251,18 @@ class Playbook(StageMethods):
         saved = previous.initial_weights or {}
         if saved.get("digest") in (None, setup.initial_weights["digest"]):
             return
+        failed = [
+            result.kind for result in self.journal.current() if result.kind in _procedure.SANITY and not result.ok
+        ]
+        if failed:  # Weights changed by hand after a failed sanity check are a fix: they are not replaced.
+            self.setup_changes = [
+                f"The model's initial weights differ from those of the journal's set-up, whose {failed[-1]} "
+                "failed: they are taken as a fix, and a new set-up starts from them (the earlier results are "
+                "kept as history)."
+            ]
+            warnings.warn(self.setup_changes[0], stacklevel=3)
+            self._start_setup(setup)
+            return
         path = os.path.join(self.directory, saved["file"]) if saved.get("file") else None
         if path is None or not os.path.exists(path):
             note = (
@@ -264,7 +278,8 @@ class Playbook(StageMethods):
             note = (
                 f"The model's initial weights differ from those this set-up started from (an unseeded builder "
                 f"draws new ones on every run): the model starts from the ones saved in {path}, so that what the "
-                "journal measured holds. Pass overwrite=True to start from yours."
+                "journal measured holds. If you changed them on purpose (other pretrained weights, a fix), pass "
+                "overwrite=True to start from yours."
             )
         self.setup_changes = [note]
         warnings.warn(note, stacklevel=3)
@@ -370,7 +385,9 @@ class Playbook(StageMethods):
         stage whose verdict failed always runs again, so "fix it and run
         again" works. `verbose` and display callbacks (`TensorBoard`,
         `CSVLogger`, ...) are not part of a call: changing them reruns
-        nothing.
+        nothing. The first stage that runs starts where a new process would:
+        from the weights of the last training stage read back, else from the
+        state the Playbook started with.
 
         Args:
             epochs: Epochs of the final training (>= 1).

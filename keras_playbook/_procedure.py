@@ -180,6 +180,7 @@ def run(
     runner, journal = playbook._runner, playbook.journal
     started = time.perf_counter()
     position, resuming, steps, stopped = journal.start + 1, True, [], None
+    trained = reset = False  # A training stage was read back; the model was given its starting state.
     for name, arguments in calls:
         resuming = resuming and name != rerun_from
         index = _recorded(journal, name, arguments, position) if resuming else None
@@ -188,7 +189,14 @@ def run(
         if index is not None and not failed_before:
             result, position = journal[index], index + 1
             _load_weights(playbook, result)
+            trained = trained or STAGES[name].trains
         else:
+            if not (trained or failed_before or reset):
+                # The first stage that runs starts where a new process would: from the weights of the last
+                # training stage read back (loaded from its file), else from the state the Playbook started
+                # with, not from what was trained by hand or by an earlier run in this process.
+                playbook.session.restore_initial_state()
+                reset = True
             if resuming and steps:  # The first stage run after reading back: how long getting here took.
                 reached = {"reached_after": round(time.perf_counter() - started, 3)}
             runner.call(name, arguments)

@@ -376,6 +376,23 @@ class Session:
         for variable, value in zip(self.model.optimizer.variables, state.optimizer):
             variable.assign(value)
 
+    def keep_initial_state(self):
+        """Takes the model's and optimizer's state as the Playbook starts, for `restore_initial_state`."""
+        self._initial_state = self.snapshot()
+
+    def restore_initial_state(self):
+        """Gives the model and its optimizer back the state they had when the Playbook started.
+
+        An optimizer replaced since (`fine_tune` compiles its own) is replaced
+        by a fresh one from the compiled config (`fresh_optimizer`).
+        """
+        try:
+            self.restore(self._initial_state)
+        except RuntimeError:
+            for variable, value in zip(self.model.variables, self._initial_state.model):
+                variable.assign(value)
+            self.compile(optimizer=self.fresh_optimizer())
+
     @contextlib.contextmanager
     def preserved(self):
         """Context in which the model may change; its state is restored on exit.

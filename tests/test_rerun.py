@@ -63,7 +63,10 @@ CHANGES = {
         r"model: 2 layers -> 3 layers",
     ),
     "regularizer": ({"model": lambda: _model(l2=1e-3)}, r"model: the config of layer 1 \(Dense\)"),
-    "loss": ({"loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")}, r"loss:"),
+    "loss": (
+        {"loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")},
+        r"loss: SparseCategoricalCrossentropy: reduction 'sum_over_batch_size' -> 'sum'",
+    ),
     "optimizer value": ({"optimizer": keras.optimizers.Adam(1e-2)}, r"optimizer: Adam: learning_rate 0\.001 -> 0\.01"),
     "optimizer class": ({"optimizer": keras.optimizers.SGD(0.05, momentum=0.9)}, r"optimizer: Adam -> SGD"),
     "batch size": ({"batch_size": 64}, r"batch size: 32 -> 64"),
@@ -260,10 +263,37 @@ def test_fix_and_run_again_runs_a_failed_sanity_check_again(digits, tmp_path):
     assert calm.run(epochs=1, plan=plan).stopped is None
 
 
+def test_weights_fixed_by_hand_after_a_failed_check_are_taken_as_a_fix(digits, tmp_path):
+    def model(scale):
+        built = _model(seed=1)
+        kernel, bias = built.layers[-1].get_weights()
+        built.layers[-1].set_weights([kernel * scale, bias])  # The config does not change.
+        return built
+
+    plan = ["check_initial_loss", *FIT_ONE_EPOCH]
+    assert _playbook(digits, tmp_path, model=model(40.0)).run(epochs=1, plan=plan).stopped == "check_initial_loss"
+    fixed, said = _quietly(lambda: _playbook(digits, tmp_path, model=model(1.0)))
+    assert any("taken as a fix" in message for message in said)
+    result = fixed.run(epochs=1, plan=plan)
+    assert result.stopped is None and result.steps[0]["ok"] and "taken as a fix" in result.message
+
+
+def test_a_rerun_in_the_same_process_starts_where_a_new_process_would(digits, tmp_path):
+    plan = ["check_initial_loss", ("fit", {"epochs": 2})]
+    pb = _playbook(digits, tmp_path)
+    pb.run(epochs=2, plan=plan)
+    first = pb.journal.latest("fit").initial_loss
+    # The same Playbook, the fit again: from the state it started with, not from the trained model.
+    pb.run(epochs=2, plan=plan, rerun_from="fit")
+    assert pb.journal.latest("fit").initial_loss == pytest.approx(first, rel=1e-5)
+    pb.run(epochs=3, plan=["check_initial_loss", ("fit", {"epochs": 3})])  # A changed stage: the same.
+    assert pb.journal.latest("fit").initial_loss == pytest.approx(first, rel=1e-5)
+
+
 def test_a_sanity_check_that_passes_after_a_failure_keeps_what_came_after_it(digits, tmp_path):
-    pb = _playbook(digits, tmp_path, x_scale=300.0)
+    pb = _playbook(digits, tmp_path, x_scale=300.0, model=_model(seed=1))
     pb.run(epochs=1, plan=["check_initial_loss", *FIT_ONE_EPOCH], stop_on_failure=False)
-    again = _playbook(digits, tmp_path, x_scale=300.0).run(
+    again = _playbook(digits, tmp_path, x_scale=300.0, model=_model(seed=1)).run(
         epochs=1, plan=["check_initial_loss", *FIT_ONE_EPOCH], stop_on_failure=False
     )
     assert [step["skipped"] for step in again.steps] == [False, True]  # Settles nothing: fit still holds.
