@@ -253,7 +253,8 @@ class Session:
     def check_loss(self, loss):
         """Raises ValueError unless `loss` is given or the model is compiled with one."""
         source = self.source_model
-        if loss is None and not (source.compiled and source.loss is not None):
+        compiled = self.model if self.model.compiled else source  # The placed copy, once compiled, has it.
+        if loss is None and not (compiled.compiled and compiled.loss is not None):
             raise ValueError(
                 f"The model {source.name!r} has no loss: it is not compiled with "
                 "one and no `loss=` was given. Pass e.g. "
@@ -286,9 +287,12 @@ class Session:
                 self._keep_initial_optimizer()
                 return
         arguments = {}
-        if source.compiled:
+        # A placed copy compiled before (with the Playbook's loss and metrics) is compiled again like itself.
+        base = model if model.compiled else source
+        if base.compiled:
             with self.scope():
-                arguments = keras.saving.deserialize_keras_object(source.get_compile_config())
+                arguments = keras.saving.deserialize_keras_object(base.get_compile_config())
+        if source.compiled:
             if not rebuilt and self._in_scope(source.optimizer.variables):
                 arguments["optimizer"] = source.optimizer
         if optimizer is not None:
@@ -377,20 +381,31 @@ class Session:
             variable.assign(value)
 
     def keep_initial_state(self):
-        """Takes the model's and optimizer's state as the Playbook starts, for `restore_initial_state`."""
-        self._initial_state = self.snapshot()
+        """Takes the model's and optimizer's state as the Playbook starts, for `restore_initial_state`.
+
+        An optimizer not built yet is left unbuilt (its state is then its
+        initial one: no step taken).
+        """
+        optimizer = self.model.optimizer
+        self._initial_state = ModelState(
+            model=[read_value(v) for v in self.model.variables],
+            optimizer=[read_value(v) for v in optimizer.variables] if optimizer.built else None,
+        )
 
     def restore_initial_state(self):
         """Gives the model and its optimizer back the state they had when the Playbook started.
 
-        An optimizer replaced since (`fine_tune` compiles its own) is replaced
-        by a fresh one from the compiled config (`fresh_optimizer`).
+        An optimizer that was unbuilt then and has taken steps since, or was
+        replaced since (`fine_tune` compiles its own), is replaced by a fresh
+        one from the compiled config (`fresh_optimizer`).
         """
-        try:
-            self.restore(self._initial_state)
-        except RuntimeError:
-            for variable, value in zip(self.model.variables, self._initial_state.model):
+        state, optimizer = self._initial_state, self.model.optimizer
+        for variable, value in zip(self.model.variables, state.model):
+            variable.assign(value)
+        if state.optimizer is not None and len(state.optimizer) == len(optimizer.variables):
+            for variable, value in zip(optimizer.variables, state.optimizer):
                 variable.assign(value)
+        elif optimizer.built and int(read_value(optimizer.iterations)) > 0:
             self.compile(optimizer=self.fresh_optimizer())
 
     @contextlib.contextmanager

@@ -278,9 +278,9 @@ def test_weights_fixed_by_hand_after_a_failed_check_are_taken_as_a_fix(digits, t
     assert result.stopped is None and result.steps[0]["ok"] and "taken as a fix" in result.message
 
 
-def test_a_rerun_in_the_same_process_starts_where_a_new_process_would(digits, tmp_path):
+def test_a_rerun_in_the_same_process_starts_where_a_new_process_would(strategy, digits, tmp_path):
     plan = ["check_initial_loss", ("fit", {"epochs": 2})]
-    pb = _playbook(digits, tmp_path)
+    pb = _playbook(digits, tmp_path, model=_model, strategy=strategy)  # A builder: placed, never compiled.
     pb.run(epochs=2, plan=plan)
     first = pb.journal.latest("fit").initial_loss
     # The same Playbook, the fit again: from the state it started with, not from the trained model.
