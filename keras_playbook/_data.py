@@ -43,6 +43,12 @@ class DataPipeline:
         seed: Seed of the shuffle and of `sample`.
         arrays: The NumPy tuple the examples came from, if any (for fast
             sampling).
+        epoch_counter: The counter of epochs drawn (shared by the pipelines
+            `with_batch_size` makes); None makes one.
+
+    Arrays are read in an order that is a function of the seed and the
+    epoch alone (`epoch_callback`), so a `fit` resumed in a new process at
+    epoch k sees the batches an uninterrupted one saw at epoch k.
     """
 
     def __init__(
@@ -55,6 +61,7 @@ class DataPipeline:
         shuffle=False,
         seed=None,
         arrays=None,
+        epoch_counter=None,
     ):
         validate_batch_size(per_replica_batch_size)
         self.examples = examples
@@ -64,6 +71,10 @@ class DataPipeline:
         self.shuffle = shuffle
         self.seed = seed
         self.arrays = arrays
+        if epoch_counter is None and arrays is not None and shuffle:
+            with tf.device("/cpu:0"):  # Read by the input pipeline, which runs on the host.
+                epoch_counter = tf.Variable(0, dtype="int64", trainable=False, name="epochs_drawn")
+        self.epoch_counter = epoch_counter
         self._dataset = None
         self._first_batches = {}
 
@@ -89,9 +100,10 @@ class DataPipeline:
         rather than as constants, and one gather per batch replaces a
         per-example shuffle buffer.
         """
-        indices = tf.data.Dataset.range(self.num_examples)
         if self.shuffle:
-            indices = indices.shuffle(self.num_examples, seed=self.seed, reshuffle_each_iteration=True)
+            indices = self._epoch_order()
+        else:
+            indices = tf.data.Dataset.range(self.num_examples)
         indices = indices.batch(self.global_batch_size)
         arrays = tf.data.Dataset.from_tensors(self.arrays).repeat()
         return tf.data.Dataset.zip(indices, arrays).map(
@@ -99,6 +111,29 @@ class DataPipeline:
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
+
+    def _epoch_order(self):
+        """The indices of one pass: a permutation drawn from `(seed, epoch)` alone.
+
+        Every new iterator (Keras makes one per epoch) draws the next epoch's
+        permutation from `tf.random.stateless_uniform`, which depends on its
+        seed and nothing else (not on the global seed, nor on how many
+        iterators this process made before): `epoch_callback` sets the
+        counter to the epoch `fit` is at, so a resumed run draws what an
+        uninterrupted one drew.
+        """
+        counter, size = self.epoch_counter, self.num_examples
+        seed = tf.constant(0 if self.seed is None else int(self.seed), dtype="int64")
+
+        def permutation(_):
+            epoch = counter.assign_add(1) - 1
+            return tf.argsort(tf.random.stateless_uniform([size], seed=tf.stack([seed, epoch])))
+
+        return tf.data.Dataset.from_tensors(0).map(permutation).unbatch()
+
+    def epoch_callback(self):
+        """A callback that keys the data order of each epoch to the epoch's index (see `_epoch_order`), or None."""
+        return None if self.epoch_counter is None else _DataEpoch(self.epoch_counter)
 
     def _batched_examples(self):
         dataset = self.examples
@@ -122,6 +157,7 @@ class DataPipeline:
             shuffle=self.shuffle,
             seed=self.seed if seed is None else seed,
             arrays=self.arrays,
+            epoch_counter=self.epoch_counter if seed is None else None,
         )
 
     def first_batches(self, num_batches):
@@ -369,6 +405,17 @@ def _py_dataset_to_tf(py_dataset, name):
         py_dataset.on_epoch_end()
 
     return tf.data.Dataset.from_generator(generate, output_signature=signature)
+
+
+class _DataEpoch(keras.callbacks.Callback):
+    """Sets a pipeline's epoch counter to the epoch `fit` starts (its data order is drawn from it)."""
+
+    def __init__(self, counter):
+        super().__init__()
+        self.counter = counter
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.counter.assign(epoch)
 
 
 def _with_distribute_options(dataset):

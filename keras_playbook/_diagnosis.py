@@ -30,6 +30,14 @@ the values it rests on, and advice citing the practice:
 - `underfitting`: still improving at the end with a low training accuracy.
 - `needs_longer_training`: a good curve still improving at the end.
 
+A run shorter than `WINDOW` epochs is too short for the curves' shape:
+only a NaN or infinite loss, the weight-decay ratio and a run worse than
+untrained are judged (`rate_too_high`: the first epoch's training loss, or
+the last epoch's training or validation loss, ended above `initial_loss`,
+the untrained model's loss in a Playbook, by more than `RISE` of it);
+`too_short(epochs)` says what needs more epochs. The first-epoch check runs
+at any length.
+
 A run that converged shows no finding. `SEVERE` lists the findings that mean
 the run did not work (a `FitRecord` with one is not OK, unless its evidence
 says the run `recovered`); the others are advice on a run that did. A rise of
@@ -186,12 +194,14 @@ def diagnose(history, *, schedule=None, initial_loss=None, weight_decay=None):
             )
         ]
     epochs = len(loss)
-    if epochs < WINDOW:
-        return []
     decay_ratio = curves.get("weight_decay_ratio")
+    if epochs < WINDOW:  # Too short for the curves' shape (see `too_short`).
+        return _worse_than_untrained(loss, validation, initial_loss, learning_rate) + _decay_dominating(decay_ratio)
     known_start = initial_loss is not None and math.isfinite(initial_loss)
     first = max(loss[0], float(initial_loss)) if known_start else loss[0]
-    too_high = _worse_than_untrained(loss, initial_loss, learning_rate) or _rate_too_high(loss, learning_rate, first)
+    too_high = _worse_than_untrained(loss, validation, initial_loss, learning_rate) or _rate_too_high(
+        loss, learning_rate, first
+    )
     if too_high and not too_high[0].evidence["recovered"]:
         return too_high + _decay_dominating(decay_ratio)
     window = max(1, min(WINDOW, epochs // 2))  # First and last epochs, never overlapping.
@@ -280,34 +290,86 @@ def _rate_too_high(loss, learning_rate, start):
     return []
 
 
-def _worse_than_untrained(loss, initial_loss, learning_rate):
-    """The first epoch ended well above the loss the run started from: the rate was too high from the start."""
+def _worse_than_untrained(loss, validation, initial_loss, learning_rate):
+    """The run was worse than the untrained model: the rate was too high from the start.
+
+    At any length: the first epoch's training loss ended above `initial_loss`
+    by more than `RISE` of its size (a difference, not a ratio: a loss that
+    starts or ends below 0 is judged the same way). Below `WINDOW` epochs,
+    where nothing else is judged, also the last epoch's training or
+    validation loss. The run `recovered` when the epochs after the first
+    (the last `WINDOW` of them) average below `initial_loss` and a short
+    run did not end above it.
+    """
     if initial_loss is None or not math.isfinite(initial_loss):
         return []
-    if not loss[0] - initial_loss > RISE * abs(initial_loss):
+    margin = RISE * abs(initial_loss)
+    first_worse = loss[0] - initial_loss > margin
+    ended = {"final_loss": loss[-1]}
+    if validation is not None and len(validation) == len(loss):
+        ended["final_val_loss"] = validation[-1]
+    short = len(loss) < WINDOW
+    ended_worse = short and any(value - initial_loss > margin for value in ended.values())
+    if not (first_worse or ended_worse):
         return []
-    recovered = bool(np.mean(loss[-WINDOW:]) < initial_loss)
-    evidence = {
-        "initial_loss": _g(initial_loss),
-        "first_epoch_loss": _g(loss[0]),
-        "final_loss": _g(loss[-1]),
-        "recovered": recovered,
-    }
+    later = loss[1:][-WINDOW:]
+    recovered = bool(not ended_worse and len(later) and np.mean(later) < initial_loss)
+    evidence = {"initial_loss": _g(initial_loss), "first_epoch_loss": _g(loss[0])}
+    evidence.update({name: _g(value) for name, value in ended.items()})
+    if "final_val_loss" in ended:
+        evidence["best_val_loss"] = _g(np.min(validation))
+    evidence["recovered"] = recovered
     rate = ""
     if learning_rate is not None:
         evidence["learning_rate"] = _g(learning_rate[0])
         rate = f" (learning rate {learning_rate[0]:.3g} at its end)"
+    if first_worse:
+        what = f"The first epoch ended at loss {loss[0]:.4g}{rate}"
+        if ended_worse and len(loss) > 1:
+            what += f" and the last at {_ended(ended)}"
+    else:
+        what = f"The run ended at {_ended(ended)}{rate}"
     return [
         Finding(
             "rate_too_high",
-            [1],
+            list(range(1, len(loss) + 1)) if ended_worse else [1],
             evidence,
-            f"The first epoch ended at loss {loss[0]:.4g}{rate}, above the {initial_loss:.4g} the run started from: "
+            f"{what}, above the {initial_loss:.4g} the run started from: "
             "the learning rate is too high from the start"
             + (" (the run recovered later)" if recovered else "")
             + f". Lower it (run find_lr; for one cycle, a lower upper bound; {references.ONE_CYCLE}) ({_CURVES}).",
         )
     ]
+
+
+def _ended(ended):
+    text = f"loss {ended['final_loss']:.4g}"
+    if "final_val_loss" in ended:
+        text += f" (validation {ended['final_val_loss']:.4g})"
+    return text
+
+
+def too_short(epochs, untrained_known=True):
+    """What `diagnose` cannot judge in a run of `epochs` epochs, as a sentence ("" from `WINDOW` epochs on).
+
+    Args:
+        epochs: Epochs the run had.
+        untrained_known: Whether the run was judged against the untrained
+            model's loss (`diagnose(initial_loss=...)`).
+
+    Returns:
+        A sentence such as "2 epochs: too few to judge the curves' shape
+        (...: needs 3 to 6 epochs); checked only for a loss that diverged
+        or ended worse than the untrained model's.", or "".
+    """
+    if epochs >= WINDOW:
+        return ""
+    checked = "a loss that diverged" + (" or ended worse than the untrained model's" if untrained_known else "")
+    return (
+        f"{epochs} epoch{'' if epochs == 1 else 's'}: too few to judge the curves' shape (overfitting, a plateau, "
+        f"a loss that stops falling or falls too slowly: needs {WINDOW} to {2 * WINDOW} epochs); checked only "
+        f"for {checked}."
+    )
 
 
 def _too_slow(loss, accuracy, initial_loss):

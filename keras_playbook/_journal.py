@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import uuid
 
 import numpy as np
 
@@ -172,6 +173,9 @@ class Journal:
     def __init__(self, path=None):
         self.path = None if path is None else os.fspath(path)
         self._results = []
+        # Which run the files beside the journal belong to (backups are keyed by it): a new journal,
+        # `overwrite=True` included, never resumes the backup of another.
+        self.id = uuid.uuid4().hex[:12]
 
     def append(self, result):
         """Adds a result and writes the journal to disk if it has a path."""
@@ -293,6 +297,7 @@ class Journal:
     def to_dict(self):
         return {
             "version": _FORMAT_VERSION,
+            "id": self.id,
             "results": [result.to_dict() for result in self._results],
         }
 
@@ -318,6 +323,7 @@ class Journal:
         with open(path) as file:
             data = json.load(file)
         journal = cls(path)
+        journal.id = str(data.get("id") or journal.id)  # A journal written before ids gets one.
         journal._results = [Result.from_dict(entry) for entry in data["results"]]
         return journal
 

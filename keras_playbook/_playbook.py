@@ -10,6 +10,7 @@ Only `fit` and `fine_tune` change the user's model.
 
 import inspect
 import os
+import uuid
 import warnings
 
 import keras
@@ -17,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_playbook import _data as data_module
+from keras_playbook import _folder, _lock, _procedure
 from keras_playbook import _losses as losses
-from keras_playbook import _procedure
 from keras_playbook import _validation as validation
 from keras_playbook._fingerprints import setup_fingerprints, weights_fingerprint
 from keras_playbook._journal import JOURNAL_FILENAME, Journal
@@ -50,7 +51,7 @@ def _journal_in(directory):
 
 def _initial_weights_file(directory, index):
     """Where the initial weights of the set-up recorded at journal position `index` are kept, relative."""
-    return None if directory is None else os.path.join("weights", f"initial-{index:03d}.npz")
+    return None if directory is None else os.path.join("weights", f"initial-{index:03d}-{uuid.uuid4().hex[:8]}.npz")
 
 
 def _save_initial_weights(directory, relative, weights):
@@ -99,8 +100,16 @@ class Playbook(StageMethods):
             are taken as a fix and start a new set-up). When a component differs, a new set-up record is
             appended: the earlier results stay as history, nothing measured
             under them is read back or settled, and a warning (and `run()`'s
-            message) names what changed.
-        overwrite: Start a new journal in `directory` even if one is there.
+            message) names what changed. One process writes a directory
+            at a time (`<directory>/.lock`): a directory another live
+            process uses is refused, naming it; in this process, a new
+            Playbook on the directory takes it over and the earlier one
+            refuses further stages. A worker of a distributed KerasTuner
+            search (`KERASTUNER_TUNER_ID` other than the chief) reads the
+            journal and never writes it.
+        overwrite: Start a new journal in `directory` even if one is there;
+            the old journal and the files it owned (`weights/`, `backup/`,
+            `tuning/`) are removed once every argument has been checked.
         seed: Seed of shuffling and of the samples stages draw.
         data_version: Your name for the data (e.g. "v2" or a commit id),
             part of the set-up's identity. Arrays are fingerprinted by their
@@ -114,7 +123,8 @@ class Playbook(StageMethods):
         ValueError: for a model without loss, empty data, NaN or inf in the
             first batches, labels that do not fit the model's output,
             validation data whose structure differs from the training data,
-            or a file in `directory` that is not a journal. All are raised
+            a file in `directory` that is not a journal, or a `directory`
+            another live process writes (naming it). All are raised
             before any training, and the journal on disk is left as it was.
 
     Example:
@@ -162,6 +172,7 @@ class Playbook(StageMethods):
                 f"Received: data_version={data_version!r} (of type {type(data_version).__name__})."
             )
         resolve_strategy(strategy)  # TypeError before a builder is called.
+        self._lease = _lock.Lease(directory)  # Refuses a folder another live process holds.
         found = None if directory is None or overwrite else _journal_in(directory)
         self.seed = seed
         self.verbose = verbose
@@ -205,11 +216,16 @@ class Playbook(StageMethods):
         if self.directory is not None:
             for note in setup.notes:  # What a rerun cannot see change.
                 warnings.warn(f"Note: {note}.", stacklevel=2)
+        self._lease.take(self)  # Before any write: this Playbook alone writes the folder (an earlier one stops).
+        if found is not None and not self._lease.writes:
+            found.path = None  # A KerasTuner worker reads the chief's journal and never writes it.
         if found is not None:
             self.journal = found  # Carried on: as history, or as this set-up's record.
             self._carry_on(setup)
         else:
-            path = None if directory is None else os.path.join(self.directory, JOURNAL_FILENAME)
+            path = os.path.join(self.directory, JOURNAL_FILENAME) if self._lease.writes else None
+            if overwrite and self._lease.writes:  # Everything the old journal owned goes with it.
+                _folder.remove_owned(self.directory, JOURNAL_FILENAME)
             self.journal = Journal(path)
             self._start_setup(setup)
         self.session.keep_initial_state()  # What a run starts from when no training stage is read back.
@@ -221,11 +237,12 @@ class Playbook(StageMethods):
             seed=seed,
             verbose=verbose,
             directory=self.directory,
+            lease=self._lease,
         )
 
     def _start_setup(self, setup):
         """Appends `setup` to the journal, its initial weights saved beside it."""
-        relative = _initial_weights_file(self.directory, len(self.journal))
+        relative = _initial_weights_file(self.directory if self._lease.writes else None, len(self.journal))
         if relative is not None:
             _save_initial_weights(self.directory, relative, self.session.initial_weights)
         setup.initial_weights = {"digest": setup.initial_weights["digest"], "file": relative}
@@ -406,16 +423,22 @@ class Playbook(StageMethods):
                 `data_version`), short of `overwrite=True`.
 
         Returns:
-            A `RunResult`, also appended to the journal: each settled value
-            with the stage that settled it, each stage's time and training
-            steps, the final metrics at the best epoch, the findings, and a
-            message.
+            A `RunResult`, also appended to the journal: each value the
+            final training trained at with the stage that settled it, each
+            stage's time and training steps, the final metrics at the best
+            epoch, the findings, and a message.
 
         Raises:
             ValueError: before any compute, for `epochs` <= 0, an unknown
                 stage or argument in `plan`, a stage that needs validation
                 data without any, one that needs a learning rate before
-                anything settles one, or a `rerun_from` not in the plan.
+                anything settles one, or a `rerun_from` not in the plan; and
+                before anything is loaded or restored, when the model's
+                weights changed outside the journal (trained by hand with
+                `pb.model.fit`, or loaded) and the run would replace them.
+            RuntimeError: before anything, when this Playbook no longer
+                holds its `directory`: a newer Playbook of this process on
+                it took it over (use that one), or another process did.
 
         Example:
 

@@ -20,6 +20,7 @@ import os
 import time
 
 from keras_playbook import _validation as validation
+from keras_playbook._fingerprints import weights_fingerprint
 from keras_playbook._records import RunResult
 from keras_playbook._runner import STAGES, call_arguments, call_identity
 from keras_playbook._session import innermost_optimizer
@@ -169,6 +170,7 @@ def run(
     Returns:
         A `RunResult`, also appended to the journal.
     """
+    playbook._lease.check("run")  # Refused once another Playbook (or process) took the folder over.
     validation.check_int(epochs, "epochs", "run")
     if search not in SEARCHES:
         raise ValueError(f"run: argument `search` must be one of {SEARCHES}. Received: search={search!r}.")
@@ -177,10 +179,12 @@ def run(
     calls = plan_calls(playbook, default_plan(playbook, epochs, search, schedule) if plan is None else plan)
     _check_rerun_from(rerun_from, calls)
     _check_saved_weights(playbook, calls, rerun_from)
+    _check_model_unchanged(playbook, calls, rerun_from)
     runner, journal = playbook._runner, playbook.journal
     started = time.perf_counter()
     position, resuming, steps, stopped = journal.start + 1, True, [], None
     trained = reset = False  # A training stage was read back; the model was given its starting state.
+    final_training = None  # The run's last training stage, read back or run: what its result reports.
     for name, arguments in calls:
         resuming = resuming and name != rerun_from
         index = _recorded(journal, name, arguments, position) if resuming else None
@@ -189,6 +193,8 @@ def run(
         if index is not None and not failed_before:
             result, position = journal[index], index + 1
             _load_weights(playbook, result)
+            if STAGES[name].trains:  # Loaded by the library: not the user's training.
+                runner.keep_left_weights()
             trained = trained or STAGES[name].trains
         else:
             if not (trained or failed_before or reset):
@@ -196,6 +202,7 @@ def run(
                 # training stage read back (loaded from its file), else from the state the Playbook started
                 # with, not from what was trained by hand or by an earlier run in this process.
                 playbook.session.restore_initial_state()
+                runner.keep_left_weights()
                 reset = True
             if resuming and steps:  # The first stage run after reading back: how long getting here took.
                 reached = {"reached_after": round(time.perf_counter() - started, 3)}
@@ -206,6 +213,7 @@ def run(
             resuming = failed_before and not result.settles()
             position = index + 1 if resuming else len(journal)
         call = result.call or {}
+        final_training = result if STAGES[name].trains else final_training
         steps.append(
             {
                 "stage": name,
@@ -234,6 +242,7 @@ def run(
         stopped=stopped,
         plan=[{"stage": name, "arguments": call_arguments(arguments)} for name, arguments in calls],
         notes=notes,
+        trained=final_training,
     )
     run_result.call = {
         "stage": "run",
@@ -244,6 +253,65 @@ def run(
     }
     journal.append(run_result)
     return run_result
+
+
+def _check_model_unchanged(playbook, calls, rerun_from=None):
+    """Refuses, before anything is loaded or restored, a run that would overwrite weights changed outside the journal.
+
+    `run` gives the model the weights of the last training stage it reads
+    back, or the Playbook's initial state before the first stage it runs.
+    That replaces the model's weights; it is refused when they are none of
+    those the library knows: those the journal's last training stage
+    saved (`call["weights_digest"]`), the initial ones, and those the
+    library last left the model with in this process (after a stage, also
+    an interrupted one, or a run). Weights changed after a failed sanity
+    check that runs again first are measured as a fix, not replaced.
+
+    Raises:
+        ValueError: naming that the model changed outside the journal, what
+            `run` would do, and what to do instead.
+    """
+    replacing = _what_run_replaces_weights_with(playbook, calls, rerun_from)
+    if replacing is None:
+        return
+    journal, session = playbook.journal, playbook.session
+    known = {playbook._runner.left_weights, weights_fingerprint(session.initial_weights)}
+    last = next((result for result in reversed(journal.current()) if _trains(result)), None)
+    if last is not None:
+        known.add(last.call.get("weights_digest"))
+    if weights_fingerprint(playbook.model.get_weights()) in known:
+        return
+    where = "" if playbook.directory is None else f" in {playbook.directory}"
+    raise ValueError(
+        "run: the model's weights changed outside the journal: they are neither those the Playbook last left "
+        "the model with nor those its last training stage saved (the model was trained by hand, e.g. with "
+        f"pb.model.fit, or weights were loaded or set). run() would {replacing}, and that training would be "
+        "lost; nothing was loaded. To keep it, record the training through pb.fit (or pb.fine_tune), which the "
+        "journal then holds; or save your weights first (pb.model.save_weights(...)); or start a journal from "
+        f"them: a new Playbook with overwrite=True or another directory than the journal's{where}."
+    )
+
+
+def _what_run_replaces_weights_with(playbook, calls, rerun_from=None):
+    """What `run` would give the model first (in words), following the calls it reads back; None if nothing."""
+    journal, position = playbook.journal, playbook.journal.start + 1
+    for name, arguments in calls:
+        index = None if name == rerun_from else _recorded(journal, name, arguments, position)
+        if index is None:
+            return f"give it the state the Playbook started with before running {name}"
+        if name in SANITY and not journal[index].ok:  # Runs again on the model as it is: a fix is measured.
+            return None
+        if STAGES[name].trains and playbook.directory is None:  # Nothing to load: the later stages build on it.
+            return f"take it as what {name} (result {index} of the journal) trained and build on it"
+        if STAGES[name].trains:
+            return f"give it the weights {name} trained (result {index} of the journal)"
+        position = index + 1
+    return None
+
+
+def _trains(result):
+    call = result.call or {}
+    return call.get("stage") in STAGES and STAGES[call["stage"]].trains
 
 
 def _check_saved_weights(playbook, calls, rerun_from=None):
@@ -281,11 +349,20 @@ def _saved_weights(playbook, result, index):
 
 
 def _load_weights(playbook, result):
-    """Gives the model the weights a skipped training stage left (saved beside the journal)."""
+    """Gives the model what a skipped training stage left: its weights (saved beside the journal) and the rest.
+
+    A stage that leaves more than weights (`fine_tune`: layers kept frozen,
+    its own optimizer) declares a `read_back` (`StageSpec`), which gives the
+    model that first; the weights file (Keras's `save_weights`, which holds
+    the optimizer's variables too) is then loaded into that optimizer.
+    """
     index = next(position for position, recorded in enumerate(playbook.journal) if recorded is result)
     path = _saved_weights(playbook, result, index)
     if path is not None:
         model = playbook.model
+        spec = STAGES.get((result.call or {}).get("stage"))
+        if spec is not None and spec.read_back is not None:
+            spec.read_back(result, playbook.session)
         if model.optimizer is not None and not model.optimizer.built:  # Its state was saved too (as Keras's
             with playbook.session.scope():  # BackupAndRestore does it).
                 model.optimizer.build(model.trainable_variables)

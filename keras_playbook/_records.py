@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from keras_playbook import _references as references
-from keras_playbook._diagnosis import SEVERE
+from keras_playbook._diagnosis import SEVERE, too_short
 from keras_playbook._fingerprints import differences as fingerprint_differences
 from keras_playbook._journal import Result
 
@@ -99,11 +99,17 @@ class FitRecord(Result):
             best epoch at the end (`fit(restore_best=True)`).
         weights: The trained weights' file, relative to the journal's
             folder (None without a Playbook directory).
+        resumed_from: None for a run from its first epoch; else the 1-based
+            epoch an interrupted run was resumed at from its backup (the
+            epochs before it were read back: weights, optimizer, the
+            callbacks' state and the curves).
 
     A run is OK when its curves are finite and no finding says it did not
     work (`diagnosis.SEVERE`: diverged, the rate too high or far too low,
     worse after convergence, weight decay winning); the other findings are
-    advice on a run that worked.
+    advice on a run that worked. A run too short for the curves' shape
+    (under `diagnosis.WINDOW` epochs) is judged only against the untrained
+    model's loss, and its message says what needs more epochs.
     """
 
     kind = "fit"
@@ -119,10 +125,19 @@ class FitRecord(Result):
     initial_loss: float | None = None
     restored_best: bool = False
     weights: str | None = None
+    resumed_from: int | None = None
 
     @classmethod
     def from_history(
-        cls, history, hyperparameters, schedule=None, findings=(), initial_loss=None, restored_best=False, weights=None
+        cls,
+        history,
+        hyperparameters,
+        schedule=None,
+        findings=(),
+        initial_loss=None,
+        restored_best=False,
+        weights=None,
+        resumed_from=None,
     ):
         """Builds the record of a finished `model.fit` from its History."""
         curves = {name: [float(value) for value in values] for name, values in history.history.items()}
@@ -154,10 +169,17 @@ class FitRecord(Result):
                 f"{monitor} {values[-1]:.4g}, best {values.min():.4g} at epoch "
                 f"{best_epoch}" + (", whose weights the model now holds." if restored_best else ".")
             )
+        if resumed_from:
+            message += (
+                f" Resumed at epoch {int(resumed_from) + 1} from its backup after an interruption (epochs 1-"
+                f"{int(resumed_from)}: weights, optimizer, schedule and watchers read back)."
+            )
         for finding in (severe + [f for f in findings if f not in severe])[:3]:
             message += f" {finding['kind']}: {finding['advice']}"
         if len(findings) > 3:
             message += f" (+{len(findings) - 3} more in `findings`)"
+        if finite and too_short(epochs):
+            message += " " + too_short(epochs, untrained_known=initial_loss is not None)
         return cls(
             epochs=epochs,
             hyperparameters=dict(hyperparameters),
@@ -171,6 +193,7 @@ class FitRecord(Result):
             initial_loss=None if initial_loss is None else float(initial_loss),
             restored_best=bool(restored_best),
             weights=weights,
+            resumed_from=None if not resumed_from else int(resumed_from) + 1,
         )
 
     def plot(self):
@@ -198,8 +221,12 @@ class RunResult(Result):
         steps: One dict per stage reached: `stage`, `ok`, `skipped` (read
             back from the journal instead of run again), `seconds`, `steps`
             (training steps), `summary` (its message).
-        settled: Each settled value with the stage that settled it:
-            `{name: {"value", "stage"}}`.
+        settled: The values the run's final training (`fit`, or `fine_tune`'s
+            last `fit`) trained at, read back or run, each with the stage
+            that settled it, or the training stage it was given to:
+            `{name: {"value", "stage"}}` (a rate a one-cycle schedule
+            drove has `"schedule"` too, and its bounds as the value).
+            Without a training stage: the values the journal settled.
         final: The final training's metrics at its best epoch (empty when no
             training ran).
         best_epoch: That epoch (0 without training).
@@ -224,16 +251,20 @@ class RunResult(Result):
     notes: list = dataclasses.field(default_factory=list, kw_only=True)
 
     @classmethod
-    def from_journal(cls, journal, steps, stopped=None, plan=(), notes=()):
-        """Builds the result of a run from its steps and what the journal now holds."""
-        settled = {}
-        for name, value in journal.settled().items():
-            source = journal.source(name)
-            settled[name] = {
-                "value": value,
-                "stage": "the model as compiled" if source.kind == "setup" else source.kind,
-            }
-        fit = journal.latest("fit") if any(step["stage"] in ("fit", "fine_tune") for step in steps) else None
+    def from_journal(cls, journal, steps, stopped=None, plan=(), notes=(), trained=None):
+        """Builds the result of a run from its steps and what the journal now holds.
+
+        Args:
+            trained: The result of the run's last training stage (run or
+                read back), or None: what `settled`, `final` and the
+                message describe. The journal's latest values may have been
+                settled since, by a stage called by hand.
+        """
+        fit = _final_fit(journal, trained)
+        settled = _trained_at(journal, fit) if fit is not None else {}
+        if fit is None:
+            for name, value in journal.settled().items():
+                settled[name] = {"value": value, "stage": _source_name(journal.source(name))}
         final, best_epoch, findings = {}, 0, []
         if fit is not None and fit.best_epoch:
             final = {
@@ -252,10 +283,7 @@ class RunResult(Result):
                 "again (finished stages are read back), or run(stop_on_failure=False) to go on."
             )
         else:
-            decisions = "; ".join(
-                f"{_WORDS.get(name, name)} {_shown(entry['value'])} ({entry['stage']})"
-                for name, entry in settled.items()
-            )
+            decisions = "; ".join(_decision(name, entry) for name, entry in settled.items())
             message = f"{done}. Decisions: {decisions}."
             if fit is not None:
                 metrics = ", ".join(
@@ -297,6 +325,52 @@ class RunResult(Result):
 
 
 _WORDS = {"batch_size": "batch size", "learning_rate": "learning rate", "weight_decay": "weight decay"}
+
+
+def _source_name(source):
+    return "the model as compiled" if source.kind == "setup" else source.kind
+
+
+def _final_fit(journal, trained):
+    """The `FitRecord` of the training `trained` is (a `fit`) or ends with (`fine_tune`'s last `fit`), or None."""
+    if trained is None or isinstance(trained, FitRecord):
+        return trained
+    index = next(position for position, result in enumerate(journal) if result is trained)
+    return next((result for result in reversed(journal[journal.start : index]) if result.kind == "fit"), None)
+
+
+def _trained_at(journal, fit):
+    """The values `fit` trained at, `{name: {"value", "stage"}}`, from its call (what it read, overrides included).
+
+    A value given to the training (an override of `fit`, `fine_tune`'s
+    rate) is named by that stage; a settled one by the latest stage before
+    the training that settled that value.
+    """
+    call = fit.call or {}
+    index = next(position for position, result in enumerate(journal) if result is fit)
+    earlier = journal[journal.start : index]
+    given = dict(call.get("arguments", {}).get("overrides", {}))
+    stage = call.get("parent") or "fit"
+    settled = {}
+    for name, value in dict(call.get("read", fit.hyperparameters)).items():
+        source = next((result for result in reversed(earlier) if result.settles().get(name, object()) == value), None)
+        settled[name] = {"value": value, "stage": stage if name in given or source is None else _source_name(source)}
+    bounds = ((fit.schedule or {}).get("config") or {}).get("lr_bounds")
+    if "learning_rate" not in settled and bounds is not None:  # One cycle: the schedule set every step's rate.
+        source = next((result for result in reversed(earlier) if "learning_rate" in result.settles()), None)
+        settled["learning_rate"] = {
+            "value": [float(bound) for bound in bounds],
+            "stage": stage if source is None else _source_name(source),
+            "schedule": fit.schedule["name"],
+        }
+    return settled
+
+
+def _decision(name, entry):
+    if "schedule" in entry:
+        lower, upper = entry["value"]
+        return f"{_WORDS.get(name, name)} {entry['schedule']} {lower:.3g} to {upper:.3g} ({entry['stage']})"
+    return f"{_WORDS.get(name, name)} {_shown(entry['value'])} ({entry['stage']})"
 
 
 def _shown(value):

@@ -27,11 +27,14 @@ import itertools
 import json
 import os
 import time
+import uuid
 
 import keras
 import numpy as np
 
 from keras_playbook import _validation as validation
+from keras_playbook._fingerprints import weights_fingerprint
+from keras_playbook._folder import collect_garbage, remove_backup
 from keras_playbook._journal import stale_reason, to_builtin
 from keras_playbook._session import users_random_state
 from keras_playbook.callbacks import StepProgress, restore_momentum
@@ -69,6 +72,12 @@ class StageSpec:
             training). `plan_calls` runs it for every call of a plan before
             any stage runs, and the runner before a stage called by hand
             changes anything.
+        read_back: `read_back(result, session)`, for a training stage that
+            leaves the model more than its weights (layers frozen or
+            thawed, an optimizer of its own): gives the model that from the
+            recorded `result` when `run` reads the stage back, before the
+            weights it saved are loaded (Keras's `load_weights` then puts the
+            optimizer's saved state into the optimizer it belongs to).
     """
 
     name: str
@@ -81,6 +90,7 @@ class StageSpec:
     returns_value: bool = False
     trains: bool = False
     check: object = None
+    read_back: object = None
 
     def given_values(self, arguments):
         return dict(self.given(arguments)) if self.given is not None else {}
@@ -181,8 +191,8 @@ class StageContext:
         """KerasTuner's folder (by default `<Playbook directory>/tuning`), callbacks and display for a search."""
         if callbacks is not None and not isinstance(callbacks, (list, tuple)):
             raise TypeError(f"{self.spec.name}: `callbacks` must be a list of callbacks. Received: {callbacks!r}.")
-        if directory is None and self.directory is not None:
-            directory = os.path.join(self.directory, "tuning")
+        if directory is None and self._runner.folder is not None:
+            directory = os.path.join(self._runner.folder, "tuning")
         return {"directory": directory, "callbacks": self.callbacks(callbacks or []), "verbose": self.verbose}
 
     def optimizer_changes(self):
@@ -213,17 +223,39 @@ class Runner:
         signature: A function `signature(name) -> inspect.Signature` of the
             stage's public method, where its arguments' defaults are declared.
         seed, verbose, directory: The Playbook's.
+        lease: The Playbook's `_lock.Lease`, checked at the start of every
+            call; None checks nothing. For a KerasTuner worker (whose lease
+            does not write) the runner writes nothing of its own in
+            `directory` (weights, backups); its searches still share
+            `<directory>/tuning`.
+
+    Attributes:
+        left_weights: A digest (`weights_fingerprint`) of the weights the
+            library last left the model with in this process: as the
+            Playbook started, after each stage call (also an interrupted
+            one) and after `run()` loaded or restored weights. `run()`
+            refuses to overwrite weights that are neither these nor those
+            the journal's last training stage saved.
     """
 
-    def __init__(self, session, journal, pipelines, signature, *, seed, verbose, directory):
+    def __init__(self, session, journal, pipelines, signature, *, seed, verbose, directory, lease=None):
         self.session = session
         self.signature = signature
         self.journal = journal
         self.pipelines = pipelines
         self.seed = seed
         self.verbose = verbose
-        self.directory = directory
+        self.lease = lease
+        self.directory = directory if lease is None or lease.writes else None
+        self.folder = directory  # The Playbook's, for the searches' default folder.
         self._untrained_losses = {}
+        self.left_weights = None
+        self.keep_left_weights()
+
+    def keep_left_weights(self):
+        """Takes the model's weights as they are now as what the library left (see `left_weights`)."""
+        self.left_weights = weights_fingerprint(self.session.model.get_weights())
+        return self.left_weights
 
     def complete(self, name, arguments):
         """`arguments` of stage `name` with the defaults of the rest.
@@ -307,6 +339,8 @@ class Runner:
             The stage's result (or, for a stage with `returns_value`, the value
             it returns, e.g. `fit`'s History).
         """
+        if self.lease is not None:  # Refused once another Playbook (or process) took the folder over.
+            self.lease.check(name)
         spec = STAGES[name]
         spec.check_arguments(arguments, self.session)  # Before anything changes.
         restore_momentum(self.session.model)  # Healed if an interrupted bare OneCycle left it cycling.
@@ -315,6 +349,9 @@ class Runner:
         context = StageContext(self, spec, values, key)
         if spec.trains:  # Only a training stage checkpoints under it.
             context.call_key = self._call_key(name, arguments, values)
+        train = self.pipelines(None)[0]
+        if train.epoch_counter is not None:  # Data orders drawn from (seed, pass within this call): the same
+            train.epoch_counter.assign(0)  # call draws the same ones, whatever this process ran before.
         start = time.perf_counter()
         try:
             with users_random_state() if spec.random_state else contextlib.nullcontext():
@@ -323,6 +360,7 @@ class Runner:
                 output = spec.function(context, **arguments)
         finally:
             steps = _STEPS.pop(key, 0)
+            self.keep_left_weights()  # Also after Ctrl-C: what the library left is not the user's training.
         result, returned = output if spec.returns_value else (output, output)
         weights = None
         if spec.trains and self.directory is not None:
@@ -338,14 +376,24 @@ class Runner:
             "steps": steps,
             "parent": parent,
             "weights": weights,
+            **({"weights_digest": self.left_weights} if spec.trains else {}),  # What `run()` compares with.
         }
         self.journal.append(result)
+        if self.directory is not None:
+            if context.call_key is not None:  # Recorded: its backup has nothing left to resume.
+                remove_backup(self.directory, context.call_key)
+            if parent is None:  # No training in progress: files no record refers to go.
+                collect_garbage(self.directory, self.journal)
         return returned
 
     def _call_key(self, name, arguments, values):
-        """A digest of a call and of the journal before it: the same call at the same point has the same key."""
+        """A digest of a call, of its journal (`Journal.id`) and of its point in it: the same call there, the same key.
+
+        The key names the call's backup (`<directory>/backup/<key>`): only
+        the same call at the same point of the same journal resumes it.
+        """
         identity, _ = call_identity(call_arguments(arguments))
-        text = json.dumps([name, identity, to_builtin(values), len(self.journal)], sort_keys=True)
+        text = json.dumps([self.journal.id, name, identity, to_builtin(values), len(self.journal)], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def untrained_loss(self, sample, batch_size):
@@ -367,8 +415,12 @@ def _procedure_position(kind):
 
 
 def save_weights(model, directory, name):
-    """Saves the model's weights as `<directory>/weights/<name>.weights.h5`, atomically; returns the relative path."""
-    relative = os.path.join("weights", f"{name}.weights.h5")
+    """Saves the weights as `<directory>/weights/<name>-<token>.weights.h5`, atomically; returns the relative path.
+
+    The random token keeps two saves from ever writing one file (another
+    Playbook, a rerun at the same point of the journal).
+    """
+    relative = os.path.join("weights", f"{name}-{uuid.uuid4().hex[:8]}.weights.h5")
     path = os.path.join(directory, relative)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     temporary = os.path.join(os.path.dirname(path), f".{name}.partial.weights.h5")

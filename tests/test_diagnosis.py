@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_playbook._diagnosis import diagnose
+from keras_playbook import FitRecord
+from keras_playbook._diagnosis import WINDOW, diagnose, too_short
 from keras_playbook.callbacks import CurveDiagnosis
 from tests import helpers
 
@@ -153,6 +154,7 @@ def test_curve_diagnosis_callback_stops_on_divergence(strategy):
         "stop_on_divergence": True,
         "schedule": None,
         "verbose": 0,
+        "initial_loss": None,
     }
 
 
@@ -225,3 +227,92 @@ def test_a_converged_validation_loss_bouncing_in_its_noise_is_not_overfitting():
         "val_loss": [0.1732, 0.1126, 0.07, 0.0325, 0.0213, 0.0196, 0.0168, 0.0253, 0.0174, 0.0242],
     }
     assert [finding.kind for finding in diagnose(history)] == []
+
+
+def _kinds(findings):
+    return [finding.kind for finding in findings]
+
+
+def test_a_short_run_worse_than_untrained_is_told_at_any_length():
+    # The runs of issue 22: 2 epochs at lr 5, 1 epoch at lr 55, against an untrained 2.51.
+    (finding,) = diagnose({"loss": [976.6, 5.23], "val_loss": [8.29, 5.63]}, initial_loss=2.51)
+    assert finding.kind == "rate_too_high" and not finding.evidence["recovered"] and finding.epochs == [1, 2]
+    assert finding.evidence["final_val_loss"] == 5.63 and "too high" in finding.advice
+    (finding,) = diagnose({"loss": [1.1e5], "val_loss": [73.3]}, initial_loss=2.51)
+    assert finding.kind == "rate_too_high" and not finding.evidence["recovered"] and finding.epochs == [1]
+    # A training loss near the start while the validation loss ends far above it: worse than untrained too.
+    (finding,) = diagnose({"loss": [2.45, 2.4], "val_loss": [4.0, 5.63]}, initial_loss=2.51)
+    assert finding.kind == "rate_too_high" and not finding.evidence["recovered"] and "validation 5.63" in finding.advice
+    # A first epoch above the start, then below it: told, but recovered (not a failed run).
+    (finding,) = diagnose({"loss": [5.2, 1.5], "val_loss": [2.16, 1.9]}, initial_loss=2.32)
+    assert finding.evidence["recovered"] and "recovered" in finding.advice
+    # Healthy short runs, and short runs without the loss before training: nothing to say.
+    assert diagnose({"loss": [2.31, 2.19], "val_loss": [2.27, 2.18]}, initial_loss=2.32) == []
+    assert diagnose({"loss": [2.31], "val_loss": [2.27]}, initial_loss=2.32) == []
+    assert diagnose({"loss": [976.6, 5.23], "val_loss": [8.29, 5.63]}) == []
+    assert diagnose({"loss": [976.6, 5.23]}, initial_loss=float("nan")) == []
+
+
+def test_worse_than_untrained_compares_differences_so_negative_losses_are_judged_right():
+    # A loss that goes negative (a log-likelihood, a similarity) is judged by how far it moved, not by a
+    # ratio to its start: -1.2 against a start of -1.0 is better (a ratio of 1.2 would call it worse)...
+    assert diagnose({"loss": [-1.05, -1.2]}, initial_loss=-1.0) == []
+    assert diagnose({"loss": [0.3, -0.4], "val_loss": [0.2, -0.5]}, initial_loss=0.5) == []
+    # ...and -0.4 against -1.0 is worse (a ratio of 0.4 would call it better).
+    (finding,) = diagnose({"loss": [-0.5, -0.4]}, initial_loss=-1.0)
+    assert finding.kind == "rate_too_high" and not finding.evidence["recovered"]
+    # The same rule at every length: a long run whose loss went negative is not worse than untrained.
+    falling = list(0.5 - 0.2 * np.arange(12))
+    assert "rate_too_high" not in _kinds(diagnose({"loss": falling}, initial_loss=0.5))
+
+
+def test_a_nan_in_a_short_run_is_diverged():
+    (finding,) = diagnose({"loss": [float("nan")]}, initial_loss=2.3)
+    assert finding.kind == "diverged" and finding.epochs == [1]
+    (finding,) = diagnose({"loss": [2.2, 2.0], "val_loss": [2.1, float("inf")]}, initial_loss=2.3)
+    assert finding.kind == "diverged" and finding.epochs == [2]
+
+
+def test_a_three_epoch_run_recovers_on_the_epochs_after_the_first():
+    # The first epoch's own loss is not part of "did it recover".
+    (finding,) = diagnose({"loss": [40.0, 2.0, 1.8], "val_loss": [3.0, 1.9, 1.7]}, initial_loss=2.3)
+    assert finding.kind == "rate_too_high" and finding.evidence["recovered"]
+
+
+def test_too_short_says_what_needs_more_epochs():
+    note = too_short(2)
+    assert note.startswith("2 epochs: too few to judge") and "overfitting" in note and "plateau" in note
+    assert f"needs {WINDOW}" in note and "worse than the untrained" in note
+    assert too_short(1).startswith("1 epoch:") and "untrained" not in too_short(1, untrained_known=False)
+    assert too_short(WINDOW) == "" and too_short(30) == ""
+
+
+class _History:
+    def __init__(self, history):
+        self.history = history
+
+
+def test_a_short_record_is_ok_when_healthy_and_says_what_it_could_not_check():
+    curves = {"loss": [2.31, 2.19], "val_loss": [2.27, 2.18]}
+    findings = [f.to_dict() for f in diagnose(curves, initial_loss=2.32)]
+    record = FitRecord.from_history(_History(curves), {"learning_rate": 1e-3}, findings=findings, initial_loss=2.32)
+    assert record.ok and record.message.startswith("Trained 2 epochs") and too_short(2) in record.message
+    bad = {"loss": [976.6, 5.23], "val_loss": [8.29, 5.63]}
+    findings = [f.to_dict() for f in diagnose(bad, initial_loss=2.51)]
+    record = FitRecord.from_history(_History(bad), {"learning_rate": 5.0}, findings=findings, initial_loss=2.51)
+    assert not record.ok and record.message.startswith("Training did not work") and "rate_too_high" in record.message
+    long = {"loss": list(2.3 * 0.7 ** np.arange(8)), "val_loss": list(2.3 * 0.7 ** np.arange(8) + 0.1)}
+    record = FitRecord.from_history(_History(long), {}, initial_loss=2.3)
+    assert "too few" not in record.message
+
+
+def test_curve_diagnosis_given_the_loss_before_training_tells_a_bad_first_epoch():
+    diagnosis = CurveDiagnosis(verbose=0, initial_loss=2.3)
+    diagnosis.on_train_begin()
+    diagnosis.on_epoch_end(0, {"loss": 900.0, "val_loss": 8.0})
+    assert _kinds(diagnosis.findings) == ["rate_too_high"]
+    assert CurveDiagnosis(**diagnosis.get_config()).initial_loss == 2.3
+    unknown = CurveDiagnosis(verbose=0)
+    unknown.on_train_begin()
+    unknown.on_epoch_end(0, {"loss": 900.0, "val_loss": 8.0})
+    assert unknown.findings == []

@@ -303,3 +303,123 @@ def test_phase_2_starts_from_the_optimizer_as_compiled_not_as_a_run_left_it(pret
     assert seen == [("Adam", None, epsilon), ("DiscriminativeOptimizer", None, epsilon)]
     inner = innermost_optimizer(pb.model.optimizer)
     assert float(read_value(inner.learning_rate)) == pytest.approx(1e-3)
+
+
+# Reading fine_tune back (a new process running the same plan) --------------------------------------------------------
+
+_FINE_TUNE = {"head_epochs": 1, "epochs": 2, "head_learning_rate": 1e-2, "verbose": 0}
+
+
+def _fine_tuning_playbook(pretrained, data, directory, strategy=None):
+    keras.utils.set_random_seed(0)  # As a new process builds it: the same backbone file, the same head.
+    return Playbook.for_fine_tuning(
+        _backbone(),
+        5,
+        data["train"],
+        data["val"],
+        weights=pretrained["folder"] / "backbone.weights.h5",
+        batch_size=16,
+        strategy=strategy,
+        directory=directory,
+        verbose=0,
+    )
+
+
+def _ending(pb):
+    """What the model holds besides the journal: trainability (containers too), optimizer and its state, weights."""
+    from keras_playbook.callbacks.monitors import leaf_layers
+
+    model = pb.model
+    layers = [model, model.get_layer("backbone"), *leaf_layers(model)]
+    optimizer = model.optimizer
+    return {
+        "trainable": [(layer.name, layer.trainable) for layer in layers],
+        "optimizer": type(optimizer).__name__,
+        "multipliers": dict(getattr(optimizer, "multipliers", {})),
+        "iterations": int(read_value(optimizer.iterations)),
+        "state": [np.array(read_value(v)) for v in optimizer.variables],
+        "weights": [np.array(w) for w in model.get_weights()],
+    }
+
+
+def _assert_same_ending(got, want):
+    assert got["trainable"] == want["trainable"]
+    assert (got["optimizer"], got["multipliers"], got["iterations"]) == (
+        want["optimizer"],
+        want["multipliers"],
+        want["iterations"],
+    )
+    helpers.assert_same_values(want["state"], got["state"])
+    helpers.assert_same_values(want["weights"], got["weights"])
+
+
+def _recorded_on_disk(directory):
+    import json
+
+    results = json.loads((directory / "journal.json").read_text())["results"]
+    return [result for result in results if result["kind"] == "fine_tune"][-1]
+
+
+def test_a_fine_tune_read_back_gives_back_trainability_and_the_optimizer_with_its_state(
+    strategy, pretrained, digits, tmp_path
+):
+    data = _split(digits, 5)
+    plan = [("fine_tune", {**_FINE_TUNE, "learning_rate": 1e-3})]
+    first = _fine_tuning_playbook(pretrained, data, tmp_path, strategy)
+    first.run(1, plan=plan)
+    want = _ending(first)
+    assert want["optimizer"] == "DiscriminativeOptimizer" and want["iterations"] > 0
+    assert ("block1_bn", False) in want["trainable"] and ("block1_conv", True) in want["trainable"]
+    on_disk = _recorded_on_disk(tmp_path)
+    assert on_disk["ok"]
+    assert dict(on_disk["trainable"])["backbone/block2_bn"] is False
+    assert dict(on_disk["trainable"])["backbone/block2_conv"] is True
+    assert on_disk["optimizer"]["kind"] == "discriminative"
+    assert on_disk["optimizer"]["config"]["config"]["multipliers"] == want["multipliers"]
+
+    # A new process: a model built afresh, trainable everywhere, with a plain Adam; the same folder and plan.
+    second = _fine_tuning_playbook(pretrained, data, tmp_path, strategy)
+    assert type(second.model.optimizer).__name__ == "Adam"
+    assert all(trainable for _, trainable in _ending(second)["trainable"])
+    result = second.run(1, plan=plan)
+    assert [step["skipped"] for step in result.steps] == [True]
+    _assert_same_ending(_ending(second), want)
+
+    # A fit after it trains with the DiscriminativeOptimizer from its state, BatchNormalization still frozen.
+    seen = []
+
+    class _Seen(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            optimizer = self.model.optimizer
+            frozen = [layer.trainable for layer in self.model.get_layer("backbone").layers[1::2]]
+            seen.append((type(optimizer).__name__, int(read_value(optimizer.iterations)), frozen))
+
+    batch_norm = [np.array(w) for w in second.model.get_layer("backbone").get_layer("block1_bn").get_weights()]
+    fit = ("fit", {"epochs": 1, "learning_rate": 1e-3, "callbacks": [_Seen()], "verbose": 0})
+    result = second.run(1, plan=[*plan, fit])
+    assert [step["skipped"] for step in result.steps] == [True, False]
+    assert seen == [("DiscriminativeOptimizer", want["iterations"], [False, False])]
+    assert int(read_value(second.model.optimizer.iterations)) > want["iterations"]
+    after = second.model.get_layer("backbone").get_layer("block1_bn").get_weights()
+    helpers.assert_same_values(batch_norm, after)  # Inference mode: the pretrained statistics stay.
+
+
+def test_a_fine_tune_read_back_whose_phase_2_did_not_improve_gives_back_what_the_model_held(
+    pretrained, digits, tmp_path
+):
+    data = _split(digits, 5)
+    # A base rate far too high for Adam: phase 2 wrecks the backbone.
+    plan = [("fine_tune", {**_FINE_TUNE, "head_epochs": 2, "learning_rate": 3.0})]
+    first = _fine_tuning_playbook(pretrained, data, tmp_path)
+    recorded = first.run(1, plan=plan) and first.journal.latest("fine_tune")
+    assert not recorded.ok
+    want = _ending(first)  # Phase 1's weights, phase 2's optimizer (and its state) and trainability.
+    assert want["optimizer"] == "DiscriminativeOptimizer"
+    assert not _recorded_on_disk(tmp_path)["ok"]
+
+    second = _fine_tuning_playbook(pretrained, data, tmp_path)
+    result = second.run(1, plan=plan)
+    assert [step["skipped"] for step in result.steps] == [True]
+    _assert_same_ending(_ending(second), want)
+    val_loss = second.model.evaluate(*data["val"], verbose=0, return_dict=True)["loss"]
+    assert val_loss == pytest.approx(recorded.head_best, rel=1e-3)  # Phase 1's best epoch, read back.

@@ -281,7 +281,7 @@ def test_sanity_checks_start_from_the_initial_weights_and_measurements_from_the_
 
 def test_a_new_playbook_on_the_same_directory_carries_the_journal_on(digits, tmp_path):
     pb = _playbook(None, digits, directory=tmp_path)
-    found = pb.find_lr(num_steps=20, repeats=1)
+    found = pb.find_lr(num_steps=60, repeats=1)  # 20 steps fail on some draws of the builder
     path = tmp_path / "journal.json"
     with pytest.warns(UserWarning, match="starts from the ones saved in"):  # Rebuilt: other initial weights.
         again = _playbook(None, digits, directory=tmp_path)  # The same set-up, built again (another model name).

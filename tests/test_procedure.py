@@ -329,3 +329,88 @@ def test_a_journal_whose_saved_weights_are_missing_is_refused_before_any_compute
     result = pb.run(epochs=1, plan=plan, rerun_from="fit")
     assert [step["skipped"] for step in result.steps] == [True, False]
     assert (tmp_path / pb.journal.latest("fit").weights).exists()
+
+
+# What trained, and training by hand -------------------------------------------------------------
+
+SWEEP_AND_FIT = [
+    ("find_lr", {"repeats": 1, "num_steps": 40}),
+    ("sweep_momentum", {"num_steps": 10, "values": [0.95, 0.9]}),
+    ("fit", {"epochs": 1, "verbose": 0}),
+]
+
+
+def test_run_reports_the_values_its_final_fit_trained_at(digits, tmp_path):
+    pb = _playbook(digits, directory=tmp_path, optimizer=keras.optimizers.Adam(1e-3))
+    first = pb.run(epochs=1, plan=SWEEP_AND_FIT)
+    trained_at = pb.journal.latest("fit").hyperparameters["beta_1"]
+    assert first.settled["beta_1"] == {"value": trained_at, "stage": "sweep_momentum"}
+    by_hand = pb.sweep_momentum(num_steps=10, values=[0.7, 0.6])  # Settles another beta_1 in the journal.
+    assert pb.journal.settled()["beta_1"] == by_hand.best_value != trained_at
+
+    # Read back: the fit trained at the first sweep's value, and the result says so (not the journal's latest).
+    again = pb.run(epochs=1, plan=SWEEP_AND_FIT)
+    assert all(step["skipped"] for step in again.steps)
+    assert again.settled["beta_1"] == {"value": trained_at, "stage": "sweep_momentum"}
+    assert f"beta_1 {trained_at:.3g} (sweep_momentum)" in again.message
+    assert again.settled["learning_rate"]["stage"] == "find_lr"
+
+    # Run again: the fit now trains at the value swept by hand, and the optimizer held it during training.
+    seen = []
+    plan = SWEEP_AND_FIT[:-1] + [("fit", {"epochs": 1, "verbose": 0})]
+    watch = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(pb.model.optimizer.beta_1))
+    plan[-1][1]["callbacks"] = [watch]
+    rerun = pb.run(epochs=1, plan=plan, rerun_from="fit")
+    record = pb.journal.latest("fit")
+    assert record.hyperparameters["beta_1"] == by_hand.best_value == pytest.approx(seen[0])
+    assert rerun.settled["beta_1"] == {"value": by_hand.best_value, "stage": "sweep_momentum"}
+    # An override given to fit is named as such.
+    given = pb.run(epochs=1, plan=SWEEP_AND_FIT[:-1] + [("fit", {"epochs": 1, "verbose": 0, "beta_1": 0.8})])
+    assert given.settled["beta_1"] == {"value": 0.8, "stage": "fit"}
+
+
+def test_run_refuses_to_overwrite_a_model_trained_by_hand(digits, tmp_path):
+    plan = ["check_initial_loss", ("fit", {"epochs": 1, "verbose": 0})]
+    pb = _playbook(digits, directory=tmp_path)
+    pb.run(epochs=1, plan=plan)
+    pb.model.fit(digits["x_train"][:64], digits["y_train"][:64], epochs=1, verbose=0)  # Not through the journal.
+    hand_trained, on_disk = pb.model.get_weights(), (tmp_path / "journal.json").read_text()
+    for rerun_from in (None, "fit", "check_initial_loss"):  # Read back (loads the fit's weights), or restarts.
+        with pytest.raises(ValueError, match=r"changed outside the journal.*pb\.fit.*save_weights.*overwrite=True"):
+            pb.run(epochs=1, plan=plan, rerun_from=rerun_from)
+        helpers.assert_same_values(hand_trained, pb.model.get_weights())
+        assert (tmp_path / "journal.json").read_text() == on_disk
+
+    # The same without a directory: nothing saved, what the Playbook last left is the reference.
+    memory = _playbook(digits)
+    memory.run(epochs=1, plan=plan)
+    memory.run(epochs=1, plan=plan)  # What the library left: not refused.
+    memory.model.fit(digits["x_train"][:64], digits["y_train"][:64], epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="changed outside the journal"):
+        memory.run(epochs=1, plan=plan)
+
+    # A new Playbook on the folder (a new process) starts from the initial weights: never refused.
+    fresh = _playbook(digits, directory=tmp_path)
+    assert all(step["skipped"] for step in fresh.run(epochs=1, plan=plan).steps)
+
+
+def test_run_after_an_interrupted_fit_is_not_refused(digits, tmp_path):
+    def interrupt(epoch, logs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    plan = ["check_initial_loss", ("fit", {"epochs": 3, "verbose": 0})]
+    pb = _playbook(digits, directory=tmp_path)
+    pb.run(epochs=3, plan=plan)
+    with pytest.raises(KeyboardInterrupt):
+        pb.fit(epochs=3, verbose=0, callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=interrupt)])
+    result = pb.run(epochs=3, plan=plan)  # The library left the model so: not the user's training.
+    assert [step["skipped"] for step in result.steps] == [True, True]
+    saved = keras.models.clone_model(pb.model)
+    saved.load_weights(tmp_path / pb.journal.latest("fit").weights)
+    helpers.assert_same_values(saved.get_weights(), pb.model.get_weights())
+    # Interrupted with nothing on record yet: the rerun starts from the initial weights, not refused either.
+    memory = _playbook(digits)
+    with pytest.raises(KeyboardInterrupt):
+        memory.fit(epochs=3, verbose=0, callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=interrupt)])
+    assert memory.run(epochs=1, plan=["check_initial_loss", ("fit", {"epochs": 1, "verbose": 0})]).ok

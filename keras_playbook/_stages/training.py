@@ -15,13 +15,17 @@ References:
 import contextlib
 import csv
 import json
+import math
 import os
+import pickle
+import warnings
 
 import keras
 
 from keras_playbook import _data as data_module
 from keras_playbook import _validation as validation
 from keras_playbook._diagnosis import diagnose
+from keras_playbook._folder import backup_folder
 from keras_playbook._records import FitRecord
 from keras_playbook._runner import HYPERPARAMETERS, OPTIMIZER_SETTINGS, SEARCHED, loss_on, stage
 from keras_playbook._session import innermost_optimizer
@@ -300,26 +304,27 @@ def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, overr
         watching = watchers(model, lambda: source.sample(2, seed=ctx.seed)[:2], scheduler, reference_loss=untrained)
     keep_best = []
     if restore_best:
-        keep_best = [
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss" if validation_data is not None else "loss",
-                mode="min",
-                patience=int(epochs) + 1,
-                restore_best_weights=True,
-            )
-        ]
-    backup = _Backup(ctx) if ctx.directory is not None else None
+        keep_best = [BestWeights(monitor="val_loss" if validation_data is not None else "loss")]
     every = ([scheduler] if scheduler is not None else []) + list(callbacks or []) + watching + keep_best
-    with restored_on_interruption(every):
-        history = model.fit(
-            train_data.dataset,
-            validation_data=None if validation_data is None else validation_data.dataset,
-            epochs=int(epochs),
-            callbacks=ctx.callbacks(every + (backup.callbacks() if backup else [])),
-            shuffle=False,  # The pipeline reshuffles arrays itself.
-            verbose=verbose,
-        )
+    backup = None
+    if ctx.directory is not None:
+        backup = TrainingBackup(backup_folder(ctx.directory, ctx.call_key), every)
+    ordering = [] if train_data.epoch_callback() is None else [train_data.epoch_callback()]
+    try:
+        with restored_on_interruption(every):
+            history = model.fit(
+                train_data.dataset,
+                validation_data=None if validation_data is None else validation_data.dataset,
+                epochs=int(epochs),
+                callbacks=ctx.callbacks(ordering + every + (backup.callbacks() if backup else [])),
+                shuffle=False,  # The pipeline reshuffles arrays itself.
+                verbose=verbose,
+            )
+    finally:
+        model._initial_epoch = None  # Keras's BackupAndRestore leaves it set: a later fit would start there.
+    resumed_at = 0
     if backup is not None:
+        resumed_at = backup.resumed_at
         backup.complete(history)
     record = FitRecord.from_history(
         history,
@@ -334,44 +339,145 @@ def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, overr
         ),
         initial_loss=initial_loss,
         restored_best=bool(restore_best),
+        resumed_from=resumed_at or None,
     )
     return record, history
 
 
-class _Backup:
-    """Keras's `BackupAndRestore` for one fit call, and a `CSVLogger` so a resumed run's record has every epoch."""
+class BestWeights(ConfigurableCallback):
+    """Gives the model the weights of its best epoch when training ends, also after a resume.
 
-    def __init__(self, ctx):
-        folder = os.path.join(ctx.directory, "backup")
-        os.makedirs(folder, exist_ok=True)
-        self.directory = os.path.join(folder, ctx.call_key)
-        self.curves = os.path.join(folder, f"{ctx.call_key}.csv")
-        metadata = os.path.join(self.directory, "training_metadata.json")
+    Keras's `EarlyStopping(restore_best_weights=True)` does this for one
+    uninterrupted `fit` (without stopping early here); its best value and
+    weights live in memory only, so a `fit` resumed from a backup would pick
+    the best of the epochs after the resume. This one keeps them as
+    resumable state (`resume_state`); `TrainingBackup` writes the weights
+    beside its backup. The best epoch is the first with the lowest (or, for
+    `mode="max"`, the highest) `monitor`, as `FitRecord.best_epoch` counts it.
+
+    Args:
+        monitor: The logged value to judge epochs on, e.g. "val_loss".
+        mode: "min" or "max".
+
+    Example:
+
+    ```python
+    model.fit(x, y, validation_split=0.2, epochs=20, callbacks=[BestWeights("val_loss")])
+    ```
+    """
+
+    resume_state = ("best", "best_epoch", "best_weights")
+
+    def __init__(self, monitor="val_loss", mode="min"):
+        super().__init__()
+        if mode not in ("min", "max"):
+            raise ValueError(f"BestWeights: argument `mode` must be 'min' or 'max'. Received: mode={mode!r}.")
+        self.monitor = monitor
+        self.mode = mode
+        self.best = None
+        self.best_epoch = None
+        self.best_weights = None
+
+    def on_train_begin(self, logs=None):
+        self.best, self.best_epoch, self.best_weights = None, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        value = float(value)
+        if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
+            self.best, self.best_epoch, self.best_weights = value, epoch + 1, self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+    def get_config(self):
+        return {"monitor": self.monitor, "mode": self.mode}
+
+
+class TrainingBackup(keras.callbacks.BackupAndRestore):
+    """Keras's `BackupAndRestore`, plus what else makes a resumed `fit` the same training.
+
+    After every epoch, before Keras writes the weights and the optimizer,
+    the state of the callbacks that build one up (`ConfigurableCallback.
+    get_state`: a schedule's best value and patience, the watchers'
+    windows and findings, the best epoch's weights) is written as
+    `state-<epochs done>.pkl` in the same folder, so whichever epoch the
+    backup holds, the state of that epoch is there; the two latest are
+    kept. A resumed `fit` puts it back after Keras has restored the weights.
+    The backup is not deleted at the end of training (`delete_checkpoint=
+    False`): the runner removes it once the journal holds the record, so a
+    kill after the last epoch (or before the record is written) resumes
+    with nothing left to train. A `CSVLogger` beside it keeps every epoch's
+    logs for the record (`complete`).
+
+    Args:
+        folder: The backup folder (`backup_folder`).
+        callbacks: The fit's other callbacks; those with `get_state` have
+            their state saved and put back.
+    """
+
+    def __init__(self, folder, callbacks):
+        super().__init__(folder, double_checkpoint=True, delete_checkpoint=False)
+        self.curves = folder + ".csv"
+        self.stateful = [callback for callback in callbacks if isinstance(callback, ConfigurableCallback)]
         self.resumed_at = 0
-        if os.path.exists(metadata):
-            with open(metadata) as file:
-                self.resumed_at = int(json.load(file).get("epoch", 0))
 
     def callbacks(self):
         # The curves are written before the backup: a kill between the two repeats an epoch, never loses one.
-        return [
-            keras.callbacks.CSVLogger(self.curves, append=True),
-            keras.callbacks.BackupAndRestore(self.directory, double_checkpoint=True),
-        ]
+        os.makedirs(self.backup_dir, exist_ok=True)
+        return [keras.callbacks.CSVLogger(self.curves, append=True), self]
+
+    def _state_path(self, epochs_done):
+        return os.path.join(self.backup_dir, f"state-{epochs_done}.pkl")
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)  # Weights, optimizer and the epoch to start from (model._initial_epoch).
+        self.resumed_at = int(self.model._initial_epoch or 0)
+        if not self.resumed_at:
+            return
+        path = self._state_path(self.resumed_at)
+        if not os.path.exists(path):
+            warnings.warn(
+                f"fit: resuming at epoch {self.resumed_at + 1} from {self.backup_dir} without the callbacks' state "
+                "(written by another version of keras-playbook?): schedules and watchers start afresh.",
+                stacklevel=2,
+            )
+            return
+        with open(path, "rb") as file:
+            states = pickle.load(file)  # Written by `_save_model` below, in this folder only.
+        for callback, state in zip(self.stateful, states):
+            callback.set_state(state)
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        path = self._state_path(self._current_epoch)
+        temporary = path + ".partial"
+        with open(temporary, "wb") as file:
+            pickle.dump([callback.get_state() for callback in self.stateful], file)
+        os.replace(temporary, path)
+        super()._save_model()
+        for name in os.listdir(self.backup_dir):
+            if name.startswith("state-") and name.endswith(".pkl"):
+                if int(name[len("state-") : -len(".pkl")]) < self._current_epoch - 1:
+                    os.remove(os.path.join(self.backup_dir, name))
 
     def complete(self, history):
-        """Gives `history` the epochs run before a resume (from the curves file), then removes the file."""
-        if self.resumed_at and os.path.exists(self.curves):
-            with open(self.curves, newline="") as file:
-                rows = {int(row.pop("epoch")): row for row in csv.DictReader(file)}
-            earlier = [rows[epoch] for epoch in sorted(rows) if epoch < self.resumed_at]
-            history.history = {
-                name: [float(row[name]) for row in earlier if row.get(name) not in (None, "")] + list(values)
-                for name, values in history.history.items()
-            }
-            history.epoch = list(range(len(next(iter(history.history.values()), []))))
-        if os.path.exists(self.curves):
-            os.remove(self.curves)
+        """Gives `history` the epochs run before a resume (from the curves file); the file stays until recorded."""
+        if not self.resumed_at or not os.path.exists(self.curves):
+            return
+        with open(self.curves, newline="") as file:
+            rows = {int(row.pop("epoch")): row for row in csv.DictReader(file)}
+        earlier = [rows[epoch] for epoch in sorted(rows) if epoch < self.resumed_at]
+        names = list(history.history) or [name for name in (earlier[0] if earlier else {})]
+        history.history = {
+            name: [float(row[name]) for row in earlier if row.get(name) not in (None, "")]
+            + list(history.history.get(name, []))
+            for name in names
+        }
+        history.epoch = list(range(len(next(iter(history.history.values()), []))))
 
 
 def _check_fit_arguments(epochs, callbacks, restore_best, overrides):

@@ -5,6 +5,8 @@ both, so a callback can be written into the journal (or any JSON file) and
 rebuilt from it: `type(callback).from_config(callback.get_config())`.
 """
 
+import copy
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -15,11 +17,29 @@ class ConfigurableCallback(keras.callbacks.Callback):
 
     Subclasses return their `__init__` arguments from `get_config()`, as
     JSON-ready values; `from_config` passes them back.
+
+    A callback whose judgement builds up over epochs (a best value, a
+    patience count, the findings so far) names the attributes holding it in
+    `resume_state`: `get_state()` copies them at the end of an epoch and
+    `set_state()` puts them back when a `fit` resumed from a backup starts
+    (Keras's `BackupAndRestore` gives back the weights and the optimizer, not
+    the callbacks' state). The Playbook's `fit` saves it beside its backup.
     """
+
+    resume_state = ()
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    def get_state(self):
+        """A copy of what this callback has built up so far (the attributes named in `resume_state`)."""
+        return {name: copy.deepcopy(getattr(self, name)) for name in self.resume_state}
+
+    def set_state(self, state):
+        """Puts back what `get_state()` returned (called after `on_train_begin` of a resumed `fit`)."""
+        for name, value in state.items():
+            setattr(self, name, copy.deepcopy(value))
 
 
 def arrays_to_config(structure):

@@ -35,6 +35,11 @@ class CurveDiagnosis(ConfigurableCallback):
             or its class name): its planned or earned decays are not
             mistakes (see `diagnose`).
         verbose: 1 prints each new finding.
+        initial_loss: The loss before training (e.g. `model.evaluate` on a
+            training sample before `fit`), or None. With it, a run worse
+            than the untrained model is told from the first epoch on (see
+            `diagnose`); without it, only a NaN or infinite loss is judged
+            before the third epoch.
 
     Attributes:
         findings: The `Finding`s seen so far, in the order they appeared.
@@ -49,13 +54,16 @@ class CurveDiagnosis(ConfigurableCallback):
     ```
     """
 
-    def __init__(self, stop_on_divergence=True, schedule=None, verbose=1):
+    def __init__(self, stop_on_divergence=True, schedule=None, verbose=1, initial_loss=None):
         super().__init__()
         self.stop_on_divergence = bool(stop_on_divergence)
         self.schedule = schedule_name(schedule)
         self.verbose = verbose
+        self.initial_loss = None if initial_loss is None else float(initial_loss)
         self.findings = []
         self._curves = {}
+
+    resume_state = ("findings", "_curves")
 
     def on_train_begin(self, logs=None):
         self.findings, self._curves = [], {}
@@ -67,7 +75,7 @@ class CurveDiagnosis(ConfigurableCallback):
         if "loss" not in self._curves:
             return
         known = {finding.kind for finding in self.findings}
-        for finding in diagnose(self._curves, schedule=self.schedule):
+        for finding in diagnose(self._curves, schedule=self.schedule, initial_loss=self.initial_loss):
             if finding.kind in known:
                 continue
             self.findings.append(finding)
@@ -77,7 +85,12 @@ class CurveDiagnosis(ConfigurableCallback):
                 self.model.stop_training = True
 
     def get_config(self):
-        return {"stop_on_divergence": self.stop_on_divergence, "schedule": self.schedule, "verbose": self.verbose}
+        return {
+            "stop_on_divergence": self.stop_on_divergence,
+            "schedule": self.schedule,
+            "verbose": self.verbose,
+            "initial_loss": self.initial_loss,
+        }
 
 
 class LossComponents(ConfigurableCallback):
@@ -114,6 +127,8 @@ class LossComponents(ConfigurableCallback):
     components.plot().savefig("losses.png")
     ```
     """
+
+    resume_state = ("history",)
 
     def __init__(self, sample, prefix="loss/"):
         super().__init__()

@@ -128,6 +128,20 @@ class UpdateRatioMonitor(ConfigurableCallback):
         self.findings = []
         self._reset()
 
+    resume_state = (
+        "history",
+        "findings",
+        "_flagged",
+        "_outside",
+        "_step",
+        "_before",
+        "_window_ratios",
+        "_window_start",
+        "_next_start",
+        "_fresh",
+        "_first_loss",
+    )
+
     def _reset(self):
         self._flagged = set()
         self._outside = {}  # (layer, direction) -> successive windows outside the band.
@@ -320,6 +334,8 @@ class WeightDecayMonitor(ConfigurableCallback):
         print(finding.advice)
     ```
     """
+
+    resume_state = ("history", "findings", "_flagged", "_step", "_before")
 
     def __init__(self, sample=None, frequency=100, threshold=1.0, verbose=0):
         super().__init__()

@@ -64,13 +64,17 @@ class _PerStepSchedule(ConfigurableCallback):
     Subclasses define `_start()` (called when training starts, with the model
     and `self.params` known) and `_rates(start, stop)` (the rates of steps
     start..stop-1 as a NumPy array). Steps count from 0 at the start of each
-    `fit`; with `steps_per_execution > 1` the rate is set once per execution.
+    `fit`; a `fit` that starts at epoch k (`initial_epoch=k`, or resumed by
+    `BackupAndRestore`) starts at step k x steps per epoch, where an
+    uninterrupted one would be. With `steps_per_execution > 1` the rate is
+    set once per execution.
     """
 
     def __init__(self):
         super().__init__()
         self._epoch_start = 0
         self._seen = 0
+        self._first_epoch = None
         self._last = None
         self._cache_start = 0
         self._cache = np.empty(0)
@@ -103,11 +107,18 @@ class _PerStepSchedule(ConfigurableCallback):
     def on_train_begin(self, logs=None):
         _require_float_learning_rate(self.model.optimizer, type(self).__name__)
         self._epoch_start = self._seen = 0
+        self._first_epoch = None
         self._last = None
         self._cache_start, self._cache = 0, np.empty(0)
         self._start()
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch is None:
+            # A fit that starts at a later epoch (resumed by BackupAndRestore, or `initial_epoch=`) goes on
+            # where the schedule was: its first step is `epoch` epochs of steps in.
+            self._first_epoch = epoch
+            if epoch:
+                self._seen = epoch * self._steps_per_epoch(f"starting at epoch {epoch + 1}")
         self._epoch_start = self._seen
 
     def on_train_batch_begin(self, batch, logs=None):

@@ -130,6 +130,8 @@ class StepDownLR(ConfigurableCallback):
         self.step_downs = []
         self._reset()
 
+    resume_state = ("_best", "_wait", "_cooldown_left", "_recent", "_floor", "step_downs")
+
     def _reset(self):
         self._best = None
         self._wait = 0

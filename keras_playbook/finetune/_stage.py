@@ -21,10 +21,12 @@ import keras
 from matplotlib.figure import Figure
 
 from keras_playbook import _validation as validation
+from keras_playbook._folder import collect_garbage
 from keras_playbook._journal import Result
 from keras_playbook._runner import stage
+from keras_playbook._session import innermost_optimizer
 from keras_playbook.callbacks.monitors import leaf_layers
-from keras_playbook.finetune._discriminative import discriminative, geometric_multipliers
+from keras_playbook.finetune._discriminative import DiscriminativeOptimizer, discriminative, geometric_multipliers
 from keras_playbook.finetune._groups import (
     freeze_to,
     layer_groups,
@@ -50,9 +52,21 @@ class FineTuneResult(Result):
         head_history, history: Per-epoch curves of each phase.
         monitor: The curve the phases are compared on.
         head_best, best: Best `monitor` value of each phase.
+        trainable: What the model ends with, besides its weights: each leaf
+            layer's path ("backbone/block1_bn") and `trainable` flag, in
+            order (None in journals written before it was recorded).
+        optimizer: The model's optimizer at the end: `kind`
+            ("discriminative", or the class of a plain optimizer) and
+            `config`, its Keras serialization
+            (`keras.saving.serialize_keras_object`; for a
+            `DiscriminativeOptimizer` it holds the inner optimizer's config
+            and the multipliers by variable). Its state (step count,
+            moments) is in the weights file saved with the stage.
 
     `ok` says whether phase 2's best beat phase 1's (else the model keeps
-    phase 1's best weights).
+    phase 1's best weights, with phase 2's optimizer and trainability).
+    Reading the stage back (`Playbook.run`) gives the model all of what it
+    ended with: trainability, optimizer and its state, weights.
     """
 
     kind = "fine_tune"
@@ -70,6 +84,8 @@ class FineTuneResult(Result):
     best: float
     ok: bool
     message: str
+    trainable: list = None
+    optimizer: dict = None
 
     def plot(self):
         """Both phases on one time line: training and validation curves, the phase boundary marked."""
@@ -285,7 +301,95 @@ def _check_fine_tune_arguments(arguments, session):
     check_multipliers(arguments["multipliers"], len(groups), arguments["factor"])
 
 
-@stage("fine_tune", random_state=False, trains=True, check=_check_fine_tune_arguments)
+def _leaf_paths(model, prefix=""):
+    """Each leaf layer's name after the names of the nested models it is in, in `leaf_layers` order."""
+    paths = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            paths += _leaf_paths(layer, f"{prefix}{layer.name}/")
+        else:
+            paths.append(f"{prefix}{layer.name}")
+    return paths
+
+
+def _discriminative_in(optimizer):
+    """The `DiscriminativeOptimizer` among `optimizer` and its wrapped ones (`LossScaleOptimizer`), or None."""
+    while not isinstance(optimizer, DiscriminativeOptimizer) and hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    return optimizer if isinstance(optimizer, DiscriminativeOptimizer) else None
+
+
+def ending_state(model):
+    """What `fine_tune` leaves the model besides its weights, as JSON: `(trainable, optimizer)`.
+
+    `trainable` is `[[layer path, flag], ...]` per leaf layer in order;
+    `optimizer` is `{"kind", "config"}`, the config by
+    `keras.saving.serialize_keras_object` (wrappers included).
+    """
+    trainable = [[path, bool(leaf.trainable)] for path, leaf in zip(_leaf_paths(model), leaf_layers(model))]
+    optimizer = model.optimizer
+    kind = "discriminative" if _discriminative_in(optimizer) else type(innermost_optimizer(optimizer)).__name__
+    return trainable, {"kind": kind, "config": keras.saving.serialize_keras_object(optimizer)}
+
+
+def restore_ending_state(result, session):
+    """Gives the model the trainability and the optimizer a recorded `fine_tune` left it (its `read_back`).
+
+    `Playbook.run` calls it when it reads the stage back, before it loads the
+    weights the stage saved. Each leaf layer gets its recorded `trainable`
+    flag back (by position: the set-up's architecture digest makes the
+    leaf layers the recorded ones, in order, whatever numbers Keras gave
+    unnamed layers); BatchNormalization kept frozen runs in inference mode
+    again. The model is compiled (its own loss and metrics,
+    `Session.compile_like`) with a new optimizer from the recorded config
+    (`keras.saving.deserialize_keras_object`: a `DiscriminativeOptimizer`
+    with its multipliers around its inner optimizer), built over every
+    weight that can train as `fine_tune` built it (`prepare_optimizer`), so
+    that Keras's `load_weights` puts the saved step count and moments into
+    the same variables. A result recorded before these fields existed gives
+    nothing back.
+
+    Raises:
+        ValueError: when the model's layers are not the recorded ones, or
+            the recorded multipliers name variables the model does not
+            have (layers named otherwise now).
+    """
+    model = session.model
+    if result.trainable is not None:
+        leaves = leaf_layers(model)
+        if len(leaves) != len(result.trainable):
+            raise ValueError(
+                f"run: fine_tune is read back, and it recorded {len(result.trainable)} layers where the model has "
+                f"{len(leaves)}. Run it again (rerun_from='fine_tune')."
+            )
+        restore_trainable(model, [(leaf, bool(flag)) for leaf, (_, flag) in zip(leaves, result.trainable)])
+    if result.optimizer is not None:
+        compiled = type(innermost_optimizer(model.optimizer))  # fine_tune's inner optimizer is of this class,
+        with session.scope():  # registered for serialization or not.
+            optimizer = keras.saving.deserialize_keras_object(
+                result.optimizer["config"], custom_objects={compiled.__name__: compiled}
+            )
+        _check_multiplier_names(model, optimizer)
+        session.compile_like(model, optimizer)
+        prepare_optimizer(model)
+
+
+def _check_multiplier_names(model, optimizer):
+    """Refuses a `DiscriminativeOptimizer` whose multipliers name variables the model does not have."""
+    optimizer = _discriminative_in(optimizer)
+    if optimizer is None:
+        return
+    paths = [variable.path for variable in model.weights]
+    missing = [key for key in optimizer.multipliers if not any(p == key or p.endswith("/" + key) for p in paths)]
+    if missing:
+        raise ValueError(
+            f"run: fine_tune is read back, and its learning-rate multipliers name variables the model does not "
+            f"have ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): its layers are named "
+            "otherwise now. Give the layers fixed names, or run it again (rerun_from='fine_tune')."
+        )
+
+
+@stage("fine_tune", random_state=False, trains=True, check=_check_fine_tune_arguments, read_back=restore_ending_state)
 def fine_tune(
     ctx,
     *,
@@ -348,6 +452,7 @@ def fine_tune(
         )
         if not result.ok:  # Phase 2 did not improve on phase 1.
             model.set_weights(head_weights)
+        result.trainable, result.optimizer = ending_state(model)  # What the model holds now, as saved with it.
     return result
 
 
@@ -357,8 +462,8 @@ def _all_or_nothing(ctx):
 
     On any exception (Ctrl-C included) the layers' trainability, the
     model's optimizer (object and state), its weights and the journal (what
-    the stage had appended is taken back) are restored before the exception
-    goes on.
+    the stage had appended is taken back) are restored, and the backups and
+    weights files of its trainings are removed, before the exception goes on.
     """
     model, session = ctx.model, ctx.session
     trainability = trainable_state(model)
@@ -373,6 +478,8 @@ def _all_or_nothing(ctx):
         restore_trainable(model, trainability)
         session.restore(state)
         ctx.journal.truncate(length)
+        if ctx.directory is not None:  # Taken back: no backup of its parts to resume, no weights of them kept.
+            collect_garbage(ctx.directory, ctx.journal)
         raise
 
 

@@ -75,6 +75,13 @@ class GradualUnfreezing(ConfigurableCallback):
         self._trainable_from = len(self.groups) - 1
         freeze_to(self.model, self.groups, self._trainable_from, self.keep_frozen)
 
+    resume_state = ("thawed", "_trainable_from", "_best", "_wait", "_since")
+
+    def set_state(self, state):
+        """Puts back the groups thawed so far (and the plateau count) of a resumed `fit`."""
+        super().set_state(state)
+        freeze_to(self.model, self.groups, self._trainable_from, self.keep_frozen)
+
     def _plateau(self, logs):
         if self.monitor not in logs:
             raise ValueError(f"GradualUnfreezing: the logs have no {self.monitor!r}. Available: {sorted(logs)}.")

@@ -140,6 +140,7 @@ def test_healthy_runs_with_the_librarys_own_schedules_are_ok():
     )
     pb.find_lr()
     for schedule in ("one_cycle", "step_down", None):
+        pb.model.set_weights(pb.session.initial_weights)  # Each schedule judged on a run from scratch.
         pb.fit(20, schedule=schedule, verbose=0)
         record = pb.journal.latest("fit")
         kinds = [finding["kind"] for finding in record.findings]
@@ -215,3 +216,26 @@ def test_fit_leaves_no_setting_of_an_earlier_run_behind(digits):
     optimizer = innermost_optimizer(pb.model.optimizer)
     assert optimizer is not old and optimizer.momentum == pytest.approx(0.9) and optimizer.weight_decay is None
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.05)
+
+
+def test_a_short_run_at_a_destructive_rate_is_not_ok(digits):
+    # Issue 22, item 8: 2 epochs at lr 5 and 1 epoch at lr 55 end far worse than the untrained model.
+    for epochs, rate in ((2, 5.0), (1, 55.0)):
+        pb = _playbook(None, digits)
+        pb.fit(epochs=epochs, learning_rate=rate, verbose=0)
+        record = pb.journal.latest("fit")
+        assert not record.ok and record.message.startswith("Training did not work"), (epochs, record.message)
+        (finding,) = [f for f in record.findings if f["kind"] == "rate_too_high"]
+        assert not finding["evidence"]["recovered"] and finding["evidence"]["initial_loss"] > 0
+        assert finding["evidence"]["final_val_loss"] > 1.1 * finding["evidence"]["initial_loss"]
+        assert f"{epochs} epoch" in record.message and "too few to judge" in record.message
+
+
+def test_a_healthy_short_run_is_ok_and_says_what_it_could_not_check(digits):
+    pb = _playbook(None, digits)  # Adam(1e-3).
+    pb.fit(epochs=2, verbose=0)
+    record = pb.journal.latest("fit")
+    assert record.ok and record.message.startswith("Trained 2 epochs"), record.message
+    assert not [f for f in record.findings if f["kind"] == "rate_too_high"]
+    assert "2 epochs: too few to judge" in record.message and "overfitting" in record.message
+    assert "did not work" not in record.message
