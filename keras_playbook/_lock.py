@@ -11,7 +11,7 @@ aside, then linked in place: it fails when the file exists):
 - in the same process (a notebook running its constructor cell again) the new
   Playbook takes the folder over; the earlier one refuses further stages
   (`RuntimeError`), since its journal in memory no longer says what is on disk;
-- a worker of a distributed KerasTuner search (`KERASTUNER_TUNER_ID` other
+- a worker of a distributed KerasTuner search (`KERASTUNER_ORACLE_IP` set, `KERASTUNER_TUNER_ID` other
   than the chief) takes no lock and never writes the journal: it reads the
   chief's;
 - a stale lock is taken over: on the same host, when its process has ended;
@@ -60,9 +60,14 @@ _heartbeat = None  # The thread refreshing the heartbeats, started with the firs
 
 
 def tuning_worker():
-    """True in a worker of a distributed KerasTuner search: `KERASTUNER_TUNER_ID` set and not the chief's."""
-    tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "")
-    return bool(tuner_id) and "chief" not in tuner_id
+    """True in a worker of a distributed KerasTuner search, as KerasTuner tells it (`dist_utils`).
+
+    A distributed search sets `KERASTUNER_ORACLE_IP` in every process; the
+    chief's `KERASTUNER_TUNER_ID` contains "chief", each worker's another id.
+    """
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return False
+    return "chief" not in os.environ.get("KERASTUNER_TUNER_ID", "")
 
 
 def _when(seconds):

@@ -105,7 +105,7 @@ class Playbook(StageMethods):
             process uses is refused, naming it; in this process, a new
             Playbook on the directory takes it over and the earlier one
             refuses further stages. A worker of a distributed KerasTuner
-            search (`KERASTUNER_TUNER_ID` other than the chief) reads the
+            search (`KERASTUNER_ORACLE_IP` set, `KERASTUNER_TUNER_ID` other than the chief) reads the
             journal and never writes it.
         overwrite: Start a new journal in `directory` even if one is there;
             the old journal and the files it owned (`weights/`, `backup/`,

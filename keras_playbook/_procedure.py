@@ -294,9 +294,8 @@ def _check_model_unchanged(playbook, calls, rerun_from=None):
 
 def _what_run_replaces_weights_with(playbook, calls, rerun_from=None):
     """What `run` would give the model first (in words), following the calls it reads back; None if nothing."""
-    journal, position = playbook.journal, playbook.journal.start + 1
-    for name, arguments in calls:
-        index = None if name == rerun_from else _recorded(journal, name, arguments, position)
+    journal = playbook.journal
+    for name, index in _leading_read_back(journal, calls, rerun_from):
         if index is None:
             return f"give it the state the Playbook started with before running {name}"
         if name in SANITY and not journal[index].ok:  # Runs again on the model as it is: a fix is measured.
@@ -305,8 +304,22 @@ def _what_run_replaces_weights_with(playbook, calls, rerun_from=None):
             return f"take it as what {name} (result {index} of the journal) trained and build on it"
         if STAGES[name].trains:
             return f"give it the weights {name} trained (result {index} of the journal)"
-        position = index + 1
     return None
+
+
+def _leading_read_back(journal, calls, rerun_from=None):
+    """`(name, index)` of the leading calls `run` reads back, in order, then `(name, None)` of the first it runs.
+
+    A sanity stage whose recorded verdict failed is yielded with its index
+    and ends the walk (it runs again); `rerun_from` runs.
+    """
+    position = journal.start + 1
+    for name, arguments in calls:
+        index = None if name == rerun_from else _recorded(journal, name, arguments, position)
+        yield name, index
+        if index is None or (name in SANITY and not journal[index].ok):
+            return
+        position = index + 1
 
 
 def _trains(result):
@@ -324,13 +337,11 @@ def _check_saved_weights(playbook, calls, rerun_from=None):
     Raises:
         ValueError: naming the stage, its place in the journal and the file.
     """
-    journal, position = playbook.journal, playbook.journal.start + 1
-    for name, arguments in calls:
-        index = None if name == rerun_from else _recorded(journal, name, arguments, position)
+    journal = playbook.journal
+    for name, index in _leading_read_back(journal, calls, rerun_from):
         if index is None or (name in SANITY and not journal[index].ok):  # Runs again from here.
             return
         _saved_weights(playbook, journal[index], index)
-        position = index + 1
 
 
 def _saved_weights(playbook, result, index):

@@ -60,6 +60,7 @@ def test_backbone_weights_load_from_local_files(pretrained, digits):
     assert [layer.name for layer in finetune.layer_groups(pb.model, n=3)[-1]] == ["head"]
 
 
+@pytest.mark.slow
 def test_fine_tune_runs_both_phases_and_records_them(strategy, pretrained, digits):
     data = _split(digits, 5)
     pb = Playbook.for_fine_tuning(
@@ -192,6 +193,7 @@ def test_ctrl_c_in_phase_2_restores_everything(strategy, pretrained, digits):
     assert not isinstance(pb.model.optimizer, finetune.DiscriminativeOptimizer)
 
 
+@pytest.mark.slow
 def test_a_phase_2_that_makes_things_worse_is_not_ok_and_keeps_phase_1(pretrained, digits):
     from matplotlib.figure import Figure
 

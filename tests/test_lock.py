@@ -319,6 +319,8 @@ def test_a_kerastuner_worker_takes_no_lock_and_never_writes_the_journal(digits, 
     _write_lock(tmp_path / "shared", 4242, "chief-host.example", time.time())  # The chief, alive on its host.
     journal = (tmp_path / "shared" / "journal.json").read_bytes()
     listing = _files(tmp_path / "shared")
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8000")
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
     worker = _playbook(digits, tmp_path / "shared")  # Not refused; reads the chief's journal.
     assert [result.kind for result in worker.journal] == ["setup", "check_initial_loss"]
@@ -330,6 +332,8 @@ def test_a_kerastuner_worker_takes_no_lock_and_never_writes_the_journal(digits, 
     fresh = _playbook(digits, tmp_path / "fresh")
     fresh.fit(epochs=1)
     assert not (tmp_path / "fresh").exists()
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8000")
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
     _playbook(digits, tmp_path / "chief")
     assert (tmp_path / "chief" / lock_module.LOCK_FILENAME).exists()

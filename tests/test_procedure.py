@@ -51,6 +51,7 @@ def _playbook(digits, strategy=None, directory=None, optimizer=None, **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_run_chains_the_stages_and_fit_trains_at_what_the_journal_settled(strategy, digits, tmp_path):
     pb = _playbook(digits, strategy, directory=tmp_path)
     result = pb.run(epochs=2, plan=TINY_PLAN)
@@ -255,6 +256,7 @@ def _finished_epochs(directory):
     return 0
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = _SCRIPT.format(root=root, pause=0.4)

@@ -28,6 +28,7 @@ import numpy as np
 
 from keras_playbook import _validation as validation
 from keras_playbook._journal import Result, to_builtin
+from keras_playbook._lock import tuning_worker
 from keras_playbook._session import architecture_digest, innermost_optimizer
 from keras_playbook.tuning import analysis
 from keras_playbook.tuning.hypermodel import EPOCHS, WEIGHT_DECAY_MODES, PlaybookTuner
@@ -46,7 +47,7 @@ def tuning_role():
     """ "chief", "worker" or "single", from KerasTuner's `KERASTUNER_*` variables."""
     if "KERASTUNER_ORACLE_IP" not in os.environ:
         return "single"
-    return "chief" if "chief" in os.environ.get("KERASTUNER_TUNER_ID", "") else "worker"
+    return "worker" if tuning_worker() else "chief"
 
 
 def make_objective(objective, session, caller):

@@ -273,7 +273,7 @@ def _weight_decay_message(records, best, adopted, ties, noise, objective, mode, 
     )
     if confirmation is None:
         text += " " + noise_sentence(best, adopted, ties, noise, "weight decay", chosen, len(analysis.scored(records)))
-    elif confirmation["ok"]:
+    else:  # Confirmed or not, the message says what the seeds showed and what is kept.
         text += " " + confirmation_sentence(confirmation, f"weight decay {format_value(chosen)}")
     if mode == "l2":
         text += (

@@ -25,6 +25,7 @@ def _playbook(digits, model=None, strategy=None, optimizer=None):
     )
 
 
+@pytest.mark.slow
 def test_a_large_difference_is_significant(digits, strategy, tmp_path):
     pb = _playbook(digits, strategy=strategy)
     result = pb.compare_seeds(

@@ -129,6 +129,7 @@ def test_divergence_stops_the_test_early(strategy, digits):
     ],
     ids=lambda optimizer: type(optimizer).__name__ + ("+momentum" if getattr(optimizer, "momentum", 0) else ""),
 )
+@pytest.mark.slow
 def test_works_with_each_optimizer(digits, optimizer):
     pb = _playbook(digits, optimizer=optimizer)
     result = pb.find_lr(num_steps=60)

@@ -29,6 +29,7 @@ def _playbook(
     )
 
 
+@pytest.mark.slow
 def test_weight_decay_grid(digits, strategy, tmp_path):
     pb = _playbook(digits, strategy=strategy, directory=tmp_path)
     before = helpers.variables_of(pb.model)
@@ -125,6 +126,7 @@ def test_border_and_epoch_advice(digits):
     assert not result.ok
 
 
+@pytest.mark.slow
 def test_tune_lr_wd_centres_on_find_lr_and_settles(digits, tmp_path):
     pb = _playbook(digits)
     found = pb.find_lr(num_steps=40)

@@ -147,6 +147,7 @@ def test_every_copy_keeps_the_frozen_layers_frozen(strategy, digits, kind):
     assert all(np.array_equal(a, b) for a, b in zip(frozen, after))
 
 
+@pytest.mark.slow
 def test_what_a_configuration_leaves_out_comes_from_the_journal_not_the_live_optimizer(digits, tmp_path):
     from keras_playbook.tuning.hypermodel import base_values, optimizer_hyperparameters
 

@@ -101,6 +101,7 @@ def test_reloading_a_project_with_another_grid_is_refused(digits, tmp_path):
     assert [t.hyperparameters.values["weight_decay"] for t in oracle.trials.values()] == [1e-4]
 
 
+@pytest.mark.slow
 def test_refined_grid_is_centred_on_the_coarse_winner(digits, tmp_path):
     oracle = CoarseToFineOracle(
         [1e-5, 1e-3, 3e-2],
