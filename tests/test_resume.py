@@ -229,3 +229,34 @@ def test_files_no_record_refers_to_are_removed(tmp_path):
     left = set(os.listdir(weights))
     assert len([name for name in left if name.startswith("fit-")]) == 1
     assert os.path.basename(pb.journal.setup.initial_weights["file"]) in left
+
+
+class _KilledBetweenEpochs(keras.callbacks.Callback):
+    """Ends a fit before its third epoch, as a kill would (no handler in the library catches it)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            raise SystemExit("killed")
+
+
+def test_a_fit_resumes_in_a_new_playbook_on_both_strategies(strategy, tmp_path):
+    data = helpers.digits_data(num_train=128, num_val=32)
+
+    def playbook():
+        keras.utils.set_random_seed(3)
+        return _tiny(tmp_path, data, strategy=strategy)
+
+    pb = playbook()
+    call = {"epochs": 4, "schedule": "two_stage", "restore_best": True, "verbose": 0}
+    killer = _KilledBetweenEpochs()  # No get_config: not part of the call, as a kill is not.
+    with pytest.raises(SystemExit):
+        pb.fit(**call, callbacks=[killer])
+    assert [name for name in os.listdir(tmp_path / "backup") if not name.endswith(".csv")]
+    pb = playbook()
+    pb.fit(**call, callbacks=[])
+    record = pb.journal.latest("fit")
+    steps_per_epoch = -(-128 // pb.train_data.global_batch_size)
+    assert record.resumed_from == 3 and record.call["steps"] == 2 * steps_per_epoch  # Only epochs 3 and 4 ran.
+    assert len(record.history["loss"]) == 4 and len(record.history["learning_rate"]) == 4
+    assert record.history["learning_rate"][:2] == pytest.approx([record.history["learning_rate"][0]] * 2)
+    assert not os.listdir(tmp_path / "backup")
