@@ -132,19 +132,32 @@ def _check_order(playbook, calls):
         ran_find_lr = ran_find_lr or name == "find_lr"
 
 
-def _recorded(journal, name, arguments, start):
-    """The index of the recorded call of `name` with `arguments` at or after `start`, or None.
+def _recorded(journal, name, arguments, start, starts_from=None):
+    """The index of the recorded call of `name` with `arguments` at or after `start` to read back, or None.
 
-    Only the first top-level call of `name` from `start` counts: if its
-    arguments differ (by `call_identity`: display settings left out), the
-    plan changed there and everything from it runs.
+    A top-level call of `name` counts when its arguments are the same (by
+    `call_identity`: display settings left out) and it started from the
+    model state this call would start from (`starts_from`, a
+    `weights_fingerprint`; None checks nothing): the latest such call, so a
+    plan changed and changed back reads back what it ran before instead of
+    training again. Calls recorded before their starting state was (no
+    `started_from`) keep the first rule: only the first call of `name` from
+    `start` counts.
     """
     wanted, _ = call_identity(call_arguments(arguments))
+    found = None
     for index in range(start, len(journal)):
         call = journal[index].call or {}
-        if call.get("stage") == name and call.get("parent") is None:
-            return index if call_identity(call.get("arguments", {}))[0] == wanted else None
-    return None
+        if call.get("stage") != name or call.get("parent") is not None:
+            continue
+        same = call_identity(call.get("arguments", {}))[0] == wanted
+        if "started_from" not in call:
+            if found is None:
+                return index if same else None
+            break
+        if same and (starts_from is None or call["started_from"] == starts_from):
+            found = index
+    return found
 
 
 def _check_rerun_from(rerun_from, calls):
@@ -184,10 +197,11 @@ def run(
     started = time.perf_counter()
     position, resuming, steps, stopped = journal.start + 1, True, [], None
     trained = reset = False  # A training stage was read back; the model was given its starting state.
+    starts_from = weights_fingerprint(playbook.session.initial_weights)  # Where the next stage would start.
     final_training = None  # The run's last training stage, read back or run: what its result reports.
     for name, arguments in calls:
         resuming = resuming and name != rerun_from
-        index = _recorded(journal, name, arguments, position) if resuming else None
+        index = _recorded(journal, name, arguments, position, starts_from) if resuming else None
         failed_before = index is not None and name in SANITY and not journal[index].ok
         reached = {}
         if index is not None and not failed_before:
@@ -195,6 +209,7 @@ def run(
             _load_weights(playbook, result)
             if STAGES[name].trains:  # Loaded by the library: not the user's training.
                 runner.keep_left_weights()
+                starts_from = (result.call or {}).get("weights_digest")
             trained = trained or STAGES[name].trains
         else:
             if not (trained or failed_before or reset):
@@ -295,7 +310,7 @@ def _check_model_unchanged(playbook, calls, rerun_from=None):
 def _what_run_replaces_weights_with(playbook, calls, rerun_from=None):
     """What `run` would give the model first (in words), following the calls it reads back; None if nothing."""
     journal = playbook.journal
-    for name, index in _leading_read_back(journal, calls, rerun_from):
+    for name, index in _leading_read_back(journal, calls, playbook.session.initial_weights, rerun_from):
         if index is None:
             return f"give it the state the Playbook started with before running {name}"
         if name in SANITY and not journal[index].ok:  # Runs again on the model as it is: a fix is measured.
@@ -307,19 +322,22 @@ def _what_run_replaces_weights_with(playbook, calls, rerun_from=None):
     return None
 
 
-def _leading_read_back(journal, calls, rerun_from=None):
+def _leading_read_back(journal, calls, initial_weights, rerun_from=None):
     """`(name, index)` of the leading calls `run` reads back, in order, then `(name, None)` of the first it runs.
 
     A sanity stage whose recorded verdict failed is yielded with its index
     and ends the walk (it runs again); `rerun_from` runs.
     """
     position = journal.start + 1
+    starts_from = weights_fingerprint(initial_weights)
     for name, arguments in calls:
-        index = None if name == rerun_from else _recorded(journal, name, arguments, position)
+        index = None if name == rerun_from else _recorded(journal, name, arguments, position, starts_from)
         yield name, index
         if index is None or (name in SANITY and not journal[index].ok):
             return
         position = index + 1
+        if STAGES[name].trains:
+            starts_from = (journal[index].call or {}).get("weights_digest")
 
 
 def _trains(result):
@@ -338,7 +356,7 @@ def _check_saved_weights(playbook, calls, rerun_from=None):
         ValueError: naming the stage, its place in the journal and the file.
     """
     journal = playbook.journal
-    for name, index in _leading_read_back(journal, calls, rerun_from):
+    for name, index in _leading_read_back(journal, calls, playbook.session.initial_weights, rerun_from):
         if index is None or (name in SANITY and not journal[index].ok):  # Runs again from here.
             return
         _saved_weights(playbook, journal[index], index)

@@ -349,6 +349,8 @@ class Runner:
         context = StageContext(self, spec, values, key)
         if spec.trains:  # Only a training stage checkpoints under it.
             context.call_key = self._call_key(name, arguments, values)
+        # Where a call at the top level starts: `run()` reads back only a call that started where it would.
+        started = {} if parent is not None else {"started_from": weights_fingerprint(self.session.model.get_weights())}
         train = self.pipelines(None)[0]
         if train.epoch_counter is not None:  # Data orders drawn from (seed, pass within this call): the same
             train.epoch_counter.assign(0)  # call draws the same ones, whatever this process ran before.
@@ -377,6 +379,7 @@ class Runner:
             "parent": parent,
             "weights": weights,
             **({"weights_digest": self.left_weights} if spec.trains else {}),  # What `run()` compares with.
+            **started,
         }
         self.journal.append(result)
         if self.directory is not None:

@@ -18,6 +18,7 @@ import pytest
 
 from keras_playbook import Playbook
 from keras_playbook._folder import collect_garbage
+from keras_playbook._journal import Journal
 from tests import helpers
 
 _SCRIPT = r"""
@@ -260,3 +261,30 @@ def test_a_fit_resumes_in_a_new_playbook_on_both_strategies(strategy, tmp_path):
     assert len(record.history["loss"]) == 4 and len(record.history["learning_rate"]) == 4
     assert record.history["learning_rate"][:2] == pytest.approx([record.history["learning_rate"][0]] * 2)
     assert not os.listdir(tmp_path / "backup")
+
+
+def test_a_plan_changed_and_changed_back_reads_back_instead_of_training_again(tmp_path):
+    data = helpers.digits_data(num_train=64, num_val=32)
+
+    def playbook():
+        keras.utils.set_random_seed(5)
+        return _tiny(tmp_path, data)
+
+    def plan(epochs):
+        return ["check_initial_loss", ("fit", {"epochs": epochs, "learning_rate": 0.05, "verbose": 0})]
+
+    skipped = []
+    for epochs in (1, 2, 2, 1, 2):  # Each run in a new Playbook, as a new process would.
+        result = playbook().run(epochs=epochs, plan=plan(epochs))
+        skipped.append([step["skipped"] for step in result.steps])
+    assert skipped == [[False, False], [True, False], [True, True], [True, True], [True, True]]
+    pb = playbook()
+    assert len([result for result in pb.journal if result.kind == "fit"]) == 2  # Trained once per plan.
+    assert len([name for name in os.listdir(tmp_path / "weights") if name.startswith("fit-")]) == 2
+    # A fit called by hand from the trained weights did not start where the plan's fit starts: never read back.
+    pb.run(epochs=2, plan=plan(2))
+    pb.fit(epochs=2, learning_rate=0.05, verbose=0)
+    again = playbook().run(epochs=2, plan=plan(2))
+    assert [step["skipped"] for step in again.steps] == [True, True]
+    on_disk = Journal.load(str(tmp_path / "journal.json"))
+    assert len([result for result in on_disk if result.kind == "fit"]) == 3  # The two plans' and the hand one.
