@@ -169,7 +169,12 @@ class FitRecord(Result):
                 f"{monitor} {values[-1]:.4g}, best {values.min():.4g} at epoch "
                 f"{best_epoch}" + (", whose weights the model now holds." if restored_best else ".")
             )
-        if resumed_from:
+        if resumed_from and int(resumed_from) >= epochs:
+            message += (
+                f" Resumed from its backup after an interruption with all {epochs} epochs on disk: nothing was "
+                "left to train (weights, optimizer, schedule and watchers read back)."
+            )
+        elif resumed_from:
             message += (
                 f" Resumed at epoch {int(resumed_from) + 1} from its backup after an interruption (epochs 1-"
                 f"{int(resumed_from)}: weights, optimizer, schedule and watchers read back)."
