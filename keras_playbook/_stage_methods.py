@@ -321,10 +321,12 @@ class StageMethods:
                 model has weight decay) `WeightDecayMonitor`; their findings
                 go into the journal's `FitRecord`. A diverged run is stopped.
             restore_best: Give the model the weights of its best epoch
-                (lowest `val_loss`, else `loss`) at the end, through Keras's
-                `EarlyStopping(restore_best_weights=True)` with a patience
-                that never stops the run (Tuning Playbook: keep the best
-                epoch, not the last).
+                (lowest `val_loss`, else `loss`) at the end (Tuning
+                Playbook: keep the best epoch, not the last), through
+                `BestWeights`, which does what Keras's
+                `EarlyStopping(restore_best_weights=True)` does without
+                stopping, and keeps the best epoch and its weights across a
+                resume.
             **overrides: Any of `learning_rate`, `weight_decay`, `batch_size`
                 (per replica), `momentum`, `beta_1`.
 

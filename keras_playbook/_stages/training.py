@@ -273,11 +273,14 @@ def check_fit(arguments, session):
 def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, overrides):
     """Trains the user's model for real at the values in force, watched (see `Playbook.fit` for the arguments).
 
-    With a Playbook directory the run is resumable: Keras's `BackupAndRestore`
-    keeps the last finished epoch in `<directory>/backup/<call>` (the same
-    call at the same point of the journal continues from it after a crash
-    or Ctrl-C); the runner then saves the trained weights in
-    `<directory>/weights`, the `FitRecord` pointing to them.
+    With a Playbook directory the run is resumable: `TrainingBackup`
+    (Keras's `BackupAndRestore` and the callbacks' state) keeps the last
+    finished epoch in `<directory>/backup/<call key>`, and the same call at
+    the same point of the journal continues from it after a crash or
+    Ctrl-C as the same training (the data order, the schedule's step, the
+    watchers and the best epoch as an uninterrupted run would have them);
+    the runner then saves the trained weights in `<directory>/weights`,
+    the `FitRecord` pointing to them, and removes the backup.
 
     Returns:
         `(FitRecord, History)`; the History holds every epoch, also those run
