@@ -312,7 +312,7 @@ def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, overr
     backup = None
     if ctx.directory is not None:
         backup = TrainingBackup(backup_folder(ctx.directory, ctx.call_key), every)
-    ordering = [] if train_data.epoch_callback() is None else [train_data.epoch_callback()]
+    ordering = [callback for callback in [train_data.epoch_callback()] if callback is not None]
     try:
         with restored_on_interruption(every):
             history = model.fit(
