@@ -5,16 +5,22 @@ Everything the user passes becomes a dataset of single examples
 global batch size (per-replica size × replicas), the size `model.fit` splits
 across the replicas of a `tf.distribute` strategy. Keeping the unbatched
 examples lets later stages rebatch (the batch-size finder) and draw small
-fixed samples (the sanity stages).
+fixed samples (the sanity stages). A `keras.utils.PyDataset` keeps its own
+batches: whole epochs read it through Keras's own `PyDatasetAdapter`
+(workers, queue, a new batch order every epoch) as `model.fit` does
+(`fit_arguments`), and only short runs and samples read its tf.data wrapper.
+An infinite dataset needs its steps per epoch (`check_length`).
 """
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_playbook import _inputs as inputs
+from keras_playbook import _py_dataset as py_datasets
 from keras_playbook import _validation as validation
+from keras_playbook._class_weight import class_weight_map, class_weighted
 
-_COMPONENT_NAMES = ("x", "y", "sample_weight")
 DEFAULT_BATCH_SIZE = 32
 
 
@@ -45,10 +51,20 @@ class DataPipeline:
             sampling).
         epoch_counter: The counter of epochs drawn (shared by the pipelines
             `with_batch_size` makes); None makes one.
+        py_dataset: The user's `keras.utils.PyDataset`, if the examples
+            come from one: whole passes then read it through Keras's own
+            `PyDatasetAdapter` (`keras_input`), and its batches are its own.
+        steps: Batches per epoch (`steps_per_epoch` / `validation_steps`,
+            as `model.fit` takes them), or None for one pass over the data.
+        class_weight: None, or a dict class id -> weight (`check_class_weight`
+            completes it): every batch `dataset` and `sample` give then
+            carries per-example weights `sample_weight * class_weight[y]`
+            (`class_weight_map`).
 
     Arrays are read in an order that is a function of the seed and the
     epoch alone (`epoch_callback`), so a `fit` resumed in a new process at
-    epoch k sees the batches an uninterrupted one saw at epoch k.
+    epoch k sees the batches an uninterrupted one saw at epoch k; so is a
+    PyDataset's batch order.
     """
 
     def __init__(
@@ -62,6 +78,9 @@ class DataPipeline:
         seed=None,
         arrays=None,
         epoch_counter=None,
+        py_dataset=None,
+        steps=None,
+        class_weight=None,
     ):
         validate_batch_size(per_replica_batch_size)
         self.examples = examples
@@ -75,8 +94,12 @@ class DataPipeline:
             with tf.device("/cpu:0"):  # Read by the input pipeline, which runs on the host.
                 epoch_counter = tf.Variable(0, dtype="int64", trainable=False, name="epochs_drawn")
         self.epoch_counter = epoch_counter
+        self.py_dataset = py_dataset
+        self.steps = steps
+        self.class_weight = class_weight
         self._dataset = None
         self._first_batches = {}
+        self._samples = {}
 
     @property
     def global_batch_size(self):
@@ -88,10 +111,41 @@ class DataPipeline:
         if self._dataset is None:
             if self.arrays is not None:
                 dataset = self._batched_arrays()
+            elif self.py_dataset is not None:  # Its own batches, in an order drawn from the seed.
+                dataset = py_datasets.to_tf(self.py_dataset, shuffle=self.shuffle, seed=self.seed)
             else:
                 dataset = self._batched_examples()
+            if self.class_weight is not None:
+                dataset = dataset.map(class_weight_map(self.class_weight), num_parallel_calls=tf.data.AUTOTUNE)
             self._dataset = _with_distribute_options(dataset).prefetch(tf.data.AUTOTUNE)
         return self._dataset
+
+    @property
+    def keras_input(self):
+        """What `model.fit` / `evaluate` read for whole passes: the PyDataset itself, else `dataset`.
+
+        A PyDataset goes through Keras's own `PyDatasetAdapter`, as in
+        `model.fit(py_dataset)`: its `workers`, `use_multiprocessing` and
+        `max_queue_size`, and (with `fit_arguments`) a new batch order every
+        epoch. Short runs of a few steps read `dataset`, its tf.data wrapper.
+        """
+        return self.dataset if self.py_dataset is None else self.py_dataset
+
+    @property
+    def steps_per_pass(self):
+        """Batches in one epoch: `steps` when given, else one pass over the data when its size is known, else None."""
+        if self.steps is not None:
+            return self.steps
+        if self.py_dataset is not None:
+            return self.py_dataset.num_batches
+        if self.num_examples is None:
+            return None
+        return -(-self.num_examples // self.global_batch_size)
+
+    @property
+    def reorders(self):
+        """Whether another seed reads the data in another order (arrays and PyDatasets; a tf.data.Dataset never)."""
+        return self.shuffle and (self.arrays is not None or self.py_dataset is not None)
 
     def _batched_arrays(self):
         """Shuffles indices and gathers whole batches, as Keras's array adapter does.
@@ -132,7 +186,14 @@ class DataPipeline:
         return tf.data.Dataset.from_tensors(0).map(permutation).unbatch()
 
     def epoch_callback(self):
-        """A callback that keys the data order of each epoch to the epoch's index (see `_epoch_order`), or None."""
+        """A callback that keys the data order of each epoch to the epoch's index (see `_epoch_order`), or None.
+
+        For a PyDataset, whose batch order Keras draws from Python's `random`
+        at the start of every epoch, the callback seeds it from `(seed,
+        epoch)` (`_py_dataset.BatchOrder`).
+        """
+        if self.py_dataset is not None and self.shuffle:
+            return py_datasets.BatchOrder(self.seed)
         return None if self.epoch_counter is None else _DataEpoch(self.epoch_counter)
 
     def _batched_examples(self):
@@ -148,7 +209,18 @@ class DataPipeline:
         Args:
             per_replica_batch_size: Examples per replica per step.
             seed: Another shuffle seed (another data order); None keeps this one.
+
+        Raises:
+            ValueError: for another size when the data is a PyDataset, which
+                makes its own batches.
         """
+        if self.py_dataset is not None and per_replica_batch_size != self.per_replica_batch_size:
+            raise ValueError(
+                f"The data is a keras.utils.PyDataset, which makes its own batches ({self.global_batch_size} = "
+                f"{self.per_replica_batch_size} per replica x {self.num_replicas}): it cannot be read at batch size "
+                f"{per_replica_batch_size} per replica. Change the PyDataset's batch size, or pass the data as "
+                "arrays or a tf.data.Dataset."
+            )
         return DataPipeline(
             self.examples,
             per_replica_batch_size=per_replica_batch_size,
@@ -158,7 +230,16 @@ class DataPipeline:
             seed=self.seed if seed is None else seed,
             arrays=self.arrays,
             epoch_counter=self.epoch_counter if seed is None else None,
+            py_dataset=self.py_dataset,
+            steps=self.steps,
+            class_weight=self.class_weight,
         )
+
+    def with_class_weight(self, class_weight):
+        """The same pipeline with other class weights (a dict completed by `check_class_weight`, or None)."""
+        pipeline = self.with_batch_size(self.per_replica_batch_size)
+        pipeline.class_weight = class_weight
+        return pipeline
 
     def first_batches(self, num_batches):
         """Returns the first `num_batches` global batches (unshuffled) as NumPy."""
@@ -176,17 +257,31 @@ class DataPipeline:
         Returns:
             A tuple `(x, y)` or `(x, y, sample_weight)` of NumPy structures
             holding `num_batches * global_batch_size` examples (fewer if the
-            data holds fewer).
+            data holds fewer); strings come as `tf.string` tensors, which
+            Keras's `predict`/`evaluate` take (`as_model_input`). With
+            `class_weight`, the sample weights are multiplied by them.
         """
         size = num_batches * self.global_batch_size
+        if self.py_dataset is not None and self.py_dataset.num_batches is not None:
+            if (num_batches, seed) not in self._samples:  # Reading a PyDataset's batches may be slow: read once.
+                self._samples[num_batches, seed] = as_model_input(
+                    self._class_weighted(py_datasets.sample(self.py_dataset, num_batches, seed))
+                )
+            return self._samples[num_batches, seed]
         if self.arrays is not None:
             count = len(tf.nest.flatten(self.arrays)[0])
             rng = np.random.default_rng(seed)
             indices = np.sort(rng.choice(count, size=min(size, count), replace=False))
-            return tf.nest.map_structure(lambda array: array[indices], self.arrays)
+            return as_model_input(
+                self._class_weighted(tf.nest.map_structure(lambda array: array[indices], self.arrays))
+            )
         buffer_size = min(max(4 * size, 1024), 50_000)
         drawn = self.examples.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=False).take(size)
-        return next(iter(drawn.batch(size).as_numpy_iterator()))
+        return as_model_input(self._class_weighted(next(iter(drawn.batch(size).as_numpy_iterator()))))
+
+    def _class_weighted(self, sample):
+        """`sample` with the class weights as per-example weights (times its own), as `dataset` gives them."""
+        return sample if self.class_weight is None else class_weighted(sample, self.class_weight)
 
     def __repr__(self):
         return (
@@ -196,7 +291,18 @@ class DataPipeline:
         )
 
 
-def make_pipeline(data, *, batch_size, num_replicas, shuffle, seed=None, input_rank=None, name="data"):
+def make_pipeline(
+    data,
+    *,
+    batch_size,
+    num_replicas,
+    shuffle,
+    seed=None,
+    input_rank=None,
+    input_dtypes=None,
+    name="data",
+    steps=None,
+):
     """Turns arrays, a `tf.data.Dataset` or a `keras.utils.PyDataset` into a pipeline.
 
     Args:
@@ -205,20 +311,30 @@ def make_pipeline(data, *, batch_size, num_replicas, shuffle, seed=None, input_r
             `keras.utils.PyDataset`.
         batch_size: Examples per replica, or None: 32 for unbatched data,
             the data's own batch size split over the replicas for batched data.
+            A PyDataset makes its own batches: None, or its batch size over
+            the replicas.
         num_replicas: Replicas of the strategy.
-        shuffle: Whether to reshuffle every epoch (applied to arrays only;
-            datasets keep the order the user gave them, as in `model.fit`).
+        shuffle: Whether to reshuffle every epoch (arrays' examples, a
+            PyDataset's batch order, as `model.fit(shuffle=True)` does; a
+            tf.data.Dataset keeps the order the user gave it, as in
+            `model.fit`).
         seed: Shuffle and sampling seed.
         input_rank: Rank of the model's input including the batch axis, when
             known; tells batched from unbatched datasets.
+        input_dtypes: The model's input dtypes in the structure of its
+            inputs (`model.input`), when known: arrays of strings are taken
+            for string inputs (`keras.Input(shape=(), dtype="string")`), and
+            refused for the others.
         name: How error messages call this data ("training data", ...).
+        steps: Batches per epoch, or None for one pass (see `check_length`).
 
     Returns:
         A `DataPipeline`.
 
     Raises:
         TypeError: for data of an unsupported type.
-        ValueError: for empty data, unequal lengths, or data without labels.
+        ValueError: for empty data, unequal lengths, data without labels,
+            or a PyDataset whose batches are not `batch_size` x replicas.
     """
     if batch_size is not None:
         validate_batch_size(batch_size)
@@ -227,9 +343,9 @@ def make_pipeline(data, *, batch_size, num_replicas, shuffle, seed=None, input_r
     if isinstance(data, tf.data.Dataset):
         examples, batch_seen = _unbatched(data, input_rank, name)
     elif isinstance(data, keras.utils.PyDataset):
-        examples, batch_seen = _unbatched(_py_dataset_to_tf(data, name), input_rank, name)
+        examples, batch_seen = _unbatched(py_datasets.to_tf(data, name=name), input_rank, name)
     elif isinstance(data, (tuple, list)):
-        arrays = _as_arrays(data, name)
+        arrays = inputs.as_arrays(data, name, input_dtypes)
         num_examples = len(tf.nest.flatten(arrays)[0])
         examples = tf.data.Dataset.from_tensor_slices(arrays)
         batch_seen = None
@@ -239,8 +355,10 @@ def make_pipeline(data, *, batch_size, num_replicas, shuffle, seed=None, input_r
             "`(x, y)` of arrays, a `tf.data.Dataset` yielding `(x, y)`, or a "
             "`keras.utils.PyDataset`."
         )
+    py_dataset = data if isinstance(data, keras.utils.PyDataset) else None
     if arrays is None:
-        shuffle = False
+        # Keras reshuffles a PyDataset's batch order, unless it is infinite; never a tf.data.Dataset.
+        shuffle = shuffle and py_dataset is not None and py_dataset.num_batches is not None
         cardinality = int(examples.cardinality())
         num_examples = cardinality if cardinality >= 0 else None
         if num_examples is None and isinstance(data, tf.data.Dataset) and int(data.cardinality()) >= 0:
@@ -249,8 +367,10 @@ def make_pipeline(data, *, batch_size, num_replicas, shuffle, seed=None, input_r
             # known count lets Keras size its progress bar and stops its "ran out of data" warning.
             num_examples = int(examples.reduce(np.int64(0), lambda count, _: count + 1))
             examples = examples.apply(tf.data.experimental.assert_cardinality(num_examples))
-    _check_not_empty(examples, name)
+    inputs.check_not_empty(examples, name)
     per_replica = batch_size
+    if py_dataset is not None:
+        per_replica = py_datasets.per_replica_batch_size(batch_seen, batch_size, num_replicas, name)
     if per_replica is None:
         per_replica = DEFAULT_BATCH_SIZE
         if batch_seen is not None:
@@ -269,89 +389,70 @@ def make_pipeline(data, *, batch_size, num_replicas, shuffle, seed=None, input_r
         shuffle=shuffle,
         seed=seed,
         arrays=arrays,
+        py_dataset=py_dataset,
+        steps=steps,
     )
 
 
-def _as_arrays(data, name):
-    if len(data) not in (2, 3):
-        raise ValueError(
-            f"The {name} must be `(x, y)` or `(x, y, sample_weight)`. Received "
-            f"a {type(data).__name__} of length {len(data)}."
-        )
-    arrays = tuple(tf.nest.map_structure(np.asarray, _structure(component)) for component in data)
-    for component, component_name in zip(arrays, _COMPONENT_NAMES):
-        for path, leaf in _leaves_with_paths(component, component_name):
-            _check_numeric(leaf, path, component_name, name)
-    lengths = {
-        path: len(leaf)
-        for component, component_name in zip(arrays, _COMPONENT_NAMES)
-        for path, leaf in _leaves_with_paths(component, component_name)
-    }
-    if len(set(lengths.values())) > 1:
-        raise ValueError(f"All arrays of the {name} must have the same length. Received lengths {lengths}.")
-    if 0 in lengths.values():
-        raise ValueError(f"The {name} is empty (0 examples). Pass at least one batch.")
-    return arrays
+def fit_arguments(train, validation=None):
+    """`model.fit`'s data arguments for whole epochs over `train` (and `validation`) pipelines.
 
-
-def _structure(component):
-    """A component as `tf.data` should read it: Python lists of numbers become arrays, lists of arrays tuples.
-
-    `tf.data` stacks a Python list into one tensor, so `[y1, y2]` for a
-    two-output model (which `model.fit` accepts) would become one array of
-    shape (2, n); a tuple keeps the outputs apart. A list of numbers (or of
-    lists of numbers) is one array, as `model.fit` reads it.
+    A PyDataset is passed itself, so that Keras's `PyDatasetAdapter` reads
+    it (workers, queue) and reshuffles its batch order every epoch
+    (`shuffle`), as `model.fit(py_dataset)` does; arrays come as a dataset
+    that reshuffles itself, and a tf.data.Dataset is read as given.
+    `steps_per_epoch` / `validation_steps` are the Playbook's. Class weights come in the dataset's batches; a PyDataset
+    takes them as `model.fit(class_weight=...)` does, unless it yields
+    sample weights of its own, which Keras's adapter refuses with class
+    weights: its tf.data wrapper then multiplies the two.
     """
-    if isinstance(component, dict):
-        return {key: _structure(value) for key, value in component.items()}
-    if isinstance(component, (list, tuple)):
-        if component and all(
-            isinstance(item, (np.ndarray, dict, tf.Tensor)) or _is_array_like(item) for item in component
+    # Only a PyDataset is shuffled by Keras (it warns that it ignores `shuffle` for a tf.data.Dataset).
+    shuffle = bool(train.shuffle) and train.py_dataset is not None
+    arguments = {"x": train.keras_input, "shuffle": shuffle, "steps_per_epoch": train.steps}
+    if train.py_dataset is not None and train.class_weight is not None:
+        if len(train.examples.element_spec) == 3:
+            arguments["x"] = train.dataset
+        else:
+            arguments["class_weight"] = train.class_weight
+    if validation is not None:
+        arguments.update(validation_data=validation.keras_input, validation_steps=validation.steps)
+    return arguments
+
+
+def evaluate_arguments(pipeline):
+    """`model.evaluate`'s data arguments for a whole pass over `pipeline` (its `steps` when given)."""
+    return {"x": pipeline.keras_input, "steps": pipeline.steps}
+
+
+def validation_at(pipeline, per_replica_batch_size):
+    """The validation pipeline for training at another batch size; a PyDataset keeps its own batches.
+
+    The validation batch size changes no loss, only how many examples an
+    evaluation step reads (`model.fit`'s `validation_batch_size`), so a
+    PyDataset's validation batches stay as it makes them.
+    """
+    if pipeline is None or pipeline.py_dataset is not None:
+        return pipeline
+    return pipeline.with_batch_size(per_replica_batch_size)
+
+
+def as_model_input(structure):
+    """`structure` with its NumPy arrays of strings (unicode, bytes, or objects holding them) as `tf.string` tensors.
+
+    Keras's `predict` and `evaluate` refuse NumPy string arrays ("Invalid
+    dtype"), and `tf.data` gives strings as object arrays of bytes: every
+    place the library feeds data to a model itself passes it through this.
+    Other leaves are returned as they are.
+    """
+
+    def convert(leaf):
+        if isinstance(leaf, np.ndarray) and (
+            leaf.dtype.kind in "US" or (leaf.dtype.kind == "O" and leaf.size and isinstance(leaf.flat[0], (str, bytes)))
         ):
-            return tuple(_structure(item) for item in component)
-        return np.asarray(component)
-    return component
+            return tf.constant(leaf, dtype=tf.string)
+        return leaf
 
-
-def _is_array_like(item):
-    return hasattr(item, "__array__") and not isinstance(item, (list, tuple))
-
-
-def _check_numeric(leaf, path, component_name, name):
-    """Raises for strings or objects where numbers are expected, naming the array and what to do."""
-    if leaf.dtype.kind in "biufc":
-        return
-    if leaf.dtype.kind == "O":
-        try:
-            leaf.astype(np.float64)
-            return
-        except (TypeError, ValueError):
-            pass
-    sample = next(
-        (
-            repr(value.item() if isinstance(value, np.generic) else value)
-            for value in leaf.ravel()[:50]
-            if isinstance(value, (str, bytes))
-        ),
-        repr(leaf.ravel()[0]) if leaf.size else "",
-    )
-    if component_name == "y":
-        raise ValueError(
-            f"The labels of the {name} (`{path}`) are strings or objects (e.g. {sample}), dtype "
-            f"{leaf.dtype}. Encode them as integer class ids first, e.g. "
-            "`classes, y = np.unique(y, return_inverse=True)` or sklearn's LabelEncoder."
-        )
-    raise ValueError(
-        f"`{path}` of the {name} holds strings or objects (e.g. {sample}), dtype {leaf.dtype}; the model "
-        "needs numbers. Encode that column first (one-hot or integer codes), or put a "
-        "keras.layers.StringLookup in the model and pass a tf.data.Dataset of strings."
-    )
-
-
-def _check_not_empty(examples, name):
-    for _ in examples.take(1):
-        return
-    raise ValueError(f"The {name} is empty (it yields no examples). Pass at least one batch.")
+    return tf.nest.map_structure(convert, structure)
 
 
 def _unbatched(dataset, input_rank, name):
@@ -377,36 +478,6 @@ def _looks_batched(spec, input_rank):
     return all(leaf.shape.rank is not None and leaf.shape.rank > 0 and leaf.shape[0] is None for leaf in leaves)
 
 
-def _py_dataset_to_tf(py_dataset, name):
-    """Wraps a PyDataset as a batched tf.data.Dataset (one pass per epoch)."""
-    num_batches = py_dataset.num_batches
-    if num_batches == 0:
-        raise ValueError(f"The {name} is empty (a PyDataset with 0 batches).")
-
-    def as_tuple(batch):
-        return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
-
-    first = tf.nest.map_structure(np.asarray, as_tuple(py_dataset[0]))
-    signature = tf.nest.map_structure(
-        lambda array: tf.TensorSpec((None,) + array.shape[1:], tf.as_dtype(array.dtype)),
-        first,
-    )
-
-    def generate():
-        count = num_batches if num_batches is not None else np.inf
-        index = 0
-        while index < count:
-            try:
-                batch = py_dataset[index]
-            except IndexError:
-                break
-            yield as_tuple(batch)
-            index += 1
-        py_dataset.on_epoch_end()
-
-    return tf.data.Dataset.from_generator(generate, output_signature=signature)
-
-
 class _DataEpoch(keras.callbacks.Callback):
     """Sets a pipeline's epoch counter to the epoch `fit` starts (its data order is drawn from it)."""
 
@@ -422,80 +493,6 @@ def _with_distribute_options(dataset):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
-
-
-def _leaves_with_paths(structure, prefix):
-    if isinstance(structure, dict):
-        for key, value in structure.items():
-            yield from _leaves_with_paths(value, f"{prefix}[{key!r}]")
-    elif isinstance(structure, (list, tuple)):
-        for index, value in enumerate(structure):
-            yield from _leaves_with_paths(value, f"{prefix}[{index}]")
-    else:
-        yield prefix, structure
-
-
-def check_finite(pipeline, num_batches=3, name="training data"):
-    """Raises if the first batches hold NaN or inf values.
-
-    Raises:
-        ValueError: naming the component (x, y, sample_weight), the batch and
-            how many values are not finite.
-    """
-    for batch_index, batch in enumerate(pipeline.first_batches(num_batches)):
-        for component, name_of_component in zip(batch, _COMPONENT_NAMES):
-            for path, leaf in _leaves_with_paths(component, name_of_component):
-                leaf = np.asarray(leaf)
-                if not np.issubdtype(leaf.dtype, np.inexact):
-                    continue
-                bad = int(np.size(leaf) - np.count_nonzero(np.isfinite(leaf)))
-                if bad:
-                    raise ValueError(
-                        f"The {name} holds {bad} NaN or inf value(s) in `{path}` "
-                        f"of batch {batch_index}. Clean or impute them before "
-                        "training: one NaN makes every weight NaN."
-                    )
-
-
-def _dtype_family(dtype):
-    if dtype.is_floating:
-        return "float"
-    if dtype.is_integer or dtype.is_bool:
-        return "integer"
-    return dtype.name
-
-
-def check_same_structure(train, validation):
-    """Raises if validation examples differ in structure from training ones.
-
-    Raises:
-        ValueError: naming both structures.
-    """
-    train_spec = train.examples.element_spec
-    validation_spec = validation.examples.element_spec
-    problem = None
-    try:
-        tf.nest.assert_same_structure(train_spec, validation_spec)
-    except (ValueError, TypeError) as error:
-        problem = f"their structures differ ({error})"
-    else:
-        for train_leaf, validation_leaf in zip(tf.nest.flatten(train_spec), tf.nest.flatten(validation_spec)):
-            if not train_leaf.shape.is_compatible_with(validation_leaf.shape):
-                problem = (
-                    f"an example of shape {validation_leaf.shape} does not match the training shape {train_leaf.shape}"
-                )
-            elif _dtype_family(train_leaf.dtype) != _dtype_family(validation_leaf.dtype):
-                problem = (
-                    f"dtype {validation_leaf.dtype.name} does not match the training dtype {train_leaf.dtype.name}"
-                )
-            if problem:
-                break
-    if problem:
-        raise ValueError(
-            "The validation data must have the same structure as the training "
-            f"data, but {problem}. Training examples: {train_spec}. Validation "
-            f"examples: {validation_spec}."
-        )
 
 
 def labels_of(pipeline, num_batches=3):

@@ -244,7 +244,8 @@ def setup_fingerprints(session, train, validation, *, seed, data_version=None):
     Returns:
         `(fingerprints, layers, notes)`: `fingerprints` maps "data",
         "model", "loss", "optimizer", "batch_size", "seed" and "replicas"
-        to what identifies each (see `differences` for how they are
+        (and "steps_per_epoch" / "validation_steps" when the pipelines
+        have them) to what identifies each (see `differences` for how they are
         compared), `layers` the per-layer digests, `notes` the sentences
         saying what could not be fingerprinted.
     """
@@ -273,6 +274,9 @@ def setup_fingerprints(session, train, validation, *, seed, data_version=None):
         "seed": seed,
         "replicas": session.num_replicas,
     }
+    for name, pipeline in (("steps_per_epoch", train), ("validation_steps", validation)):
+        if pipeline is not None and pipeline.steps is not None:  # What an epoch trains or measures.
+            fingerprints[name] = pipeline.steps
     return json.loads(json.dumps(fingerprints, default=repr)), layers, notes
 
 
@@ -298,7 +302,7 @@ def differences(before, after, layers_before=(), layers_after=()):
     return lines
 
 
-_ORDER = ("data", "model", "loss", "optimizer", "batch_size", "seed", "replicas")
+_ORDER = ("data", "model", "loss", "optimizer", "batch_size", "steps_per_epoch", "validation_steps", "seed", "replicas")
 
 
 def _data_change(old, new):

@@ -19,13 +19,25 @@ import tensorflow as tf
 
 from keras_playbook import _data as data_module
 from keras_playbook import _folder, _lock, _procedure
+from keras_playbook import _inputs as inputs
 from keras_playbook import _losses as losses
 from keras_playbook import _validation as validation
+from keras_playbook._class_weight import check_class_weight, num_classes_of
+from keras_playbook._class_weight import describe as describe_class_weight
+from keras_playbook._compat import string_batches
 from keras_playbook._fingerprints import setup_fingerprints, weights_fingerprint
 from keras_playbook._journal import JOURNAL_FILENAME, Journal
+from keras_playbook._loss_key import check_loss_key
 from keras_playbook._records import SetupRecord
 from keras_playbook._runner import Runner
-from keras_playbook._session import Session, architecture_digest, innermost_optimizer, read_value, resolve_strategy
+from keras_playbook._session import (
+    Session,
+    architecture_digest,
+    check_single_learning_rate,
+    innermost_optimizer,
+    read_value,
+    resolve_strategy,
+)
 from keras_playbook._stage_methods import StageMethods
 
 
@@ -77,6 +89,11 @@ class Playbook(StageMethods):
             trial models are built by calling it; with a model, by cloning.
         train_data: `(x, y)` or `(x, y, sample_weight)` NumPy arrays, a
             `tf.data.Dataset` (batched or not) or a `keras.utils.PyDataset`.
+            Python lists are read as `model.fit` users type them: a list of
+            numbers (also NumPy scalars, `list(y)`) or of equal-shaped rows
+            (`list(x)`, for a model of one input) is one array; a list of
+            arrays, one per input, stays the model's inputs. Arrays are
+            checked whole for NaN and inf.
         validation_data: Same forms as `train_data`, or None.
         loss: Loss for `compile`; required when the model is not compiled.
         optimizer: Optimizer for `compile`; defaults to the model's own, or
@@ -84,7 +101,11 @@ class Playbook(StageMethods):
         metrics: Metrics for `compile`; defaults to the model's own.
         batch_size: Examples per replica (the global batch is this times the
             number of replicas). Defaults to 32, or to the data's own batch
-            size for batched data.
+            size for batched data. A `keras.utils.PyDataset` makes its own
+            batches (read through Keras's own data adapter, with its workers
+            and a new batch order every epoch, as `model.fit` reads it): its
+            batch size is the one, and no stage changes it. A global batch
+            larger than the training data warns, naming both.
         strategy: A `tf.distribute.Strategy`; None picks `MirroredStrategy`
             when two or more GPUs are visible, else the default strategy.
         directory: Folder for the journal (`journal.json`, rewritten after
@@ -117,11 +138,46 @@ class Playbook(StageMethods):
             unseeded `shuffle()`, random augmentation) cannot be, and a
             change to it is seen only through `data_version`.
         verbose: 1 shows progress bars for stages that train, 0 is silent.
+        steps_per_epoch: Training batches per epoch, as `model.fit` takes
+            it: required for infinite training data (a `.repeat()`ed
+            dataset, a PyDataset whose `num_batches` is None), which is
+            refused without it. Every stage's epoch is this long (`fit`,
+            the searches' trials, the range test's `allow_repeat=False`
+            check). Part of the set-up's identity.
+        validation_steps: Validation batches per evaluation, as `model.fit`
+            takes it; required for infinite validation data. Part of the
+            set-up's identity.
+        loss_key: The name the model logs its loss under, for a model whose
+            own `train_step`/`test_step` report it (compiled with only an
+            optimizer, as in the Keras guide "Customizing what happens in
+            fit()"). None finds it: "loss" when logged, else the one logged
+            name ending in "loss"; otherwise every stage that reads a loss
+            refuses, naming the logged names. Every stage reads the loss
+            (and `val_<loss_key>`, searches' default objective) there. Part
+            of the set-up's identity when given.
+        class_weight: None, or a dict class id -> weight, as `model.fit`
+            takes it (e.g. `{0: 1.0, 1: 5.0}`; classes left out weigh 1):
+            every stage that trains weighs each training example by the
+            weight of its class (a sparse label, the argmax of a one-hot
+            label, or a binary 0/1 label), times its own `sample_weight`
+            where the data has one (Keras refuses the two together; here
+            they multiply). Validation data is not weighted, as in Keras.
+            Models with a single output only, as in Keras. Keys are checked
+            against the classes the model's output holds before any
+            compute. `fit(class_weight=...)` replaces it for one run. Part of
+            the set-up's identity.
+        validation_split: A float in (0, 1), as `model.fit` takes it: the
+            last fraction of the training arrays (before any shuffling)
+            becomes the validation data. Arrays only; not with
+            `validation_data`.
 
     Raises:
         TypeError: for a model, data, strategy or batch size of the wrong type.
-        ValueError: for a model without loss, empty data, NaN or inf in the
-            first batches, labels that do not fit the model's output,
+        ValueError: for a model without loss, empty data, NaN or inf (in
+            any row of arrays; in the first 3 batches of a stream, which the
+            set-up's message says), lists that are neither one array of rows
+            nor the model's inputs, a bad `class_weight` or
+            `validation_split`, labels that do not fit the model's output,
             validation data whose structure differs from the training data,
             a file in `directory` that is not a journal, or a `directory`
             another live process writes (naming it). All are raised
@@ -156,8 +212,17 @@ class Playbook(StageMethods):
         seed=0,
         verbose=1,
         data_version=None,
+        loss_key=None,
+        steps_per_epoch=None,
+        validation_steps=None,
+        class_weight=None,
+        validation_split=None,
     ):
         validation.check_bool(overwrite, "overwrite")
+        check_loss_key(loss_key)
+        check_class_weight(class_weight)  # Its keys against the model's classes once the model is placed.
+        if validation_split is not None:
+            inputs.check_validation_split(train_data, validation_data, validation_split)
         if batch_size is not None:
             data_module.validate_batch_size(batch_size)
         if directory is not None and not isinstance(directory, (str, os.PathLike)):
@@ -172,6 +237,9 @@ class Playbook(StageMethods):
                 f"Received: data_version={data_version!r} (of type {type(data_version).__name__})."
             )
         resolve_strategy(strategy)  # TypeError before a builder is called.
+        inputs.check_length(train_data, steps_per_epoch, "training data", "steps_per_epoch")
+        if validation_data is not None:
+            inputs.check_length(validation_data, validation_steps, "validation data", "validation_steps")
         self._lease = _lock.Lease(directory)  # Refuses a folder another live process holds.
         found = None if directory is None or overwrite else _journal_in(directory)
         self.seed = seed
@@ -179,9 +247,16 @@ class Playbook(StageMethods):
         self.data_version = data_version
         self.directory = None if directory is None else os.fspath(directory)
         self.session = Session(model, strategy=strategy)  # Places; changes nothing.
+        self.session.loss_key = loss_key
         self.session.check_loss(loss)
+        check_single_learning_rate(optimizer, "`optimizer` argument")
+        if optimizer is None and self.session.source_model.compiled:
+            check_single_learning_rate(self.session.source_model.optimizer, "model's optimizer")
         input_rank = _input_rank(self.session.model)
+        input_dtypes = _input_dtypes(self.session.model)
         replicas = self.session.num_replicas
+        if validation_split is not None:  # The last fraction, before shuffling, as model.fit takes it.
+            train_data, validation_data = inputs.split_validation(train_data, None, validation_split, input_dtypes)
         self.train_data = data_module.make_pipeline(
             train_data,
             batch_size=batch_size,
@@ -189,24 +264,38 @@ class Playbook(StageMethods):
             shuffle=True,
             seed=seed,
             input_rank=input_rank,
+            input_dtypes=input_dtypes,
             name="training data",
+            steps=steps_per_epoch,
         )
         self.validation_data = None
         if validation_data is not None:
             self.validation_data = data_module.make_pipeline(
                 validation_data,
-                batch_size=self.train_data.per_replica_batch_size,
+                # A PyDataset keeps its own batches (the validation batch size changes no loss).
+                batch_size=None
+                if isinstance(validation_data, keras.utils.PyDataset)
+                else self.train_data.per_replica_batch_size,
                 num_replicas=replicas,
                 shuffle=False,
                 seed=seed,
                 input_rank=input_rank,
+                input_dtypes=input_dtypes,
                 name="validation data",
+                steps=validation_steps,
             )
-            data_module.check_same_structure(self.train_data, self.validation_data)
-        data_module.check_finite(self.train_data, name="training data")
+            inputs.check_same_structure(self.train_data, self.validation_data)
+        inputs.check_finite(self.train_data, name="training data")
         if self.validation_data is not None:
-            data_module.check_finite(self.validation_data, name="validation data")
+            inputs.check_finite(self.validation_data, name="validation data")
+        if replicas > 1 and _holds_strings(self.train_data):
+            string_batches.install()  # Keras's own `fit` fails on strings over several replicas: see the module.
         self._check_labels(loss)
+        self.class_weight = class_weight
+        completed = self._check_class_weight(class_weight, loss)
+        if completed is not None:
+            self.train_data = self.train_data.with_class_weight(completed)
+        _warn_batch_over_data(self.train_data)
         self.session.compile(loss=loss, optimizer=optimizer, metrics=metrics)
         self.session.ensure_built(self.train_data.first_batches(1)[0][0])
         setup = self._setup_record()
@@ -310,8 +399,7 @@ class Playbook(StageMethods):
         train, validation_data = self.train_data, self.validation_data
         if batch_size is not None and batch_size != train.per_replica_batch_size:
             train = train.with_batch_size(batch_size)
-            if validation_data is not None:
-                validation_data = validation_data.with_batch_size(batch_size)
+            validation_data = data_module.validation_at(validation_data, batch_size)
         return train, validation_data
 
     # Properties -------------------------------------------------------------
@@ -341,6 +429,19 @@ class Playbook(StageMethods):
         if self.validation_data is not None:
             losses.check_labels_fit(info, data_module.labels_of(self.validation_data), output_shape, "validation data")
 
+    def _check_class_weight(self, class_weight, loss):
+        """Completes `class_weight`; keeps the classes the output holds on the session, for `fit`'s own check."""
+        output_shape = None
+        if not isinstance(loss if loss is not None else self.model.loss, (dict, list, tuple)):
+            output_shape = _output_shape(self.session.model, self.train_data.first_batches(1)[0][0], self.session)
+        self.session.output_classes = num_classes_of(output_shape)
+        self.session.several_outputs = output_shape is None or tf.nest.is_nested(
+            self.train_data.examples.element_spec[1]
+        )
+        return check_class_weight(
+            class_weight, num_classes=self.session.output_classes, several_outputs=self.session.several_outputs
+        )
+
     def _setup_record(self):
         session, train = self.session, self.train_data
         validation_count = None if self.validation_data is None else self.validation_data.num_examples
@@ -349,6 +450,11 @@ class Playbook(StageMethods):
         fingerprints, layers, notes = setup_fingerprints(
             session, train, self.validation_data, seed=self.seed, data_version=self.data_version
         )
+        if session.loss_key is not None:  # What every stage measures.
+            fingerprints["loss_key"] = session.loss_key
+        if self.class_weight is not None:  # What every stage trains on.
+            fingerprints["class_weight"] = describe_class_weight(self.class_weight)
+        finite_note = inputs.finite_check_note(train, "training data")
         strategy_name = (
             type(session.strategy).__name__.lstrip("_").replace("DefaultDistributionStrategy", "DefaultStrategy")
         )
@@ -369,11 +475,18 @@ class Playbook(StageMethods):
             layers=layers,
             initial_weights={"digest": weights_fingerprint(session.initial_weights), "file": None},
             notes=notes,
+            steps_per_epoch=train.steps,
+            validation_steps=None if self.validation_data is None else self.validation_data.steps,
             ok=True,
             message=(
                 f"Training on {session.num_replicas} replica(s) with "
                 f"{strategy_name}: batch {train.per_replica_batch_size} per "
-                f"replica = {train.global_batch_size} global." + "".join(f" Note: {note}." for note in notes)
+                f"replica = {train.global_batch_size} global"
+                + ("" if train.steps is None else f", {train.steps} steps per epoch")
+                + "."
+                + ("" if self.class_weight is None else f" Class weights {describe_class_weight(self.class_weight)}.")
+                + ("" if finite_note is None else f" {finite_note[0].upper()}{finite_note[1:]}.")
+                + "".join(f" Note: {note}." for note in notes)
             ),
         )
 
@@ -385,7 +498,8 @@ class Playbook(StageMethods):
         """Runs the whole procedure, each decision feeding the next; running it again resumes.
 
         The default plan: `check_initial_loss` -> `overfit_small_sample` ->
-        `find_batch_size` -> `find_lr` -> `probe_lrs` -> `sweep_momentum`
+        `find_batch_size` (left out for a `PyDataset`, which makes its own
+        batches; the message says so) -> `find_lr` -> `probe_lrs` -> `sweep_momentum`
         (when the optimizer has a momentum or `beta_1`) -> `grid_weight_decay`
         (or `tune_lr_wd`) -> `fit(epochs, schedule, restore_best=True)`, with
         the stages that judge on validation data left out without it
@@ -475,6 +589,17 @@ def _optimizer_values(optimizer):
     return values
 
 
+def _warn_batch_over_data(pipeline):
+    """Warns when one global batch is larger than the training data (every step then reads all of it)."""
+    if pipeline.num_examples is not None and pipeline.global_batch_size > pipeline.num_examples:
+        warnings.warn(
+            f"The global batch size {pipeline.global_batch_size} ({pipeline.per_replica_batch_size} per replica x "
+            f"{pipeline.num_replicas} replica(s)) is larger than the {pipeline.num_examples} training examples: "
+            "every step reads all of them. Pass a smaller `batch_size`.",
+            stacklevel=3,
+        )
+
+
 def _input_rank(model):
     inputs = getattr(model, "inputs", None)
     if model.built and inputs and len(inputs) == 1:
@@ -482,12 +607,31 @@ def _input_rank(model):
     return None
 
 
+def _holds_strings(pipeline):
+    """True when the pipeline's examples hold a `tf.string` component."""
+    return any(spec.dtype == tf.string for spec in tf.nest.flatten(pipeline.examples.element_spec))
+
+
+def _input_dtypes(model):
+    """The model's input dtypes in the structure of its inputs (`model.input`), or None when not known yet."""
+    inputs = getattr(model, "inputs", None) if model.built else None
+    if not inputs:
+        return None
+    if len(inputs) == 1:
+        return str(inputs[0].dtype)
+    try:
+        structure = model.input  # A Sequential model never called has `inputs` but no `input`.
+    except (AttributeError, ValueError):
+        structure = inputs
+    return tf.nest.map_structure(lambda tensor: str(tensor.dtype), structure)
+
+
 def _output_shape(model, x_batch, session):
     """The model's output shape with a batch axis, or None for several outputs."""
     outputs = getattr(model, "outputs", None) if model.built else None
     if outputs:
         return tuple(outputs[0].shape) if len(outputs) == 1 else None
-    one = tf.nest.map_structure(lambda array: array[:1], x_batch)
+    one = data_module.as_model_input(tf.nest.map_structure(lambda array: array[:1], x_batch))
     with session.scope():
         prediction = model(one, training=False)
     if isinstance(prediction, (list, tuple, dict)):

@@ -44,10 +44,14 @@ def default_plan(playbook, epochs, search="weight_decay", schedule="step_down"):
     grid, or Johnson's LR x WD grid with `search="lr_wd"`; both judge on
     validation data), and the final training with the schedule (by default
     Krizhevsky et al.'s step-down: hold the rate until the validation loss
-    stops improving), keeping its best epoch.
+    stops improving), keeping its best epoch. For training data that is a
+    `keras.utils.PyDataset`, which makes its own batches, `find_batch_size`
+    is left out (`left_out_note` says so in `run()`'s message).
     """
     has_validation = playbook.validation_data is not None
     plan = ["check_initial_loss", "overfit_small_sample", "find_batch_size", "find_lr", "probe_lrs"]
+    if playbook.train_data.py_dataset is not None:  # It makes its own batches (`left_out_note`).
+        plan.remove("find_batch_size")
     optimizer = innermost_optimizer(playbook.model.optimizer)
     if has_validation and any(isinstance(getattr(optimizer, name, None), float) for name in ("momentum", "beta_1")):
         plan.append("sweep_momentum")
@@ -55,6 +59,17 @@ def default_plan(playbook, epochs, search="weight_decay", schedule="step_down"):
         plan.append("grid_weight_decay" if search == "weight_decay" else "tune_lr_wd")
     plan.append(("fit", {"epochs": epochs, "schedule": schedule, "restore_best": True, "verbose": 0}))
     return plan
+
+
+def left_out_note(playbook):
+    """What the default plan leaves out for this Playbook's data, as a sentence for `run()`'s message, or None."""
+    train = playbook.train_data
+    if train.py_dataset is None:
+        return None
+    return (
+        "find_batch_size was left out of the plan: the training data is a keras.utils.PyDataset, which makes its "
+        f"own batches ({train.global_batch_size} examples), so no other batch size can be tried."
+    )
 
 
 def plan_calls(playbook, plan):
@@ -245,6 +260,8 @@ def run(
             break
     ignored = sorted({callback for _, arguments in calls for callback in call_identity(call_arguments(arguments))[1]})
     notes = list(playbook.setup_changes)
+    if plan is None and left_out_note(playbook):
+        notes.append(left_out_note(playbook))
     playbook.setup_changes = []  # Said once, by the first run after the Playbook was made.
     if ignored:
         notes.append(

@@ -9,6 +9,7 @@ from keras_playbook import _references as references
 from keras_playbook._diagnosis import SEVERE, too_short
 from keras_playbook._fingerprints import differences as fingerprint_differences
 from keras_playbook._journal import Result
+from keras_playbook._loss_key import loss_key_in, validation_key
 
 
 @dataclasses.dataclass
@@ -45,6 +46,9 @@ class SetupRecord(Result):
             directory). A later run of the same set-up starts from them.
         notes: What could not be fingerprinted (a dataset read in a random
             order, a model without `get_config`, data sampled by size).
+        steps_per_epoch: Training batches per epoch given to the Playbook
+            (as `model.fit` takes it), or None for one pass over the data.
+        validation_steps: Validation batches per evaluation, or None.
     """
 
     kind = "setup"
@@ -67,6 +71,8 @@ class SetupRecord(Result):
     layers: list = dataclasses.field(default_factory=list, kw_only=True)
     initial_weights: dict = dataclasses.field(default_factory=dict, kw_only=True)
     notes: list = dataclasses.field(default_factory=list, kw_only=True)
+    steps_per_epoch: int | None = dataclasses.field(default=None, kw_only=True)
+    validation_steps: int | None = dataclasses.field(default=None, kw_only=True)
 
     def settles(self):
         return {"batch_size": self.per_replica_batch_size, **self.initial_values}
@@ -86,7 +92,8 @@ class FitRecord(Result):
         epochs: Epochs run.
         hyperparameters: Settled values and overrides applied to this run.
         history: `History.history`: a list of per-epoch values per metric.
-        monitor: Metric used to pick `best_epoch` ("val_loss" or "loss").
+        monitor: Metric used to pick `best_epoch` ("val_loss" or "loss", or
+            `val_<loss_key>`/`<loss_key>`; None when no loss could be read).
         best_epoch: 1-based epoch with the lowest `monitor`.
         schedule: The learning-rate schedule callback (`name`, `config`), or
             None for a constant rate.
@@ -116,7 +123,7 @@ class FitRecord(Result):
     epochs: int
     hyperparameters: dict
     history: dict
-    monitor: str
+    monitor: str | None
     best_epoch: int
     ok: bool
     message: str
@@ -138,13 +145,23 @@ class FitRecord(Result):
         restored_best=False,
         weights=None,
         resumed_from=None,
+        loss_key=None,
     ):
-        """Builds the record of a finished `model.fit` from its History."""
+        """Builds the record of a finished `model.fit` from its History.
+
+        The loss is read at `loss_key` (`_loss_key.loss_key_in`; None finds
+        it); a History whose loss cannot be read is still recorded, with
+        `ok=False`, `monitor=None` and a message saying what to pass.
+        """
         curves = {name: [float(value) for value in values] for name, values in history.history.items()}
-        monitor = "val_loss" if "val_loss" in curves else "loss"
+        try:
+            key = loss_key_in(curves, loss_key, "the History of fit")
+        except ValueError as error:
+            key, unreadable = None, str(error)
+        monitor = None if key is None else validation_key(key) if validation_key(key) in curves else key
         values = np.asarray(curves.get(monitor, []), dtype=float)
-        epochs = len(values)
-        finite = bool(epochs) and bool(np.all(np.isfinite(values)))
+        epochs = len(values) if key is not None else max((len(value) for value in curves.values()), default=0)
+        finite = key is not None and bool(epochs) and bool(np.all(np.isfinite(values)))
         best_epoch = int(np.nanargmin(values)) + 1 if np.isfinite(values).any() else 0
         findings = [dict(finding) for finding in findings]
         severe = [
@@ -152,7 +169,9 @@ class FitRecord(Result):
             for finding in findings
             if finding["kind"] in SEVERE and not finding["evidence"].get("recovered", False)
         ]
-        if not finite:
+        if key is None:
+            message = f"Trained {epochs} epochs, but no loss could be judged. {unreadable}"
+        elif not finite:
             message = (
                 f"Training produced a non-finite {monitor}: lower the learning rate "
                 f"(a loss that explodes means a rate too high; {references.johnson(2)})."

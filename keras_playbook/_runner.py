@@ -36,6 +36,7 @@ from keras_playbook import _validation as validation
 from keras_playbook._fingerprints import weights_fingerprint
 from keras_playbook._folder import collect_garbage, remove_backup
 from keras_playbook._journal import stale_reason, to_builtin
+from keras_playbook._loss_key import check_tracker_updated, logged_loss_key, read_loss
 from keras_playbook._session import users_random_state
 from keras_playbook.callbacks import StepProgress, restore_momentum
 
@@ -211,7 +212,11 @@ class StageContext:
         return self._runner.call(name, self._runner.complete(name, arguments), parent=self.spec.name)
 
     def untrained_loss(self, sample, batch_size):
-        return self._runner.untrained_loss(sample, batch_size)
+        return self._runner.untrained_loss(sample, batch_size, self.loss_key())
+
+    def loss_key(self):
+        """The key of the loss in the model's logs, the same for every stage (`_loss_key.logged_loss_key`)."""
+        return logged_loss_key(self.session, self.train)
 
 
 class Runner:
@@ -399,13 +404,13 @@ class Runner:
         text = json.dumps([self.journal.id, name, identity, to_builtin(values), len(self.journal)], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def untrained_loss(self, sample, batch_size):
+    def untrained_loss(self, sample, batch_size, loss_key=None):
         """The model's loss at its initial weights on `sample` (measured once per batch size, then kept)."""
         if batch_size not in self._untrained_losses:
             model = self.session.model
             with self.session.preserved():
                 model.set_weights(self.session.initial_weights)
-                self._untrained_losses[batch_size] = loss_on(model, sample, batch_size)
+                self._untrained_losses[batch_size] = loss_on(model, sample, batch_size, loss_key)
         return self._untrained_losses[batch_size]
 
 
@@ -432,12 +437,14 @@ def save_weights(model, directory, name):
     return relative
 
 
-def loss_on(model, sample, batch_size):
-    """The model's loss on `sample` as it is now."""
+def loss_on(model, sample, batch_size, loss_key=None):
+    """The model's loss on `sample` as it is now, read at `loss_key` (`_loss_key.read_loss`)."""
     x, y = sample[:2]
     weights = sample[2] if len(sample) > 2 else None
     logs = model.evaluate(x, y, sample_weight=weights, batch_size=batch_size, verbose=0, return_dict=True)
-    return float(logs["loss"])
+    loss = read_loss(logs, loss_key, "the model's test_step")
+    check_tracker_updated(model, loss, "test_step")
+    return loss
 
 
 # Callbacks that only show or log what happens: never part of what defines a result.

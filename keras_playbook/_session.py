@@ -22,6 +22,10 @@ import keras_tuner
 import numpy as np
 import tensorflow as tf
 
+from keras_playbook import _layer_state
+from keras_playbook._data import as_model_input
+from keras_playbook._loss_key import own_step
+
 _auto_mirrored_strategy = None
 
 
@@ -141,6 +145,36 @@ def innermost_optimizer(optimizer):
     return optimizer
 
 
+def check_single_learning_rate(optimizer, argument="optimizer"):
+    """Raises for an optimizer with no single `learning_rate` (Keras's `MultiOptimizer`), inside wrappers too.
+
+    Every stage reads and sets one learning rate (range tests, probes,
+    schedules, `ReduceLROnPlateau`); a `MultiOptimizer` hides its
+    sub-optimizers' rates (reading `learning_rate` raises). Per-group rates
+    with one base rate that callbacks drive are what
+    `keras_playbook.finetune.discriminative` gives (Howard & Ruder 2018).
+
+    Args:
+        optimizer: A Keras optimizer, a name, or None (nothing to check).
+        argument: How the message names where it came from.
+
+    Raises:
+        ValueError: for a `MultiOptimizer`, naming the alternative.
+    """
+    multi = getattr(keras.optimizers, "MultiOptimizer", None)
+    current = optimizer
+    while current is not None:
+        if multi is not None and isinstance(current, multi):
+            raise ValueError(
+                f"The {argument} is a keras.optimizers.MultiOptimizer, which has no single learning rate for "
+                "the range test, the probes and the schedules to read and set. Compile with one optimizer, "
+                "or give each layer group its own rate with one base rate: "
+                "`keras_playbook.finetune.discriminative(optimizer, finetune.layer_groups(model, n), multipliers)` "
+                f"(Howard & Ruder 2018). Received: {argument}={optimizer!r}."
+            )
+        current = getattr(current, "inner_optimizer", None)
+
+
 def optimizer_scope(optimizer):
     """The scope of the strategy the optimizer's variables live in (none for the default strategy).
 
@@ -212,6 +246,10 @@ class Session:
         self.initial_optimizer_config = None
         self._initial_optimizer_class = None
         self._build_input = None
+        self._probe = None  # The small batch every copy is checked on (`check_copy`).
+        self._references = []  # (weights, the model's outputs on the probe at them), the latest first.
+        self.loss_key = None  # The key of the loss in the logs, when given (`Playbook(loss_key=...)`).
+        self.logged_loss_key = None  # The key found in the logs (`_loss_key.logged_loss_key`).
 
     @property
     def num_replicas(self):
@@ -248,13 +286,19 @@ class Session:
         with self.scope():
             clone = _clone(model)
             clone.set_weights(model.get_weights())
+            _layer_state.carry_state(model, clone)  # Checked against `model` in `ensure_built`.
         return clone
 
     def check_loss(self, loss):
-        """Raises ValueError unless `loss` is given or the model is compiled with one."""
+        """Raises ValueError unless `loss` is given, the model is compiled with one, or its own step computes it.
+
+        A model whose class overrides `train_step`/`test_step` (the Keras
+        guide's "Customizing what happens in fit()") reports its own loss in
+        its logs: compiled with only an optimizer, it is accepted.
+        """
         source = self.source_model
         compiled = self.model if self.model.compiled else source  # The placed copy, once compiled, has it.
-        if loss is None and not (compiled.compiled and compiled.loss is not None):
+        if loss is None and not (compiled.compiled and compiled.loss is not None) and not own_step(source):
             raise ValueError(
                 f"The model {source.name!r} has no loss: it is not compiled with "
                 "one and no `loss=` was given. Pass e.g. "
@@ -335,13 +379,77 @@ class Session:
             variable.assign(value)
 
     def ensure_built(self, x_batch):
-        """Builds the model on a batch of inputs if needed and takes the initial snapshot."""
+        """Builds the model on a batch of inputs if needed and takes the initial snapshot.
+
+        Keeps the first examples of `x_batch` (`_layer_state.PROBE_SIZE`) to
+        check copies on, and checks the copy placed in the strategy's scope
+        against the user's model (see `check_copy`).
+
+        Raises:
+            ValueError: when the placed copy does not compute what the user's
+                model computes, naming the layers whose state differs.
+        """
+        x_batch = as_model_input(x_batch)
         self._build_input = tf.nest.map_structure(lambda array: array[:1], x_batch)
+        self._probe = tf.nest.map_structure(lambda array: array[: _layer_state.PROBE_SIZE], x_batch)
         if not self.model.built or not self.model.weights:
             with self.scope():
                 self.model(self._build_input)
         if self.initial_weights is None:
             self.initial_weights = self.model.get_weights()
+        if self.model is not self.source_model and self.source_model.built:
+            expected = _layer_state.outputs_of(self.source_model, self._probe, contextlib.nullcontext())
+            self._compare(self.model, expected, self.source_model)
+
+    def _reference(self, weights):
+        """The model's outputs on the probe at `weights` (kept for the two latest), or None when not repeatable.
+
+        Computed at the model's own weights when they are `weights`, else with
+        `weights` assigned for the one call and the model's own put back in a
+        `finally`. A model whose inference draws at random (Monte Carlo
+        dropout) gives None: there is nothing to compare with.
+        """
+        for kept, outputs in self._references:
+            if kept is weights or weights_equal(kept, weights):
+                return outputs
+        current = self.model.get_weights()
+        assigned = not weights_equal(current, weights)
+        try:
+            if assigned:
+                with self.scope():
+                    self.model.set_weights(weights)
+            first, second = (_layer_state.outputs_of(self.model, self._probe, self.scope()) for _ in range(2))
+        finally:
+            if assigned:
+                with self.scope():
+                    self.model.set_weights(current)
+        outputs = first if _layer_state.same_outputs(first, second) else None
+        self._references = [(weights, outputs)] + self._references[:1]
+        return outputs
+
+    def check_copy(self, copy, weights):
+        """Raises unless `copy`, at `weights`, computes what the model computes at `weights` on one batch.
+
+        Both run on the probe (the first examples of the training data) in
+        inference mode; outputs must agree within `_layer_state.same_outputs`'s
+        tolerance. Nothing is checked before `ensure_built` (no probe yet).
+
+        Raises:
+            ValueError: naming the layers whose state differs and what to do
+                (for a builder: adapt the layer inside it, or pass the
+                vocabulary).
+        """
+        if self._probe is None:
+            return
+        expected = self._reference(weights)
+        if expected is not None:
+            self._compare(copy, expected, self.model)
+
+    def _compare(self, copy, expected, source):
+        found = _layer_state.outputs_of(copy, self._probe, self.scope())
+        if not _layer_state.same_outputs(expected, found):
+            difference = _layer_state.largest_difference(expected, found)
+            raise ValueError(_layer_state.mismatch_message(source, copy, difference, builder=self.builder))
 
     # State ------------------------------------------------------------------
 
@@ -448,6 +556,8 @@ class Session:
                 model = _clone(self.model)
             if (not model.built or not model.weights) and self._build_input is not None:
                 model(self._build_input)
+            if self.builder is None:  # A builder's layers get their state from the builder (`check_copy` checks).
+                _layer_state.carry_state(self.model, model)
         return model
 
     def trial_model(self, weights=None, hyperparameters=None):
@@ -463,21 +573,38 @@ class Session:
                 they change the weights' shapes, the copy keeps its own
                 initialization and its own trainability.
 
+        A copy that starts from given weights, built as the model was (a
+        clone, or the builder with the model's hyperparameters), is checked
+        against the model at those weights (`check_copy`); one with fresh
+        weights is not.
+
         Raises:
             TypeError: if the model cannot be copied (a subclassed model
                 without `get_config`); pass a builder instead.
+            ValueError: when the copy does not compute what the model
+                computes (`check_copy`), naming the layers at fault.
         """
         model = self.new_model(hyperparameters)
         weights = self.initial_weights if weights is None else weights
         same = _same_shapes(model.get_weights(), self.model.get_weights())
         if hyperparameters is not None and not same:
             return model
-        if not (isinstance(weights, str) and weights == "fresh"):
+        fresh = isinstance(weights, str) and weights == "fresh"
+        if not fresh:
             with self.scope():
                 model.set_weights(weights)
+            if self._builds_the_model(hyperparameters):
+                self.check_copy(model, weights)
         if any(not layer.trainable for layer in leaf_layers(self.model)):
             copy_trainability(self.model, model)  # Frozen layers stay frozen in the copy.
         return model
+
+    def _builds_the_model(self, hyperparameters):
+        """True unless a builder is given hyperparameters other than those the model was built with (its defaults)."""
+        if hyperparameters is None or not self.builder_takes_hyperparameters:
+            return True
+        declared = self.declared_hyperparameters()
+        return all(hyperparameters.values.get(name, default) == default for name, default in declared.items())
 
     def declared_hyperparameters(self):
         """The hyperparameters a builder declares, with their defaults (empty without one).

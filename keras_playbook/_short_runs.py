@@ -25,6 +25,8 @@ import math
 import keras
 import tensorflow as tf
 
+from keras_playbook._loss_key import FirstStepCheck, read_loss
+
 CURRENT = "current"  # Start from the user's model's weights as they are now.
 INITIAL = "initial"  # Start from the weights the Playbook was created with.
 FRESH = "fresh"  # Keep the copy's own initialization (a new random draw).
@@ -35,14 +37,19 @@ class StepLosses(keras.callbacks.Callback):
     """Records the training loss of every step of a one-step-per-epoch `fit`.
 
     Also stops training once a loss is NaN or infinite.
+
+    Args:
+        loss_key: The key of the loss in the logs (`_loss_key.loss_key_in`;
+            None: "loss", else the one key ending in "loss").
     """
 
-    def __init__(self):
+    def __init__(self, loss_key=None):
         super().__init__()
         self.losses = []
+        self.loss_key = loss_key
 
     def on_train_batch_end(self, batch, logs=None):
-        loss = float((logs or {}).get("loss", math.nan))
+        loss = read_loss(logs, self.loss_key, "the model's train_step")
         self.losses.append(loss)
         if not math.isfinite(loss):
             self.model.stop_training = True
@@ -239,7 +246,7 @@ def working_copy(
 # Running it -----------------------------------------------------------------
 
 
-def train_steps(model, dataset, num_steps, callbacks=()):
+def train_steps(model, dataset, num_steps, callbacks=(), loss_key=None):
     """Trains `model` for `num_steps` steps of `dataset`, each its own epoch.
 
     Args:
@@ -247,16 +254,22 @@ def train_steps(model, dataset, num_steps, callbacks=()):
         dataset: A batched `tf.data.Dataset`; it is repeated.
         num_steps: Steps to run (fewer if a callback stops training).
         callbacks: Extra callbacks; a `StepLosses` is added first.
+        loss_key: The key of the loss in the logs (see `StepLosses`).
 
     Returns:
         The list of per-step training losses (exact, not running means).
+
+    Raises:
+        ValueError: after the first step, for a model with its own
+            `train_step` that does not update its loss tracker or does not
+            step `model.optimizer` (`_loss_key.FirstStepCheck`).
     """
-    recorder = StepLosses()
+    recorder = StepLosses(loss_key)
     model.fit(
         dataset.repeat(),
         epochs=num_steps,
         steps_per_epoch=1,
-        callbacks=[recorder, *callbacks],
+        callbacks=[FirstStepCheck(loss_key, "A short run"), recorder, *callbacks],
         shuffle=False,
         verbose=0,
     )

@@ -295,7 +295,17 @@ class StageMethods:
 
     # Training ---------------------------------------------------------------
 
-    def fit(self, epochs, callbacks=None, verbose="auto", schedule=None, watch=True, restore_best=False, **overrides):
+    def fit(
+        self,
+        epochs,
+        callbacks=None,
+        verbose="auto",
+        schedule=None,
+        watch=True,
+        restore_best=False,
+        class_weight=None,
+        **overrides,
+    ):
         """Trains the model for real with the hyperparameters settled so far, watched.
 
         Values settled by earlier stages (the journal's `settled()`: a found
@@ -327,6 +337,11 @@ class StageMethods:
                 `EarlyStopping(restore_best_weights=True)` does without
                 stopping, and keeps the best epoch and its weights across a
                 resume.
+            class_weight: None (the Playbook's `class_weight`), or a dict
+                class id -> weight, as `model.fit` takes it, that replaces
+                the Playbook's for this run (classes left out weigh 1; pass
+                all-ones weights for none). Checked as the Playbook checks
+                it, before anything changes; recorded with the call.
             **overrides: Any of `learning_rate`, `weight_decay`, `batch_size`
                 (per replica), `momentum`, `beta_1`.
 

@@ -197,7 +197,7 @@ class _StepTimes(keras.callbacks.Callback):
         self.times = []
 
     def on_train_batch_end(self, batch, logs=None):
-        float((logs or {}).get("loss", 0.0))  # Waits for the step to finish.
+        float(next(iter((logs or {}).values()), 0.0))  # Reading any logged value (the loss, whatever its key) waits.
         self.times.append(time.perf_counter())
 
 
@@ -282,7 +282,9 @@ def find_batch_size(
             fits; "fastest": the highest samples/s measured.
         initial_batch_size: First per-replica size tried.
         max_batch_size: Cap on the per-replica size; the data caps it too
-            (one global batch never exceeds the dataset).
+            (one global batch never exceeds the dataset; for a stream of
+            unknown size, a size is tried only if one global batch of it
+            can be read).
         steps_per_size: Timed training steps per size, after one untimed
             warm-up step (which traces the step function); the median step
             time gives the throughput.
@@ -298,6 +300,10 @@ def find_batch_size(
     Returns:
         A `BatchSizeResult`.
 
+    Raises:
+        ValueError: before any compute, for training data that is a
+            `keras.utils.PyDataset` (it makes its own batches).
+
     Example:
 
     ```python
@@ -306,6 +312,12 @@ def find_batch_size(
     ```
     """
     session, pipeline, callbacks = ctx.session, ctx.train, ctx.callbacks()
+    if pipeline.py_dataset is not None:  # Before any compute.
+        raise ValueError(
+            "find_batch_size: the training data is a keras.utils.PyDataset, which makes its own batches "
+            f"({pipeline.global_batch_size} examples): no other batch size can be tried. Leave find_batch_size out "
+            "(run() does by default), or change the PyDataset's batch size yourself."
+        )
     retune = ctx.journal.measured_at("batch_size")
     replicas = pipeline.num_replicas
     cap = max_batch_size or 2**31
@@ -334,6 +346,8 @@ def find_batch_size(
             fitted = size
             if 2 * size > cap:  # Sizes stay the initial one times powers of 2, within the cap.
                 break
+            if pipeline.num_examples is None and not _holds(pipeline, 2 * size):  # A stream of unknown size.
+                break
             size = 2 * size
         else:
             failed = size
@@ -350,6 +364,12 @@ def find_batch_size(
     result.min_gain, result.min_steps_per_epoch = float(min_gain), int(min_steps_per_epoch)
     result.message = _message(result, pipeline.num_examples, data_cap, retune)
     return result
+
+
+def _holds(pipeline, size):
+    """Whether data of unknown size holds one global batch of `size` per replica (reads at most that batch)."""
+    batch = pipeline.with_batch_size(size).first_batches(1)[0]
+    return len(tf.nest.flatten(batch)[0]) >= size * pipeline.num_replicas
 
 
 def _pays(results, smaller, larger, min_gain):

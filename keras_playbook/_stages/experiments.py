@@ -213,7 +213,7 @@ def seed_comparison(
     seed_list = check_seeds(seeds, caller)
     check_alpha(alpha, caller)
     check_configs(configs, session, caller)
-    objective = search.make_objective(objective, session, caller)
+    objective = search.make_objective(objective, session, caller, train_pipeline)
     defaults = dict(defaults or {})
     names = sorted({key for config in configs.values() for key in config})
     base = base_values(session, train_pipeline, defaults, names)

@@ -174,7 +174,7 @@ def lr_wd_grid(
         learning_rates = [float(f"{learning_rate * factor:.4g}") for factor in DEFAULT_LR_FACTORS]
     learning_rates = validation.check_numbers(learning_rates, "learning_rates", caller)
     weight_decays = check_weight_decays(weight_decays, caller, "weight_decays")
-    objective = make_objective(objective, session, caller)
+    objective = make_objective(objective, session, caller, train_pipeline)
     fixed = {name: value for name, value in (defaults or {}).items() if name not in ("learning_rate", "weight_decay")}
     oracle = CoarseToFineOracle(
         learning_rates,

@@ -21,6 +21,7 @@ from keras_playbook import _losses as losses
 from keras_playbook import _short_runs as short_runs
 from keras_playbook import _validation as validation
 from keras_playbook._journal import Result
+from keras_playbook._loss_key import FirstStepCheck, loss_key_in, read_loss
 from keras_playbook._runner import stage
 from keras_playbook._session import read_value
 from keras_playbook._stages.sanity import several_losses
@@ -108,13 +109,14 @@ MEMORIZED_ACCURACY = 0.99  # Training accuracy on the sample that counts as memo
 class _StopWhenMemorized(keras.callbacks.Callback):
     """Stops training once a pass over the sample is fully right or near-zero loss."""
 
-    def __init__(self, target_loss):
+    def __init__(self, target_loss, loss_key="loss"):
         super().__init__()
         self.target_loss = target_loss
+        self.loss_key = loss_key
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        if logs.get("accuracy", 0.0) >= MEMORIZED_ACCURACY or logs.get("loss", math.inf) <= self.target_loss:
+        if logs.get("accuracy", 0.0) >= MEMORIZED_ACCURACY or logs.get(self.loss_key, math.inf) <= self.target_loss:
             self.model.stop_training = True
 
 
@@ -207,7 +209,10 @@ def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_l
     )
     used_learning_rate = float(read_value(model.optimizer.learning_rate))
     dataset = short_runs.batched(sample, pipeline.global_batch_size, shuffle_seed=seed)
-    initial = model.evaluate(dataset, verbose=0, return_dict=True)
+    loss_key = ctx.loss_key()
+    initial = {
+        "loss": read_loss(model.evaluate(dataset, verbose=0, return_dict=True), loss_key, "the model's test_step")
+    }
     # "Near zero" is 1% of the way from the initial loss down to the lowest the loss can take.
     floor = 0.0 if several_losses(session.model.loss) else losses.describe_loss(session.model.loss).minimum
     lowest = 0.0 if floor is None else floor
@@ -215,15 +220,21 @@ def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_l
     history = model.fit(
         dataset,
         epochs=math.ceil(max_steps / steps_per_pass),
-        callbacks=[keras.callbacks.TerminateOnNaN(), _StopWhenMemorized(target)]
+        callbacks=[
+            FirstStepCheck(loss_key, "overfit_small_sample"),
+            keras.callbacks.TerminateOnNaN(),
+            _StopWhenMemorized(target, loss_key),
+        ]
         + ctx.progress(max_steps, "Overfitting a small sample"),
         shuffle=False,  # The dataset reshuffles itself.
         verbose=0,
     )
-    train_losses = [float(value) for value in history.history.get("loss", [])]
+    train_losses = [
+        float(value) for value in history.history[loss_key_in(history.history, loss_key, "the History of fit")]
+    ]
     accuracies = [float(value) for value in history.history.get("accuracy", [])]
     final_loss = train_losses[-1]
-    final_accuracy = accuracies[-1] if classification else None
+    final_accuracy = accuracies[-1] if classification and accuracies else None  # A step of its own may log none.
     unknown_floor = target_loss is None and floor is None and (initial["loss"] <= 0 or min(train_losses) < 0)
     if not all(math.isfinite(value) for value in train_losses):
         verdict = "diverged"

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from keras_playbook import _short_runs as short_runs
 from keras_playbook import _validation as validation
 from keras_playbook._journal import Result
+from keras_playbook._loss_key import read_loss
 from keras_playbook._runner import stage
 from keras_playbook._session import innermost_optimizer
 
@@ -50,9 +51,9 @@ def _plot_runs(title, labels, step_losses, best_label):
     return figure
 
 
-def _evaluate(model, dataset):
-    loss = model.evaluate(dataset, verbose=0, return_dict=True)["loss"]
-    return float(loss)
+def _evaluate(model, dataset, loss_key, steps=None):
+    logs = model.evaluate(dataset, steps=steps, verbose=0, return_dict=True)
+    return read_loss(logs, loss_key, "the model's test_step")
 
 
 # probe_lrs ------------------------------------------------------------------
@@ -135,14 +136,15 @@ def probe_lrs(ctx, *, learning_rates, num_steps, min_drop):
     learning_rates = sorted((float(value) for value in learning_rates), reverse=True)
     sample = short_runs.fixed_sample(pipeline, NUM_EVAL_BATCHES, seed)
     changes = ctx.optimizer_changes()
-    initial_loss = None
+    initial_loss, loss_key = None, ctx.loss_key()
     final_losses, step_losses = [], []
     for learning_rate in learning_rates:
         model = short_runs.working_copy(session, **changes, learning_rate=learning_rate)
         if initial_loss is None:
-            initial_loss = _evaluate(model, sample)
-        step_losses.append(short_runs.train_steps(model, short_runs.fixed_order(pipeline, seed), num_steps, callbacks))
-        final_losses.append(_evaluate(model, sample))
+            initial_loss = _evaluate(model, sample, loss_key)
+        order = short_runs.fixed_order(pipeline, seed)
+        step_losses.append(short_runs.train_steps(model, order, num_steps, callbacks, loss_key=loss_key))
+        final_losses.append(_evaluate(model, sample, loss_key))
     diverged = [
         not (math.isfinite(final) and all(math.isfinite(loss) for loss in losses)) or final >= initial_loss
         for final, losses in zip(final_losses, step_losses)
@@ -335,12 +337,15 @@ def sweep_momentum(ctx, *, values, num_steps, learning_rate):
     values = sorted((float(value) for value in values), reverse=True)
     changes = ctx.optimizer_changes()
     changes.pop(name, None)
-    validation_losses, step_losses = [], []
+    validation_losses, step_losses, loss_key = [], [], ctx.loss_key()
     for value in values:
         model = short_runs.working_copy(session, **changes, learning_rate=float(learning_rate), **{name: value})
-        step_losses.append(short_runs.train_steps(model, short_runs.fixed_order(pipeline, seed), num_steps, callbacks))
+        order = short_runs.fixed_order(pipeline, seed)
+        step_losses.append(short_runs.train_steps(model, order, num_steps, callbacks, loss_key=loss_key))
         finite = all(math.isfinite(loss) for loss in step_losses[-1])
-        validation_losses.append(_evaluate(model, validation_pipeline.dataset) if finite else math.nan)
+        # The whole validation data (a PyDataset through Keras's adapter; `validation_steps` batches when given).
+        whole = validation_pipeline.keras_input
+        validation_losses.append(_evaluate(model, whole, loss_key, validation_pipeline.steps) if finite else math.nan)
     scored = [(loss, value) for loss, value in zip(validation_losses, values) if math.isfinite(loss)]
     best = min(scored)[1] if scored else None
     result = MomentumResult(

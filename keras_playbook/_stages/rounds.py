@@ -290,7 +290,7 @@ def experiment_round(
             f"{caller}: max_trials={max_trials} is fewer than the {len(combinations)} "
             "scientific values: each needs at least one trial. Raise `max_trials`."
         )
-    objective = search.make_objective(objective, session, caller)
+    objective = search.make_objective(objective, session, caller, train_pipeline)
     shared = {
         name: value
         for name, value in {**(defaults or {}), **fixed}.items()

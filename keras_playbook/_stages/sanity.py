@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from keras_playbook import _losses as losses
 from keras_playbook import _validation as validation
 from keras_playbook._journal import Result
-from keras_playbook._runner import stage
+from keras_playbook._runner import loss_on, stage
 
 _INITIAL_LOSS = "Johnson, EECS 498 Lecture 11, step 1"
 
@@ -148,12 +148,18 @@ def check_initial_loss(ctx, *, num_batches, tolerance):
         Johnson, EECS 498 Lecture 11, step 1: check initial loss (expect log C).
     """
     session, pipeline = ctx.session, ctx.train
-    x, y = pipeline.sample(num_batches, seed=ctx.seed)[:2]
+    sample = pipeline.sample(num_batches, seed=ctx.seed)
+    x, y = sample[:2]
     model = session.model
+    own_loss = model.loss is None  # A train_step/test_step of its own computes the loss (`Session.check_loss`).
+    loss_key = ctx.loss_key() if own_loss else None
     with session.preserved():
         model.set_weights(session.initial_weights)
         predictions = model.predict(x, batch_size=pipeline.global_batch_size, verbose=0)
+        own_measured = loss_on(model, sample, pipeline.global_batch_size, loss_key) if own_loss else None
     dependence = _input_dependence(predictions)
+    if own_loss:
+        return _own_loss_result(own_measured, loss_key, tolerance, len(tf.nest.flatten(y)[0]), dependence)
     if isinstance(predictions, (list, tuple, dict)) or several_losses(model.loss):
         ok, message = (
             True,
@@ -226,6 +232,36 @@ def check_initial_loss(ctx, *, num_batches, tolerance):
         ok=ok,
         message=message,
         checked=checked,
+        input_dependence=dependence,
+    )
+
+
+def _own_loss_result(measured, loss_key, tolerance, count, dependence):
+    """`check_initial_loss` for a model whose own step computes its loss: measured, not judged against ln C."""
+    ok, message = (
+        True,
+        (
+            f"Nothing was judged: initial {loss_key} {measured:.4g}, computed by the model's own test_step with no "
+            "compiled loss, so there is no expectation (ln C, the targets' variance) to compare it with. Check it "
+            f"against what your loss gives for uniform guessing ({_INITIAL_LOSS})."
+        ),
+    )
+    if dependence == 0:
+        ok, message = False, _constant_output_message(count)
+    return InitialLossResult(
+        loss=measured,
+        expected=None,
+        tolerance=tolerance,
+        num_classes=0,
+        loss_name=loss_key,
+        from_logits=False,
+        output_kind="unknown",
+        output_std=math.nan,
+        num_examples=count,
+        per_example_losses=[],
+        ok=ok,
+        message=message,
+        checked=not ok,
         input_dependence=dependence,
     )
 

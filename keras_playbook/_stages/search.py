@@ -29,6 +29,7 @@ import numpy as np
 from keras_playbook import _validation as validation
 from keras_playbook._journal import Result, to_builtin
 from keras_playbook._lock import tuning_worker
+from keras_playbook._loss_key import logged_loss_key, own_step, validation_key
 from keras_playbook._session import architecture_digest, innermost_optimizer
 from keras_playbook.tuning import analysis
 from keras_playbook.tuning.hypermodel import EPOCHS, WEIGHT_DECAY_MODES, PlaybookTuner
@@ -50,8 +51,13 @@ def tuning_role():
     return "worker" if tuning_worker() else "chief"
 
 
-def make_objective(objective, session, caller):
+def make_objective(objective, session, caller, pipeline=None):
     """Returns a `keras_tuner.Objective`, checked against the model's metrics.
+
+    "loss" and "val_loss" name the loss where the model logs it: for a model
+    whose own step logs it as `total_loss`, "val_loss" becomes
+    "val_total_loss" (`_loss_key.logged_loss_key`, found on `pipeline`; the
+    key given or found so far without it).
 
     Raises:
         ValueError: for a metric the model does not compute or whose direction
@@ -64,7 +70,15 @@ def make_objective(objective, session, caller):
             f"{caller}: `objective` must be a metric name such as 'val_loss' or a "
             f"`keras_tuner.Objective`. Received: objective={objective!r}."
         )
-    available = _metric_names(session)
+    if objective in ("loss", validation_key("loss")):
+        if pipeline is not None:
+            key = logged_loss_key(session, pipeline)
+        else:
+            key = session.loss_key or session.logged_loss_key or "loss"
+        objective = key if objective == "loss" else validation_key(key)
+        if key != "loss":  # KerasTuner infers a direction only for names it knows.
+            return keras_tuner.Objective(objective, direction="min")
+    available = None if own_step(session.model) else _metric_names(session)  # Its own step names its logs.
     if available is not None:
         names = ["loss", "val_loss"] + [p + name for name in available for p in ("", "val_")]
         if objective not in names:

@@ -24,8 +24,10 @@ import keras
 
 from keras_playbook import _data as data_module
 from keras_playbook import _validation as validation
+from keras_playbook._class_weight import check_class_weight
 from keras_playbook._diagnosis import diagnose
 from keras_playbook._folder import backup_folder
+from keras_playbook._loss_key import FirstStepCheck, loss_curves, validation_key
 from keras_playbook._records import FitRecord
 from keras_playbook._runner import HYPERPARAMETERS, OPTIMIZER_SETTINGS, SEARCHED, loss_on, stage
 from keras_playbook._session import innermost_optimizer
@@ -128,7 +130,7 @@ def check_one_cycle_inputs(schedule, lr_result, overrides, batch_size, stage="fi
         )
 
 
-def schedule_callback(schedule, model, lr_result, has_validation, stage="fit"):
+def schedule_callback(schedule, model, lr_result, has_validation, stage="fit", loss_key="loss"):
     """The callback that runs `schedule` (see `Playbook.fit`), or None.
 
     Args:
@@ -138,6 +140,8 @@ def schedule_callback(schedule, model, lr_result, has_validation, stage="fit"):
             bounds from it.
         has_validation: Whether `fit` has validation data ("step_down"
             watches `val_loss` then, else `loss`).
+        loss_key: The key of the loss in the logs ("step_down" watches
+            `val_<loss_key>` or `<loss_key>`).
 
     Raises:
         ValueError: for "one_cycle" without a usable `find_lr` result.
@@ -146,7 +150,7 @@ def schedule_callback(schedule, model, lr_result, has_validation, stage="fit"):
     if schedule is None or isinstance(schedule, keras.callbacks.Callback):
         return schedule
     if schedule == "step_down":
-        return StepDownLR(monitor="val_loss" if has_validation else "loss")
+        return StepDownLR(monitor=validation_key(loss_key) if has_validation else loss_key)
     if schedule == "one_cycle":
         check_range_test_for(schedule, lr_result, stage)
         try:
@@ -176,7 +180,7 @@ def has_weight_decay(model):
     return bool(decoupled or coupled)
 
 
-def watchers(model, sample, schedule=None, reference_loss=None):
+def watchers(model, sample, schedule=None, reference_loss=None, loss_key=None):
     """The monitors `Playbook.fit` adds: curve diagnosis, update ratios, and weight decay when there is any.
 
     `WeightDecayMonitor` is left out where it cannot work: a model whose
@@ -188,8 +192,13 @@ def watchers(model, sample, schedule=None, reference_loss=None):
             decay (called only when the model has a weight regularizer).
         schedule: The schedule callback of the run, or None.
         reference_loss: The untrained model's loss, for `UpdateRatioMonitor`.
+        loss_key: The key the model logs its loss under (`_loss_key.logged_loss_key`),
+            where `CurveDiagnosis` and `UpdateRatioMonitor` read it.
     """
-    callbacks = [CurveDiagnosis(schedule=schedule, verbose=0), UpdateRatioMonitor(reference_loss=reference_loss)]
+    callbacks = [
+        CurveDiagnosis(schedule=schedule, verbose=0, loss_key=loss_key),
+        UpdateRatioMonitor(reference_loss=reference_loss, loss_key=loss_key),
+    ]
     decoupled, coupled = decayed_variables(model)
     if coupled and not isinstance(model.loss, (dict, list, tuple)):
         callbacks.append(WeightDecayMonitor(sample=sample()))
@@ -255,6 +264,7 @@ def check_fit(arguments, session):
     """
     overrides = arguments["overrides"]
     _check_fit_arguments(arguments["epochs"], arguments["callbacks"], arguments["restore_best"], overrides)
+    fit_class_weight(session, arguments["class_weight"])
     check_schedule(arguments["schedule"])
     _check_hyperparameters(overrides)
     check_one_cycle_override(arguments["schedule"], overrides)
@@ -270,7 +280,7 @@ def check_fit(arguments, session):
     trains=True,
     check=check_fit,
 )
-def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, overrides):
+def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, class_weight, overrides):
     """Trains the user's model for real at the values in force, watched (see `Playbook.fit` for the arguments).
 
     With a Playbook directory the run is resumable: `TrainingBackup`
@@ -295,32 +305,37 @@ def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, overr
     if cycles(schedule):  # The schedule sets every step's rate: the record says so.
         hyperparameters.pop("learning_rate", None)
     train_data, validation_data = ctx.train, ctx.validation
+    if class_weight is not None:  # This run's, in place of the Playbook's.
+        train_data = train_data.with_class_weight(fit_class_weight(ctx.session, class_weight))
+    loss_key = ctx.loss_key()  # Refuses a loss that cannot be read before anything changes.
     apply_to_optimizer(ctx.session, hyperparameters)  # Checks every value before it assigns any.
     # After the values in force are applied: one cycle cycles the momentum they set.
-    scheduler = schedule_callback(schedule, model, found, ctx.validation is not None)
+    scheduler = schedule_callback(schedule, model, found, ctx.validation is not None, loss_key=loss_key)
     watching, initial_loss, untrained = [], None, None
     if watch:
         source = validation_data if validation_data is not None else train_data
         sample = train_data.sample(4, seed=ctx.seed)
-        initial_loss = loss_on(model, sample, train_data.global_batch_size)
+        initial_loss = loss_on(model, sample, train_data.global_batch_size, loss_key)
         untrained = ctx.untrained_loss(sample, train_data.global_batch_size)
-        watching = watchers(model, lambda: source.sample(2, seed=ctx.seed)[:2], scheduler, reference_loss=untrained)
+        watching = watchers(
+            model, lambda: source.sample(2, seed=ctx.seed)[:2], scheduler, reference_loss=untrained, loss_key=loss_key
+        )
     keep_best = []
     if restore_best:
-        keep_best = [BestWeights(monitor="val_loss" if validation_data is not None else "loss")]
+        keep_best = [BestWeights(monitor=validation_key(loss_key) if validation_data is not None else loss_key)]
     every = ([scheduler] if scheduler is not None else []) + list(callbacks or []) + watching + keep_best
     backup = None
     if ctx.directory is not None:
         backup = TrainingBackup(backup_folder(ctx.directory, ctx.call_key), every)
-    ordering = [callback for callback in [train_data.epoch_callback()] if callback is not None]
+    ordering = [FirstStepCheck(loss_key, "fit", ctx.session)]  # First: its snapshot is the state before this fit.
+    ordering += [callback for callback in [train_data.epoch_callback()] if callback is not None]
     try:
         with restored_on_interruption(every):
             history = model.fit(
-                train_data.dataset,
-                validation_data=None if validation_data is None else validation_data.dataset,
+                # Arrays reshuffle themselves; a PyDataset goes through Keras's adapter (workers, batch order).
+                **data_module.fit_arguments(train_data, validation_data),
                 epochs=int(epochs),
                 callbacks=ctx.callbacks(ordering + every + (backup.callbacks() if backup else [])),
-                shuffle=False,  # The pipeline reshuffles arrays itself.
                 verbose=verbose,
             )
     finally:
@@ -329,13 +344,16 @@ def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, overr
     if backup is not None:
         resumed_at = backup.resumed_at
         backup.complete(history)
+    curves = loss_curves(history, loss_key)  # None when the History holds no loss: recorded all the same.
     record = FitRecord.from_history(
         history,
         hyperparameters,
         schedule=describe(scheduler),
-        findings=findings_of(
+        findings=[]
+        if curves is None
+        else findings_of(
             watching,
-            history,
+            curves,
             schedule=scheduler,
             initial_loss=None if initial_loss is None else max(initial_loss, untrained),
             weight_decay=has_weight_decay(model),
@@ -343,6 +361,7 @@ def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, overr
         initial_loss=initial_loss,
         restored_best=bool(restore_best),
         resumed_from=resumed_at or None,
+        loss_key=loss_key,
     )
     return record, history
 
@@ -481,6 +500,16 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
             for name in names
         }
         history.epoch = list(range(len(next(iter(history.history.values()), []))))
+
+
+def fit_class_weight(session, class_weight):
+    """`fit`'s `class_weight` checked as the Playbook checks its own (`check_class_weight`), completed."""
+    return check_class_weight(
+        class_weight,
+        num_classes=getattr(session, "output_classes", None),
+        several_outputs=getattr(session, "several_outputs", False),
+        caller="fit",
+    )
 
 
 def _check_fit_arguments(epochs, callbacks, restore_best, overrides):

@@ -174,7 +174,7 @@ def weight_decay_grid(
     values = check_weight_decays(values, caller)
     if confirm_seeds != 0:
         validation.check_int(confirm_seeds, "confirm_seeds", caller, minimum=2)
-    objective = make_objective(objective, session, caller)
+    objective = make_objective(objective, session, caller, train_pipeline)
     fixed = {name: value for name, value in (defaults or {}).items() if name != "weight_decay"}
     oracle = GridOracle(
         [{"weight_decay": value} for value in values],

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_playbook._diagnosis import diagnose, schedule_name
+from keras_playbook._loss_key import check_compiled_loss, check_loss_key, loss_curves
 from keras_playbook._session import leaf_layers, read_value
 from keras_playbook.callbacks._config import ConfigurableCallback, arrays_from_config, arrays_to_config
 
@@ -40,6 +41,13 @@ class CurveDiagnosis(ConfigurableCallback):
             than the untrained model is told from the first epoch on (see
             `diagnose`); without it, only a NaN or infinite loss is judged
             before the third epoch.
+        loss_key: The name the model logs its loss under, for a model whose
+            own `train_step` reports it otherwise (e.g. "total_loss", the
+            Keras guide "Customizing what happens in fit()"); its
+            validation curve is `val_<loss_key>`. None: "loss" (for a
+            model that logs no "loss", the one logged name ending in
+            "loss"). The curves are diagnosed only while the loss can be
+            read (`_loss_key.loss_curves`).
 
     Attributes:
         findings: The `Finding`s seen so far, in the order they appeared.
@@ -54,12 +62,14 @@ class CurveDiagnosis(ConfigurableCallback):
     ```
     """
 
-    def __init__(self, stop_on_divergence=True, schedule=None, verbose=1, initial_loss=None):
+    def __init__(self, stop_on_divergence=True, schedule=None, verbose=1, initial_loss=None, loss_key=None):
         super().__init__()
+        check_loss_key(loss_key)
         self.stop_on_divergence = bool(stop_on_divergence)
         self.schedule = schedule_name(schedule)
         self.verbose = verbose
         self.initial_loss = None if initial_loss is None else float(initial_loss)
+        self.loss_key = loss_key
         self.findings = []
         self._curves = {}
 
@@ -72,10 +82,11 @@ class CurveDiagnosis(ConfigurableCallback):
         for name, value in (logs or {}).items():
             if isinstance(value, (int, float, np.floating, np.integer)):
                 self._curves.setdefault(name, []).append(float(value))
-        if "loss" not in self._curves:
+        curves = loss_curves(self._curves, self.loss_key)  # The loss under "loss", as `diagnose` reads it.
+        if curves is None:
             return
         known = {finding.kind for finding in self.findings}
-        for finding in diagnose(self._curves, schedule=self.schedule, initial_loss=self.initial_loss):
+        for finding in diagnose(curves, schedule=self.schedule, initial_loss=self.initial_loss):
             if finding.kind in known:
                 continue
             self.findings.append(finding)
@@ -90,6 +101,7 @@ class CurveDiagnosis(ConfigurableCallback):
             "schedule": self.schedule,
             "verbose": self.verbose,
             "initial_loss": self.initial_loss,
+            "loss_key": self.loss_key,
         }
 
 
@@ -117,7 +129,8 @@ class LossComponents(ConfigurableCallback):
 
     Raises:
         ValueError: for a sample that is not `(x, y)`; at the start of
-            training, for a model with several compiled losses.
+            training, for a model with several compiled losses or none (a
+            model whose own `train_step` computes its loss).
 
     Example:
 
@@ -143,11 +156,7 @@ class LossComponents(ConfigurableCallback):
         self._extra_layers = None
 
     def on_train_begin(self, logs=None):
-        if isinstance(self.model.loss, (dict, list, tuple)):
-            raise ValueError(
-                "LossComponents handles one compiled loss; this model has several "
-                f"({self.model.loss!r}). Watch each output's loss in the logs instead."
-            )
+        check_compiled_loss(self.model, "LossComponents")
         self.history = {}
         self._extra_layers = None
         # The model's call, traced once, outside any replica context: one prediction per example on

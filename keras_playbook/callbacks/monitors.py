@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from keras_playbook import _validation as validation
 from keras_playbook._diagnosis import Finding
+from keras_playbook._loss_key import check_compiled_loss, check_loss_key, loss_key_in
 from keras_playbook._session import innermost_optimizer, leaf_layers, read_value
 from keras_playbook.callbacks._config import ConfigurableCallback, arrays_from_config, arrays_to_config
 
@@ -75,6 +76,13 @@ class UpdateRatioMonitor(ConfigurableCallback):
         reference_loss: The loss of the untrained model (e.g. ln C), or
             None: the training loss at the first window.
         verbose: 1 prints each flag when it is raised.
+        loss_key: The name the model logs its training loss under, for a
+            model whose own `train_step` reports it otherwise (e.g.
+            "total_loss", the Keras guide "Customizing what happens in
+            fit()"). None: "loss" (for a model that logs no "loss", the one
+            logged name ending in "loss"; with none, "too small" is judged
+            without the loss). A `loss_key` the logs do not hold raises
+            `ValueError` at the first window.
 
     Attributes:
         history: One dict per window: `step` (0-based step at which it
@@ -107,8 +115,10 @@ class UpdateRatioMonitor(ConfigurableCallback):
         patience=2,
         reference_loss=None,
         verbose=0,
+        loss_key=None,
     ):
         super().__init__()
+        check_loss_key(loss_key)
         if frequency is not None:
             validation.check_int(frequency, "frequency", "UpdateRatioMonitor")
         validation.check_int(window, "window", "UpdateRatioMonitor")
@@ -124,6 +134,7 @@ class UpdateRatioMonitor(ConfigurableCallback):
         self.patience = patience
         self.reference_loss = None if reference_loss is None else float(reference_loss)
         self.verbose = verbose
+        self.loss_key = loss_key
         self.history = []
         self.findings = []
         self._reset()
@@ -194,10 +205,23 @@ class UpdateRatioMonitor(ConfigurableCallback):
                 ratios = {name: float(np.median(values)) for name, values in self._window_ratios.items()}
                 self.history.append({"step": self._window_start, "ratios": ratios})
                 self._fresh = ratios
-                self._flag(ratios, (logs or {}).get("loss"))
+                self._flag(ratios, self._loss(logs))
                 self._next_start = self._window_start + self._interval()
                 self._window_start = None
         self._step += 1
+
+    def _loss(self, logs):
+        """The training loss in `logs`, read at `loss_key`; None when it is not given and none is found."""
+        logs = logs or {}
+        if self.loss_key is not None and self.loss_key not in logs:
+            raise ValueError(
+                f"UpdateRatioMonitor: the training logs hold {sorted(logs)}, not loss_key={self.loss_key!r}. Pass "
+                "the name the model's train_step logs its loss under as `loss_key`, or None to find it."
+            )
+        try:
+            return logs[loss_key_in(logs, self.loss_key)]
+        except ValueError:  # No "loss" and no one name ending in "loss": judged without the loss.
+            return None
 
     def _learned(self, loss):
         """Whether the training loss has fallen by half since the first window (a converged model moves little)."""
@@ -261,6 +285,7 @@ class UpdateRatioMonitor(ConfigurableCallback):
             "patience": self.patience,
             "reference_loss": self.reference_loss,
             "verbose": self.verbose,
+            "loss_key": self.loss_key,
         }
 
 
@@ -323,7 +348,9 @@ class WeightDecayMonitor(ConfigurableCallback):
     Raises:
         ValueError: when training starts, for a model with no weight decay
             (no optimizer `weight_decay`, no regularizer on its weights), or
-            with a regularizer but no `sample`.
+            with a regularizer but no `sample`, or with a regularizer but
+            not one compiled loss (several, or none: a model whose own
+            `train_step` computes its loss).
 
     Example:
 
@@ -369,11 +396,8 @@ class WeightDecayMonitor(ConfigurableCallback):
                 f"WeightDecayMonitor: layers {sorted(self._coupled)} have a weight regularizer (coupled decay), "
                 "whose pull is compared with the data-loss gradient on a sample: pass sample=(x, y)."
             )
-        if self._coupled and isinstance(self.model.loss, (dict, list, tuple)):
-            raise ValueError(
-                "WeightDecayMonitor handles one compiled loss for coupled decay; this model has several "
-                f"({self.model.loss!r})."
-            )
+        if self._coupled:
+            check_compiled_loss(self.model, "WeightDecayMonitor (coupled decay)")
         self._step, self._before = 0, None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -395,13 +419,21 @@ class WeightDecayMonitor(ConfigurableCallback):
         optimizer = innermost_optimizer(self.model.optimizer)
         shrink = self._learning_rate() * float(optimizer.weight_decay)
         ratios, parts = {}, {}
-        for name, variables in self._decoupled.items():
-            before = self._before[name]
-            after = [read_value(v) for v in variables]
+        afters = {name: [read_value(v) for v in variables] for name, variables in self._decoupled.items()}
+        before_all, self._before = self._before, None
+        if all(np.array_equal(a, b) for name in afters for a, b in zip(afters[name], before_all[name])):
+            # No step was applied: a LossScaleOptimizer skips a step whose gradients overflowed (mixed
+            # precision), and a rate of 0 (a warm-up's first step) moves nothing. Nothing to compare.
+            return {}, {}
+        for name, after in afters.items():
+            before = before_all[name]
             pull = math.sqrt(_squared_norm([shrink * b for b in before]))
             push = math.sqrt(_squared_norm([a - b + shrink * b for a, b in zip(after, before)]))
-            ratios[name], parts[name] = (pull / push if push > 0 else float("inf")), (pull, push)
-        self._before = None
+            if pull == 0:
+                ratio = 0.0  # No decay acted on this step.
+            else:
+                ratio = pull / push if push > 0 else float("inf")
+            ratios[name], parts[name] = ratio, (pull, push)
         return ratios, parts
 
     def _measure_coupled(self):
@@ -430,6 +462,8 @@ class WeightDecayMonitor(ConfigurableCallback):
         if self._coupled and self._step % self.frequency == 0:
             measured.append(("coupled", *self._measure_coupled()))
         for mode, ratios, parts in measured:
+            if not ratios:
+                continue
             self.history.append({"step": self._step, "mode": mode, "ratios": ratios})
             self._flag(mode, ratios, parts)
         self._step += 1

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from keras_playbook import _validation as validation
 from keras_playbook._folder import collect_garbage
 from keras_playbook._journal import Result
+from keras_playbook._loss_key import validation_key
 from keras_playbook._runner import stage
 from keras_playbook._session import innermost_optimizer
 from keras_playbook.callbacks.monitors import leaf_layers
@@ -50,7 +51,10 @@ class FineTuneResult(Result):
         head_epochs, epochs: Epochs of each phase.
         gradual: Whether phase 2 thawed the groups one at a time.
         head_history, history: Per-epoch curves of each phase.
-        monitor: The curve the phases are compared on.
+        monitor: The curve the phases are compared on: the validation
+            loss, else the training loss, where the model logs it
+            (`val_loss`, or e.g. `val_total_loss` for a model whose own
+            `train_step` reports `total_loss`; `Playbook(loss_key=...)`).
         head_best, best: Best `monitor` value of each phase.
         trainable: What the model ends with, besides its weights: each leaf
             layer's path ("backbone/block1_bn") and `trainable` flag, in
@@ -91,8 +95,9 @@ class FineTuneResult(Result):
         """Both phases on one time line: training and validation curves, the phase boundary marked."""
         figure = Figure(figsize=(7, 4))
         axes = figure.add_subplot()
-        first = len(self.head_history.get("loss", []))
-        for name, style in (("loss", "-"), ("val_loss", "--")):
+        loss_key = self.monitor.removeprefix("val_")  # "loss", or where the model logs its loss.
+        first = len(self.head_history.get(loss_key, []))
+        for name, style in ((loss_key, "-"), (validation_key(loss_key), "--")):
             values = list(self.head_history.get(name, [])) + list(self.history.get(name, []))
             if values:
                 axes.plot(range(1, len(values) + 1), values, style, marker=".", label=name)
@@ -114,7 +119,7 @@ class FineTuneResult(Result):
             fontsize="small",
         )
         axes.set_xlabel("epoch (both phases)")
-        axes.set_ylabel("loss")
+        axes.set_ylabel(loss_key)
         axes.set_title("Fine-tuning: " + ("phase 2 improved" if self.ok else "phase 2 did not improve"))
         axes.legend(fontsize="small")
         return figure
@@ -231,10 +236,25 @@ def check_multipliers(multipliers, num_groups, factor):
 
 
 def summarize(
-    groups, multipliers, head_rate, rate, head_epochs, epochs, gradual, head_history, history, kept_frozen=()
+    groups,
+    multipliers,
+    head_rate,
+    rate,
+    head_epochs,
+    epochs,
+    gradual,
+    head_history,
+    history,
+    kept_frozen=(),
+    loss_key="loss",
 ):
-    """The `FineTuneResult` of two finished phases; it is OK when phase 2 beat phase 1."""
-    monitor = "val_loss" if "val_loss" in history else "loss"
+    """The `FineTuneResult` of two finished phases; it is OK when phase 2 beat phase 1.
+
+    The phases are compared on the validation loss, else the training loss,
+    read at `loss_key` (the key the model logs its loss under,
+    `_loss_key.logged_loss_key`).
+    """
+    monitor = validation_key(loss_key) if validation_key(loss_key) in history else loss_key
     head_best = min(head_history.get(monitor, [float("nan")]))
     best = min(history.get(monitor, [float("nan")]))
     names = [[layer.name for layer in group] for group in groups]
@@ -449,6 +469,7 @@ def fine_tune(
             head_record.history,
             ctx.journal.latest("fit").history,
             keep_frozen,
+            loss_key=ctx.loss_key(),
         )
         if not result.ok:  # Phase 2 did not improve on phase 1.
             model.set_weights(head_weights)

@@ -31,6 +31,7 @@ import numpy as np
 
 from keras_playbook import _short_runs as short_runs
 from keras_playbook import _validation as validation
+from keras_playbook._data import fit_arguments, validation_at
 
 HISTORY_FILENAME = "history.json"
 WEIGHT_DECAY_MODES = ("decoupled", "l2")
@@ -211,13 +212,11 @@ class PlaybookHyperModel(keras_tuner.HyperModel):
         batch_size = int(values.get("batch_size", self.train_pipeline.per_replica_batch_size))
         seed = values.get(SEED)
         train = self.train_pipeline.with_batch_size(batch_size, seed=seed)
-        validation = self.validation_pipeline.with_batch_size(batch_size)
+        validation = validation_at(self.validation_pipeline, batch_size)
         return model.fit(
-            train.dataset,
-            validation_data=validation.dataset,
+            **fit_arguments(train, validation),  # A PyDataset through Keras's adapter; the Playbook's steps.
             epochs=int(values.get(EPOCHS, self.epochs)),
             callbacks=list(callbacks or []),
-            shuffle=False,
             verbose=0,
         )
 
