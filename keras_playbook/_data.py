@@ -143,6 +143,13 @@ class DataPipeline:
         return -(-self.num_examples // self.global_batch_size)
 
     @property
+    def infinite(self):
+        """Whether the data never ends (a `.repeat()`ed dataset, a PyDataset without `num_batches`)."""
+        if self.py_dataset is not None:
+            return self.py_dataset.num_batches is None
+        return int(self.examples.cardinality()) == tf.data.INFINITE_CARDINALITY
+
+    @property
     def reorders(self):
         """Whether another seed reads the data in another order (arrays and PyDatasets; a tf.data.Dataset never)."""
         return self.shuffle and (self.arrays is not None or self.py_dataset is not None)
@@ -442,17 +449,22 @@ def as_model_input(structure):
     Keras's `predict` and `evaluate` refuse NumPy string arrays ("Invalid
     dtype"), and `tf.data` gives strings as object arrays of bytes: every
     place the library feeds data to a model itself passes it through this.
-    Other leaves are returned as they are.
+    When a structure holds strings, its other arrays become tensors too (a
+    model called on a dict refuses tensors mixed with arrays); a structure
+    without strings is returned as it is.
     """
 
-    def convert(leaf):
-        if isinstance(leaf, np.ndarray) and (
+    def is_strings(leaf):
+        return isinstance(leaf, np.ndarray) and (
             leaf.dtype.kind in "US" or (leaf.dtype.kind == "O" and leaf.size and isinstance(leaf.flat[0], (str, bytes)))
-        ):
-            return tf.constant(leaf, dtype=tf.string)
-        return leaf
+        )
 
-    return tf.nest.map_structure(convert, structure)
+    if not any(is_strings(leaf) for leaf in tf.nest.flatten(structure)):
+        return structure
+    return tf.nest.map_structure(
+        lambda leaf: tf.constant(leaf, dtype=tf.string) if is_strings(leaf) else tf.convert_to_tensor(leaf),
+        structure,
+    )
 
 
 def _unbatched(dataset, input_rank, name):

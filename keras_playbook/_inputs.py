@@ -78,6 +78,8 @@ def split_validation(data, validation_data, validation_split, input_dtypes=None)
     """
     check_validation_split(data, validation_data, validation_split)
     arrays = as_arrays(data, "training data", input_dtypes)
+    # Keras's slicing refuses NumPy's fixed-width strings ("Invalid dtype: str..."); objects it takes.
+    arrays = tf.nest.map_structure(lambda leaf: leaf.astype(object) if leaf.dtype.kind in "US" else leaf, arrays)
     return train_validation_split(arrays, float(validation_split))
 
 

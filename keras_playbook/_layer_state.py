@@ -91,6 +91,54 @@ def _vocabulary_empty(layer):
         return True
 
 
+def _never_adapted(layer):
+    """True for a layer that learns its state with `adapt` and holds none: neither adapted nor given it."""
+    if hasattr(layer, "get_vocabulary"):  # StringLookup, IntegerLookup, TextVectorization.
+        return _vocabulary_empty(layer)
+    if isinstance(layer, keras.layers.Discretization):
+        return layer.bin_boundaries is None
+    if isinstance(layer, keras.layers.Normalization) and layer.input_mean is None:
+        if not layer.built:
+            return True  # `adapt` builds it.
+        mean, variance = (keras.ops.convert_to_numpy(v) for v in (layer.adapt_mean, layer.adapt_variance))
+        return bool(np.all(mean == 0) and np.all(variance == 1))  # Its initial state: the identity.
+    return False
+
+
+def check_adapted(model, builder=None):
+    """Raises for a preprocessing layer that learns its state with `adapt` and was never adapted.
+
+    An unadapted lookup layer raises "Table not initialized" at its first
+    call, an unadapted `Discretization` has no bins, and an unadapted
+    `Normalization` silently passes its inputs through (mean 0, variance 1):
+    the model measured would not be the one meant.
+
+    Args:
+        model: The Playbook's model (built by `builder`, when one is given).
+        builder: The builder, or None for a model passed as an instance.
+
+    Raises:
+        ValueError: naming the layers, and what to do.
+    """
+    unadapted = [layer for layer in adapted_layers(model) if _never_adapted(layer)]
+    if not unadapted:
+        return
+    names = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in unadapted)
+    where = (
+        f"the builder {getattr(builder, '__name__', repr(builder))!r} builds"
+        if builder is not None
+        else f"the model {model.name!r} holds"
+    )
+    raise ValueError(
+        f"{where[0].upper()}{where[1:]} preprocessing layer(s) never adapted: {names}. Adapt each on the "
+        "training data "
+        + ("inside the builder" if builder is not None else "before passing the model")
+        + " (`layer.adapt(x_train)`), or pass its state: `vocabulary=...` for lookups and TextVectorization, "
+        "`mean=..., variance=...` for Normalization, `bin_boundaries=...` for Discretization (Keras, "
+        '"Working with preprocessing layers").'
+    )
+
+
 def outputs_of(model, x, scope):
     """The model's outputs on `x` in inference mode, flattened, as NumPy (an exception's text if it raises)."""
     try:

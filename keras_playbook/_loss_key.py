@@ -85,6 +85,20 @@ def read_loss(logs, loss_key=None, where="the logs"):
     return float(logs[loss_key_in(logs, loss_key, where)])
 
 
+def find_loss(logs, loss_key=None):
+    """`(key, value)` of the loss in Keras `logs` (see `loss_key_in`), or None when it cannot be read.
+
+    For what only shows or weighs the loss when there is one (a progress
+    bar, a monitor's hint), where `read_loss` would refuse.
+    """
+    logs = logs or {}
+    try:
+        key = loss_key_in(logs, loss_key)
+    except ValueError:
+        return None
+    return key, logs[key]
+
+
 def validation_key(key):
     """The name Keras gives `key` measured on validation data."""
     return f"val_{key}"
@@ -108,6 +122,11 @@ def check_tracker_updated(model, first_loss, where):
             f"`self.loss_tracker.result()`, and list the tracker in the model's `metrics` property ({_GUIDE}). "
             "If another returned value is the loss, pass Playbook(loss_key=...)."
         )
+
+
+def one_compiled_loss(model):
+    """Whether the model was compiled with one loss (not several, not none)."""
+    return model.loss is not None and not isinstance(model.loss, (dict, list, tuple))
 
 
 def check_compiled_loss(model, where):

@@ -27,6 +27,7 @@ from keras_playbook._class_weight import describe as describe_class_weight
 from keras_playbook._compat import string_batches
 from keras_playbook._fingerprints import setup_fingerprints, weights_fingerprint
 from keras_playbook._journal import JOURNAL_FILENAME, Journal
+from keras_playbook._layer_state import check_adapted
 from keras_playbook._loss_key import check_loss_key
 from keras_playbook._records import SetupRecord
 from keras_playbook._runner import Runner
@@ -252,6 +253,7 @@ class Playbook(StageMethods):
         check_single_learning_rate(optimizer, "`optimizer` argument")
         if optimizer is None and self.session.source_model.compiled:
             check_single_learning_rate(self.session.source_model.optimizer, "model's optimizer")
+        check_adapted(self.session.source_model, self.session.builder)  # Before the model is first called.
         input_rank = _input_rank(self.session.model)
         input_dtypes = _input_dtypes(self.session.model)
         replicas = self.session.num_replicas

@@ -45,12 +45,13 @@ def default_plan(playbook, epochs, search="weight_decay", schedule="step_down"):
     validation data), and the final training with the schedule (by default
     Krizhevsky et al.'s step-down: hold the rate until the validation loss
     stops improving), keeping its best epoch. For training data that is a
-    `keras.utils.PyDataset`, which makes its own batches, `find_batch_size`
-    is left out (`left_out_note` says so in `run()`'s message).
+    `keras.utils.PyDataset`, which makes its own batches, or infinite (its
+    size unknown, its epochs `steps_per_epoch` long), `find_batch_size` is
+    left out (`left_out_note` says so in `run()`'s message).
     """
     has_validation = playbook.validation_data is not None
     plan = ["check_initial_loss", "overfit_small_sample", "find_batch_size", "find_lr", "probe_lrs"]
-    if playbook.train_data.py_dataset is not None:  # It makes its own batches (`left_out_note`).
+    if left_out_note(playbook):  # A PyDataset makes its own batches; infinite data has no size to cap one.
         plan.remove("find_batch_size")
     optimizer = innermost_optimizer(playbook.model.optimizer)
     if has_validation and any(isinstance(getattr(optimizer, name, None), float) for name in ("momentum", "beta_1")):
@@ -64,12 +65,18 @@ def default_plan(playbook, epochs, search="weight_decay", schedule="step_down"):
 def left_out_note(playbook):
     """What the default plan leaves out for this Playbook's data, as a sentence for `run()`'s message, or None."""
     train = playbook.train_data
-    if train.py_dataset is None:
-        return None
-    return (
-        "find_batch_size was left out of the plan: the training data is a keras.utils.PyDataset, which makes its "
-        f"own batches ({train.global_batch_size} examples), so no other batch size can be tried."
-    )
+    if train.py_dataset is not None:
+        return (
+            "find_batch_size was left out of the plan: the training data is a keras.utils.PyDataset, which makes "
+            f"its own batches ({train.global_batch_size} examples), so no other batch size can be tried."
+        )
+    if train.infinite:
+        return (
+            "find_batch_size was left out of the plan: the training data is infinite (repeated), so its size, "
+            f"which caps a batch, is unknown, and an epoch is {train.steps} steps, which a larger batch would make "
+            "longer in examples. The batch size is the one you passed."
+        )
+    return None
 
 
 def plan_calls(playbook, plan):

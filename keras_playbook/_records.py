@@ -310,10 +310,11 @@ class RunResult(Result):
             decisions = "; ".join(_decision(name, entry) for name, entry in settled.items())
             message = f"{done}. Decisions: {decisions}."
             if fit is not None:
+                validated = any(name.startswith("val_") for name in final)  # Then only those: val_<loss key>, ...
                 metrics = ", ".join(
                     f"{name} {_shown(value)}"
                     for name, value in final.items()
-                    if name.startswith("val_") or "val_loss" not in final
+                    if name.startswith("val_") or not validated
                 )
                 message += f" Final training: {fit.epochs} epochs, best epoch {best_epoch} ({metrics})" + (
                     "; the model holds its weights." if fit.restored_best else "."

@@ -25,6 +25,7 @@ import math
 import keras
 import tensorflow as tf
 
+from keras_playbook._data import as_model_input
 from keras_playbook._loss_key import FirstStepCheck, read_loss
 
 CURRENT = "current"  # Start from the user's model's weights as they are now.
@@ -157,7 +158,7 @@ def regularization_in(session):
 
 def losses_left_on(model, x_batch):
     """The layers whose own `add_loss` terms stay on in a copy (run once on a batch to see them)."""
-    model(x_batch, training=True)
+    model(as_model_input(x_batch), training=True)
     return sorted(
         {
             f"add_loss: {layer.name}"

@@ -115,14 +115,14 @@ def test_copies_of_lookup_layers_carry_the_vocabulary(strategy, kind):
     assert np.isfinite(history.history["loss"]).all()
 
 
-def test_a_builder_whose_layer_is_not_adapted_is_refused_naming_the_layer(strategy):
+def test_a_builder_whose_layer_is_not_adapted_is_refused_naming_the_layer():
     x, y = wine()
 
     def build_model():
         model = keras.Sequential(
             [
                 keras.Input((13,)),
-                keras.layers.Normalization(name="scaler"),  # Adapted on the Playbook's model only, below.
+                keras.layers.Normalization(name="scaler"),  # Never adapted: it would pass the inputs through.
                 keras.layers.Dense(16, activation="relu"),
                 keras.layers.Dense(3),
             ]
@@ -130,9 +130,41 @@ def test_a_builder_whose_layer_is_not_adapted_is_refused_naming_the_layer(strate
         model.compile(loss=LOSS, optimizer="adam")
         return model
 
+    with pytest.raises(ValueError, match=r"'build_model' builds.*'scaler' \(Normalization\).*inside the builder"):
+        Playbook(build_model, (x, y), batch_size=16, verbose=0)
+
+
+@pytest.mark.parametrize("layer", ["string_lookup", "discretization"])
+def test_a_model_with_a_layer_never_adapted_is_refused_before_it_is_called(layer):
+    x, y = wine()
+    if layer == "string_lookup":
+        inputs = keras.Input((), dtype="string")
+        hidden = keras.layers.Embedding(8, 4)(keras.layers.StringLookup(name="words")(inputs))
+        data = (np.array(["a", "b", "c"])[y], y)
+    else:
+        inputs = keras.Input((13,))
+        hidden = keras.layers.Discretization(num_bins=4, name="words", output_mode="one_hot")(inputs)
+        data = (x, y)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(hidden)))
+    model.compile(loss=LOSS, optimizer="adam")
+    with pytest.raises(ValueError, match=r"model .* never adapted: 'words'.*before passing the model"):
+        Playbook(model, data, batch_size=16, verbose=0)
+
+
+def test_a_builder_whose_copies_adapt_otherwise_is_refused_naming_the_layer(strategy):
+    """A builder adapting on a random subset each call: its copies normalize otherwise than the Playbook's model."""
+    x, y = wine()
+
+    def build_model():
+        scaler = keras.layers.Normalization(name="scaler")
+        scaler.adapt(x[np.random.default_rng().choice(len(x), 20, replace=False)])  # Unseeded on purpose.
+        model = keras.Sequential(
+            [keras.Input((13,)), scaler, keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+        )
+        model.compile(loss=LOSS, optimizer="adam")
+        return model
+
     pb = Playbook(build_model, (x, y), batch_size=16, strategy=strategy, verbose=0)
-    with strategy.scope():
-        pb.model.get_layer("scaler").adapt(x)
     before = helpers.variables_of(pb.model)
     with pytest.raises(ValueError, match=r"'scaler' \(Normalization\).*adapt it inside the builder, or pass the vocab"):
         pb.overfit_small_sample()

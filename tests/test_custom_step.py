@@ -7,6 +7,8 @@ loss where the model logs it (`Playbook(loss_key=...)` when that cannot be
 found) and refuses a step that measures nothing.
 """
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from keras_playbook._stages.training import watchers
 from keras_playbook.callbacks import (
     CurveDiagnosis,
     LossComponents,
+    StepProgress,
     UpdateRatioMonitor,
     WeightDecayMonitor,
 )
@@ -388,7 +391,6 @@ def test_update_ratio_monitor_reads_its_reference_loss_at_loss_key(digits, strat
     assert UpdateRatioMonitor(**read.get_config()).loss_key == "total_loss"
 
 
-
 def test_fit_gives_its_watchers_the_loss_key(digits):
     model = _custom(TotalLossModel, tf.distribute.get_strategy())
     watching = watchers(model, lambda: None, loss_key="total_loss")
@@ -425,3 +427,20 @@ def test_a_model_without_a_compiled_loss_is_refused_by_the_monitors_that_need_on
     pb = Playbook(model, (digits["x_train"], digits["y_train"]), strategy=strategy, verbose=0)
     history = pb.fit(epochs=1, verbose=0)
     assert pb.journal[-1].kind == "fit" and pb.journal[-1].ok and "total_loss" in history.history
+
+
+def test_the_progress_bar_shows_the_loss_where_the_model_logs_it(digits, strategy, capsys):
+    model = _custom(TotalLossModel, strategy)
+    bar = StepProgress(total_steps=8, title="steps")
+    model.fit(digits["x_train"], digits["y_train"], batch_size=64, epochs=1, callbacks=[bar], verbose=0)
+    shown = capsys.readouterr().out
+    assert "8/8" in shown and "total_loss:" in shown, shown
+
+
+@pytest.mark.slow
+def test_run_summarizes_the_validation_curves_of_a_total_loss_model(digits, strategy):
+    pb = _playbook(TotalLossModel, digits, strategy)
+    result = pb.run(epochs=2, plan=[("fit", {"epochs": 2})])
+    final_training = result.message.split("Final training: ")[1]
+    assert "val_total_loss" in final_training, result.message
+    assert not re.search(r"(?<!val_)total_loss", final_training), result.message  # Only the validation curves.

@@ -155,6 +155,7 @@ def test_curve_diagnosis_callback_stops_on_divergence(strategy):
         "schedule": None,
         "verbose": 0,
         "initial_loss": None,
+        "loss_key": None,
     }
 
 

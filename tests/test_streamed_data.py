@@ -204,3 +204,20 @@ def test_steps_per_epoch_is_part_of_the_set_up(digits, tmp_path):
         Playbook(helpers.mlp(), repeated, loss=helpers.LOGITS_LOSS, directory=tmp_path, steps_per_epoch=6, verbose=0)
     arrays = _playbook(helpers.mlp(), (digits["x_train"], digits["y_train"]))
     assert "steps_per_epoch" not in arrays.journal.setup.fingerprints  # Unchanged for data read in whole passes.
+
+
+@pytest.mark.parametrize("kind", ["dataset", "py_dataset"])
+def test_find_batch_size_refuses_infinite_data_and_the_default_plan_leaves_it_out(digits, kind):
+    """Its size unknown and its epochs steps long: no batch size can be proposed (one was 3x the data)."""
+    if kind == "dataset":
+        train = tf.data.Dataset.from_tensor_slices((digits["x_train"], digits["y_train"])).batch(32).repeat()
+        validation = tf.data.Dataset.from_tensor_slices((digits["x_val"], digits["y_val"])).batch(32)
+    else:
+        train, validation = _py_datasets(digits, infinite=True)
+    pb = _playbook(helpers.mlp(), train, validation, None, steps_per_epoch=5, validation_steps=2)
+    before = len(pb.journal)
+    with pytest.raises(ValueError, match=r"find_batch_size: the training data is infinite|PyDataset"):
+        pb.find_batch_size()
+    assert len(pb.journal) == before
+    names = [step if isinstance(step, str) else step[0] for step in procedure.default_plan(pb, 2)]
+    assert "find_batch_size" not in names and procedure.left_out_note(pb)

@@ -108,3 +108,21 @@ def test_keras_alone_cannot_fit_strings_over_two_replicas_without_the_fix(mirror
         model = text_classifier(x)
     history = model.fit(tf.constant(x), y, batch_size=8, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_a_table_with_a_string_column_trains_in_every_short_run_and_splits(strategy):
+    """A dict of a float array and a NumPy `<U` string column: fed to the model as tensors alike, split as arrays."""
+    rng = np.random.default_rng(5)
+    colors = np.array(["red", "green", "blue"])[rng.integers(0, 3, 96)]  # dtype <U5
+    numbers = rng.normal(size=(96, 3)).astype("float32")
+    y = (colors == "red").astype("int64")
+    with strategy.scope():
+        lookup = keras.layers.StringLookup(vocabulary=["red", "green", "blue"], output_mode="one_hot")
+        inputs = {"num": keras.Input((3,), name="num"), "color": keras.Input((), dtype="string", name="color")}
+        joined = keras.layers.Concatenate()([inputs["num"], lookup(inputs["color"])])
+        model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(8, activation="relu")(joined)))
+        model.compile(optimizer="adam", loss=LOSS, metrics=["accuracy"])
+    pb = Playbook(model, ({"num": numbers, "color": colors}, y), validation_split=0.25, strategy=strategy, verbose=0)
+    np.testing.assert_array_equal(pb.validation_data.arrays[0]["color"].astype(str), colors[72:])
+    assert pb.overfit_small_sample(num_batches=1, max_steps=60).verdict in ("memorized", "too_slow")
+    assert np.isfinite(pb.check_initial_loss().loss)

@@ -205,6 +205,16 @@ def test_streamed_data_says_how_much_was_checked():
     assert "NaN" not in arrays.journal.setup.message
 
 
+def test_a_nan_past_the_checked_batches_of_a_stream_is_named_by_the_initial_loss_check():
+    """Not "the model outputs logits": the initial outputs are NaN because an input is."""
+    x, y, _ = _data(num=64)
+    x[60, 0] = np.nan  # In the last batch: past the 3 batches checked when the Playbook is made.
+    pb = Playbook(_builder(), tf.data.Dataset.from_tensor_slices((x, y)).batch(16), verbose=0)
+    result = pb.check_initial_loss(num_batches=4)
+    assert not result.ok and result.output_kind == "non-finite"
+    assert "inputs of those examples hold NaN or inf" in result.message and "logits" not in result.message
+
+
 def test_lists_of_rows_and_of_numpy_scalars_train_as_arrays(strategy):
     x, y, _ = _data()
     build = _builder()

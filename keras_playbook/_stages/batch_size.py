@@ -302,7 +302,8 @@ def find_batch_size(
 
     Raises:
         ValueError: before any compute, for training data that is a
-            `keras.utils.PyDataset` (it makes its own batches).
+            `keras.utils.PyDataset` (it makes its own batches) or infinite
+            (its size unknown, its epochs `steps_per_epoch` long).
 
     Example:
 
@@ -317,6 +318,13 @@ def find_batch_size(
             "find_batch_size: the training data is a keras.utils.PyDataset, which makes its own batches "
             f"({pipeline.global_batch_size} examples): no other batch size can be tried. Leave find_batch_size out "
             "(run() does by default), or change the PyDataset's batch size yourself."
+        )
+    if pipeline.infinite:  # Before any compute.
+        raise ValueError(
+            "find_batch_size: the training data is infinite (a repeated dataset), so its size, which caps a batch, "
+            f"is unknown, and an epoch is steps_per_epoch={pipeline.steps} steps, which a larger batch would make "
+            "longer in examples. Leave find_batch_size out (run() does by default) and pass `batch_size` yourself, "
+            "or give it finite data."
         )
     retune = ctx.journal.measured_at("batch_size")
     replicas = pipeline.num_replicas

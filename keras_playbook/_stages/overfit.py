@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from keras_playbook import _losses as losses
 from keras_playbook import _short_runs as short_runs
 from keras_playbook import _validation as validation
+from keras_playbook._data import as_model_input
 from keras_playbook._journal import Result
 from keras_playbook._loss_key import FirstStepCheck, loss_key_in, read_loss
 from keras_playbook._runner import stage
@@ -120,6 +121,14 @@ class _StopWhenMemorized(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def _chance_loss(session, model, x):
+    """ln C for the model's classifier output (ln 2 for a binary one), or None when not a known classification loss."""
+    one = as_model_input(tf.nest.map_structure(lambda array: array[:1], x))
+    with session.scope():
+        width = int(keras.ops.shape(tf.nest.flatten(model(one, training=False))[0])[-1])
+    return losses.describe_loss(session.model.loss).expected_initial_loss(width)
+
+
 def _memorized(loss, accuracy, target_loss):
     return (accuracy is not None and accuracy >= MEMORIZED_ACCURACY) or (math.isfinite(loss) and loss <= target_loss)
 
@@ -169,7 +178,9 @@ def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_l
         target_loss: Loss counted as memorized (any finite number: it may be
             negative); defaults to 1% of the way from the initial loss down
             to the lowest the loss can take (0 for Keras's losses, -1 for
-            cosine similarity). A loss this library does not know that goes
+            cosine similarity), and for a classifier at most 1% of ln C (a
+            loss that starts far above chance, as with unnormalized inputs,
+            must still end near zero, not merely 99% lower). A loss this library does not know that goes
             to or below zero gets the verdict "unknown_floor" (not checked)
             unless it is given.
 
@@ -213,10 +224,16 @@ def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_l
     initial = {
         "loss": read_loss(model.evaluate(dataset, verbose=0, return_dict=True), loss_key, "the model's test_step")
     }
-    # "Near zero" is 1% of the way from the initial loss down to the lowest the loss can take.
+    # "Near zero" is 1% of the way from the initial loss down to the lowest the loss can take; for a
+    # classifier, never more than 1% of ln C: from a loss far above chance (unnormalized inputs), 1% of
+    # the way down can still be worse than guessing.
     floor = 0.0 if several_losses(session.model.loss) else losses.describe_loss(session.model.loss).minimum
     lowest = 0.0 if floor is None else floor
-    target = target_loss if target_loss is not None else lowest + 0.01 * (initial["loss"] - lowest)
+    span = initial["loss"] - lowest
+    chance = _chance_loss(session, model, sample[0]) if classification else None
+    if chance is not None:
+        span = min(span, chance)
+    target = target_loss if target_loss is not None else lowest + 0.01 * span
     history = model.fit(
         dataset,
         epochs=math.ceil(max_steps / steps_per_pass),

@@ -190,6 +190,8 @@ def check_initial_loss(ctx, *, num_batches, tolerance):
     predictions = np.asarray(predictions, dtype=np.float64)
     info = losses.describe_loss(model.loss)
     num_classes = int(predictions.shape[-1])
+    if not np.all(np.isfinite(predictions)):  # Not logits, not a scale: nothing to compare with ln C.
+        return _non_finite_result(predictions, x, info, tolerance, num_classes, dependence)
     expected = info.expected_initial_loss(num_classes)
     regression = expected is None and info.name in _REGRESSION_LOSSES
     if regression:
@@ -346,6 +348,43 @@ def _constant_output_message(count):
         "on its input. Look for a dead layer (every ReLU off, e.g. from a large negative bias), a path that "
         "multiplies by zero, inputs that never reach the output, or a backbone that expects another input "
         f"range (keras.applications preprocessing) ({_INITIAL_LOSS}; CS231n)."
+    )
+
+
+def _non_finite_result(predictions, x, info, tolerance, num_classes, dependence):
+    """The verdict on initial outputs holding NaN or inf: their source, before any reading of their values."""
+    bad_rows = np.flatnonzero(~np.isfinite(predictions.reshape(len(predictions), -1)).all(axis=1))
+    inputs_bad = [
+        leaf
+        for leaf in tf.nest.flatten(x)
+        if np.issubdtype(np.asarray(leaf).dtype, np.number) and not np.all(np.isfinite(np.asarray(leaf, "float64")))
+    ]
+    cause = (
+        "the inputs of those examples hold NaN or inf (a stream is checked over its first batches only, when the "
+        "Playbook is made): clean or impute them"
+        if inputs_bad
+        else "the inputs are finite, so a layer overflows at the initial weights (a log of 0, a float16 "
+        "overflow under mixed precision, weights initialized huge): look at the layers' outputs one by one"
+    )
+    message = (
+        f"The model's initial outputs hold NaN or inf for {len(bad_rows)} of {len(predictions)} examples of the "
+        f"sample: {cause}. One NaN makes every weight NaN at the first step ({_INITIAL_LOSS})."
+    )
+    return InitialLossResult(
+        loss=math.nan,
+        expected=info.expected_initial_loss(num_classes),
+        tolerance=tolerance,
+        num_classes=num_classes,
+        loss_name=info.name,
+        from_logits=info.from_logits,
+        output_kind="non-finite",
+        output_std=math.nan,
+        num_examples=len(predictions),
+        per_example_losses=[],
+        ok=False,
+        message=message,
+        checked=True,
+        input_dependence=dependence,
     )
 
 

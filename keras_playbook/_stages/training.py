@@ -27,7 +27,7 @@ from keras_playbook import _validation as validation
 from keras_playbook._class_weight import check_class_weight
 from keras_playbook._diagnosis import diagnose
 from keras_playbook._folder import backup_folder
-from keras_playbook._loss_key import FirstStepCheck, loss_curves, validation_key
+from keras_playbook._loss_key import FirstStepCheck, loss_curves, one_compiled_loss, validation_key
 from keras_playbook._records import FitRecord
 from keras_playbook._runner import HYPERPARAMETERS, OPTIMIZER_SETTINGS, SEARCHED, loss_on, stage
 from keras_playbook._session import innermost_optimizer
@@ -184,7 +184,9 @@ def watchers(model, sample, schedule=None, reference_loss=None, loss_key=None):
     """The monitors `Playbook.fit` adds: curve diagnosis, update ratios, and weight decay when there is any.
 
     `WeightDecayMonitor` is left out where it cannot work: a model whose
-    weight penalties (coupled decay) sit under several compiled losses.
+    weight penalties (coupled decay) sit under several compiled losses, or
+    under none (its own `train_step` computes the loss:
+    `_loss_key.check_compiled_loss`).
 
     Args:
         model: The compiled model.
@@ -200,7 +202,7 @@ def watchers(model, sample, schedule=None, reference_loss=None, loss_key=None):
         UpdateRatioMonitor(reference_loss=reference_loss, loss_key=loss_key),
     ]
     decoupled, coupled = decayed_variables(model)
-    if coupled and not isinstance(model.loss, (dict, list, tuple)):
+    if coupled and one_compiled_loss(model):
         callbacks.append(WeightDecayMonitor(sample=sample()))
     elif decoupled and not coupled:
         callbacks.append(WeightDecayMonitor())

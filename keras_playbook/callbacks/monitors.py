@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from keras_playbook import _validation as validation
 from keras_playbook._diagnosis import Finding
-from keras_playbook._loss_key import check_compiled_loss, check_loss_key, loss_key_in
+from keras_playbook._loss_key import check_compiled_loss, check_loss_key, find_loss
 from keras_playbook._session import innermost_optimizer, leaf_layers, read_value
 from keras_playbook.callbacks._config import ConfigurableCallback, arrays_from_config, arrays_to_config
 
@@ -218,10 +218,8 @@ class UpdateRatioMonitor(ConfigurableCallback):
                 f"UpdateRatioMonitor: the training logs hold {sorted(logs)}, not loss_key={self.loss_key!r}. Pass "
                 "the name the model's train_step logs its loss under as `loss_key`, or None to find it."
             )
-        try:
-            return logs[loss_key_in(logs, self.loss_key)]
-        except ValueError:  # No "loss" and no one name ending in "loss": judged without the loss.
-            return None
+        found = find_loss(logs, self.loss_key)  # None: no "loss", no one name ending in "loss".
+        return None if found is None else found[1]
 
     def _learned(self, loss):
         """Whether the training loss has fallen by half since the first window (a converged model moves little)."""

@@ -3,6 +3,7 @@
 import keras
 
 from keras_playbook import _validation as validation
+from keras_playbook._loss_key import find_loss
 from keras_playbook.callbacks._config import ConfigurableCallback
 
 
@@ -35,12 +36,14 @@ class StepProgress(ConfigurableCallback):
     def on_train_begin(self, logs=None):
         if self.title:
             print(self.title)
-        self._progbar = keras.utils.Progbar(self.total_steps, unit_name="step", stateful_metrics=["loss"])
+        # No value averaged by the bar: the loss in the logs is already Keras's running mean.
+        self._progbar = keras.utils.Progbar(self.total_steps, unit_name="step", stateless_metrics=())
         self._seen = 0
 
     def on_train_batch_end(self, batch, logs=None):
         self._seen += 1
-        values = [("loss", float(logs["loss"]))] if logs and "loss" in logs else None
+        found = find_loss(logs)  # "loss", or e.g. "total_loss" for a model whose own train_step reports it.
+        values = [(found[0], float(found[1]))] if found else None
         self._progbar.update(min(self._seen, self.total_steps), values=values)
 
     def on_train_end(self, logs=None):

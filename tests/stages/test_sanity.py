@@ -161,6 +161,18 @@ def test_overfit_too_short_budget_says_so(digits):
     assert "max_steps" in result.message
 
 
+def test_overfit_from_a_loss_far_above_chance_is_not_memorized_at_chance_accuracy(digits):
+    """Unnormalized inputs start the loss at many times ln C: 99% of the way down is still no memorization."""
+    x = digits["x_train"] * 400.0
+    result = _playbook(digits, x=x, optimizer=keras.optimizers.SGD(1e-4)).overfit_small_sample(
+        num_batches=2, max_steps=10, learning_rate=1e-4
+    )
+    assert result.initial_loss > 20 * math.log(10)
+    assert result.target_loss <= 0.01 * math.log(10) + 1e-9
+    if result.final_accuracy < 0.5:
+        assert result.verdict != "memorized" and not result.ok, result.message
+
+
 def test_overfit_regression_uses_the_loss_target(digits):
     rng = np.random.default_rng(0)
     y = (digits["x_train"] @ rng.normal(size=64)).astype("float32")
