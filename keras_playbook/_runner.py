@@ -348,6 +348,9 @@ class Runner:
             self.lease.check(name)
         spec = STAGES[name]
         spec.check_arguments(arguments, self.session)  # Before anything changes.
+        given_batch = spec.given_values(arguments).get("batch_size")
+        if isinstance(given_batch, int):  # Data that cannot take it (a PyDataset) says so before any staleness.
+            self.pipelines(given_batch)
         restore_momentum(self.session.model)  # Healed if an interrupted bare OneCycle left it cycling.
         values, current = self.read(spec, arguments)
         key = next(_keys)

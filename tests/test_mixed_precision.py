@@ -94,6 +94,27 @@ def test_every_measuring_stage_works_under_mixed_precision(mixed_precision, stra
     helpers.assert_same_values(before, pb.model.get_weights())  # Measuring stages leave no trace.
 
 
+@pytest.mark.slow
+def test_the_searches_and_the_batch_size_finder_work_under_mixed_precision(mixed_precision, digits):
+    pb = _playbook(digits, None, keras.optimizers.Adam(1e-3))
+    assert pb.find_batch_size(max_trials=2, steps_per_size=5).batch_size is not None
+    pb.find_lr(num_steps=40)
+    grid = pb.tune_lr_wd(
+        coarse_epochs=1,
+        fine_epochs=1,
+        learning_rates=(0.01, 0.001),
+        weight_decays=(0.0, 1e-3),
+        max_extensions=0,
+        confirm_seeds=0,
+    )
+    assert grid.best_score is not None and np.isfinite(grid.best_score), grid.message
+    seeds = pb.compare_seeds({"fast": {"learning_rate": 0.01}, "slow": {"learning_rate": 1e-4}}, seeds=2, epochs=1)
+    assert "fast" in seeds.message, seeds.message
+    round_ = pb.run_round("rate", {"learning_rate": [0.01, 0.001]}, max_trials=2, epochs=1)
+    assert round_.best_label is not None, round_.message
+    assert _is_wrapped(pb.model.optimizer, keras.optimizers.Adam)
+
+
 @pytest.mark.parametrize("schedule", ["one_cycle", "step_down", "cosine", "two_stage"])
 def test_fit_schedules_and_monitors_drive_the_inner_optimizer(mixed_precision, mirrored_strategy, digits, schedule):
     pb = _playbook(digits, mirrored_strategy, keras.optimizers.SGD(0.05, momentum=0.9))

@@ -117,6 +117,9 @@ def test_stages_that_change_the_batch_size_refuse_a_py_dataset(digits):
     with pytest.raises(ValueError, match=r"PyDataset, which makes its own batches.*batch size 64"):
         pb.fit(epochs=1, batch_size=64)
     assert pb.journal.latest("fit") is None
+    pb.find_lr(num_steps=20)  # A rate measured at the PyDataset's batches: the PyDataset is named, not its staleness.
+    with pytest.raises(ValueError, match=r"PyDataset, which makes its own batches.*batch size 64"):
+        pb.fit(epochs=1, batch_size=64)
     with pytest.raises(ValueError, match=r"PyDataset, which makes its own batches \(32 examples.*batch_size=8"):
         _playbook(helpers.mlp(), train, batch_size=8)
 
