@@ -360,7 +360,7 @@ def make_pipeline(
         raise TypeError(
             f"Unsupported {name}: {type(data).__name__}. Pass a tuple "
             "`(x, y)` of arrays, a `tf.data.Dataset` yielding `(x, y)`, or a "
-            "`keras.utils.PyDataset`."
+            "`keras.utils.PyDataset` (for a model whose own train_step reads no labels, a VAE, pass `(x, x)`)."
         )
     py_dataset = data if isinstance(data, keras.utils.PyDataset) else None
     if arrays is None:
@@ -473,7 +473,8 @@ def _unbatched(dataset, input_rank, name):
     if not isinstance(spec, tuple) or len(spec) not in (2, 3):
         raise ValueError(
             f"The {name} must yield `(x, y)` or `(x, y, sample_weight)` tuples. "
-            f"Received elements with structure {spec}."
+            f"Received elements with structure {spec}. For a model whose own train_step reads no labels (a VAE, "
+            "which `model.fit(x)` takes), yield `(x, x)`."
         )
     if not _looks_batched(spec, input_rank):
         return dataset, None

@@ -60,7 +60,10 @@ def loss_key_in(names, loss_key=None, where="the logs"):
     if loss_key is not None:
         if loss_key in names:
             return loss_key
-        problem = f"the loss_key {loss_key!r} given to the Playbook is not among them"
+        problem = (
+            f"the loss is read under {loss_key!r} (the Playbook's `loss_key`, else the name the model's test_step "
+            "logs it under), which is not among them: log the loss under the same name in train_step and test_step"
+        )
     else:
         if "loss" in names:
             return "loss"

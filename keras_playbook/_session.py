@@ -298,11 +298,20 @@ class Session:
         """
         source = self.source_model
         compiled = self.model if self.model.compiled else source  # The placed copy, once compiled, has it.
-        if loss is None and not (compiled.compiled and compiled.loss is not None) and not own_step(source):
+        has_loss = loss is not None or (compiled.compiled and compiled.loss is not None)
+        if not has_loss and not own_step(source):
             raise ValueError(
                 f"The model {source.name!r} has no loss: it is not compiled with "
                 "one and no `loss=` was given. Pass e.g. "
                 "loss='sparse_categorical_crossentropy', or compile the model."
+            )
+        if not has_loss and type(source).test_step is keras.Model.test_step:
+            raise ValueError(
+                f"The model {source.name!r} ({type(source).__name__}) has a `train_step` of its own but Keras's "
+                "`test_step`, which computes the compiled loss, and none is compiled: every stage evaluates the "
+                "model (initial losses, validation), which then fails. Add a `test_step` that reports the loss as "
+                'your `train_step` does (Keras guide "Customizing what happens in fit()"), or compile the model '
+                "with the loss."
             )
 
     def compile(self, *, loss=None, optimizer=None, metrics=None):

@@ -94,6 +94,13 @@ class TwoLossesModel(GuideModel):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+class TrainStepOnlyModel(GuideModel):
+    """The guide's first example: its own `train_step`, Keras's `test_step` (which needs a compiled loss)."""
+
+    test_step = keras.Model.test_step
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class NoLossModel(GuideModel):
     """Reports no value that could be the loss."""
 
@@ -162,7 +169,10 @@ def test_guide_model_is_trained_by_every_stage(digits, strategy):
     initial = pb.check_initial_loss()
     found = pb.find_lr(num_steps=40, repeats=1)
     assert found.ok and found.suggested_lr is not None, found.message
-    overfit = pb.overfit_small_sample(num_batches=2, max_steps=100)
+    # The lowest a step's own loss can take is unknown (a VAE's never nears 0): judged only with target_loss.
+    unjudged = pb.overfit_small_sample(num_batches=2, max_steps=100)
+    assert unjudged.verdict == "unknown_floor" and unjudged.ok and "target_loss=" in unjudged.message
+    overfit = pb.overfit_small_sample(num_batches=2, max_steps=100, target_loss=0.1)
     assert overfit.verdict == "memorized" and overfit.final_loss < 0.1 * overfit.initial_loss, overfit.message
     before = variables_of(pb.model)
     history = pb.fit(epochs=2, verbose=0)
@@ -254,7 +264,9 @@ def test_loss_key_is_part_of_the_setup(digits, tmp_path):
 
 def test_a_loss_key_the_model_does_not_log_is_refused(digits):
     pb = _playbook(GuideModel, digits, tf.distribute.get_strategy(), loss_key="total_loss")
-    with pytest.raises(ValueError, match=r"loss_key 'total_loss' given to the Playbook is not among them"):
+    with pytest.raises(
+        ValueError, match=r"loss is read under 'total_loss' \(the Playbook's `loss_key`.*not among them"
+    ):
         pb.check_initial_loss()
 
 
@@ -275,6 +287,12 @@ def test_a_model_without_loss_and_without_its_own_step_is_still_refused(digits):
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
     model.compile(optimizer="adam")
     with pytest.raises(ValueError, match="has no loss"):
+        Playbook(model, (digits["x_train"], digits["y_train"]), verbose=0)
+
+
+def test_a_train_step_of_its_own_with_keras_test_step_and_no_loss_is_refused_naming_test_step(digits):
+    model = _custom(TrainStepOnlyModel, tf.distribute.get_strategy())
+    with pytest.raises(ValueError, match=r"`train_step` of its own but Keras's `test_step`.*Add a `test_step`"):
         Playbook(model, (digits["x_train"], digits["y_train"]), verbose=0)
 
 

@@ -181,7 +181,8 @@ def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_l
             cosine similarity), and for a classifier at most 1% of ln C (a
             loss that starts far above chance, as with unnormalized inputs,
             must still end near zero, not merely 99% lower). A loss this library does not know that goes
-            to or below zero gets the verdict "unknown_floor" (not checked)
+            to or below zero, or one a `train_step` of its own computes (no
+            compiled loss), gets the verdict "unknown_floor" (not checked)
             unless it is given.
 
     Returns:
@@ -227,7 +228,11 @@ def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_l
     # "Near zero" is 1% of the way from the initial loss down to the lowest the loss can take; for a
     # classifier, never more than 1% of ln C: from a loss far above chance (unnormalized inputs), 1% of
     # the way down can still be worse than guessing.
-    floor = 0.0 if several_losses(session.model.loss) else losses.describe_loss(session.model.loss).minimum
+    own_loss = session.model.loss is None  # A step of its own computes it: its lowest value is unknown.
+    if own_loss:
+        floor = None
+    else:
+        floor = 0.0 if several_losses(session.model.loss) else losses.describe_loss(session.model.loss).minimum
     lowest = 0.0 if floor is None else floor
     span = initial["loss"] - lowest
     chance = _chance_loss(session, model, sample[0]) if classification else None
@@ -252,7 +257,9 @@ def overfit_small_sample(ctx, *, num_batches, max_steps, learning_rate, target_l
     accuracies = [float(value) for value in history.history.get("accuracy", [])]
     final_loss = train_losses[-1]
     final_accuracy = accuracies[-1] if classification and accuracies else None  # A step of its own may log none.
-    unknown_floor = target_loss is None and floor is None and (initial["loss"] <= 0 or min(train_losses) < 0)
+    unknown_floor = (
+        target_loss is None and floor is None and (own_loss or initial["loss"] <= 0 or min(train_losses) < 0)
+    )
     if not all(math.isfinite(value) for value in train_losses):
         verdict = "diverged"
     elif final_accuracy is not None and final_accuracy >= MEMORIZED_ACCURACY:
@@ -345,7 +352,8 @@ def _overfit_message(result):
     if result.verdict == "unknown_floor":
         return (
             f"Nothing was judged: the loss went from {result.initial_loss:.4g} to {result.final_loss:.4g}{accuracy} "
-            f"in {result.steps} steps at {at}, and this loss can go below zero, so 'near zero' does not mean "
+            f"in {result.steps} steps at {at}, and the lowest this loss can take is not known (a loss that can "
+            "go below zero, or one a train_step of its own computes, as a VAE's), so 'near zero' does not mean "
             f"memorized. Pass target_loss= (the loss of a memorized sample) to judge it ({_OVERFIT}).{left}"
         )
     if result.verdict == "diverged":
