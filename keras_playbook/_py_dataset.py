@@ -97,7 +97,8 @@ class BatchOrder(keras.callbacks.Callback):
     `on_epoch_begin`: seeding `random` there makes the order a function of
     the seed and the epoch, so a resumed `fit` reads what an uninterrupted
     one read. The state of `random` before training is given back when it
-    ends.
+    ends (Keras skips `on_train_end` when `fit` raises: the Playbook's `fit`
+    then calls it itself).
     """
 
     def __init__(self, seed):

@@ -224,3 +224,20 @@ def test_find_batch_size_refuses_infinite_data_and_the_default_plan_leaves_it_ou
     assert len(pb.journal) == before
     names = [step if isinstance(step, str) else step[0] for step in procedure.default_plan(pb, 2)]
     assert "find_batch_size" not in names and procedure.left_out_note(pb)
+
+
+def test_a_fit_that_raises_gives_back_the_users_python_random(digits):
+    """The PyDataset's batch order seeds Python's `random`; a fit that stops on an error still gives it back."""
+    import random
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("stopped by the test")
+
+    train, validation = _py_datasets(digits)
+    pb = _playbook(helpers.mlp(), train, validation)
+    random.seed(1234)
+    expected = random.getstate()
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        pb.fit(epochs=2, callbacks=[Stop()], verbose=0)
+    assert random.getstate() == expected

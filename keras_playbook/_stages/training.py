@@ -23,6 +23,7 @@ import warnings
 import keras
 
 from keras_playbook import _data as data_module
+from keras_playbook import _py_dataset as py_datasets
 from keras_playbook import _validation as validation
 from keras_playbook._class_weight import check_class_weight
 from keras_playbook._diagnosis import diagnose
@@ -342,6 +343,9 @@ def fit(ctx, *, epochs, callbacks, verbose, schedule, watch, restore_best, class
             )
     finally:
         model._initial_epoch = None  # Keras's BackupAndRestore leaves it set: a later fit would start there.
+        for callback in ordering:  # Also when fit raises: the user's Python `random` given back (BatchOrder).
+            if isinstance(callback, py_datasets.BatchOrder):
+                callback.on_train_end()
     resumed_at = 0
     if backup is not None:
         resumed_at = backup.resumed_at
